@@ -1,0 +1,595 @@
+//! Configuration: `cluster.toml` < environment < command-line flags, read with the `config` crate.
+//!
+//! The annotated `cluster.toml` at the project root is built into the binary and is the single
+//! list of keys and defaults. Every source is checked against it before merging, so an unknown
+//! key (`workers.concurency`, `BGNODE_REDIS_URL` with one underscore) stops the node with a
+//! message naming the key, where it came from, and the nearest known key. Values are then checked
+//! for meaning (a zero concurrency, an address that does not parse) with the same kind of message.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use config::{Config, Environment, File, FileFormat, Source, Value, ValueKind};
+use serde::{Deserialize, Serialize};
+
+use crate::duration::serde_human;
+
+/// The annotated defaults, exactly as shipped in `cluster.toml`.
+pub const DEFAULTS_TOML: &str = include_str!("../cluster.toml");
+
+/// Prefix of the environment variables that set keys: `BGNODE_<SECTION>__<KEY>`.
+pub const ENV_PREFIX: &str = "BGNODE_";
+
+/// The environment variable naming a configuration file (the same as `--config FILE`).
+pub const ENV_CONFIG_FILE: &str = "BGNODE_CONFIG";
+
+/// Every setting of a node and of the client commands.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// `[node]`: identity and cluster link.
+    pub node: NodeSettings,
+    /// `[redis]`: store and channels.
+    pub redis: RedisSettings,
+    /// `[workers]`: script folder, concurrency, timeouts.
+    pub workers: WorkerSettings,
+    /// `[saver]`: durable writes.
+    pub saver: SaverSettings,
+    /// `[limits]`: input sizes.
+    pub limits: LimitSettings,
+}
+
+/// `[node]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeSettings {
+    /// Node id; empty means the host name.
+    pub id: String,
+    /// Cluster listener address.
+    pub listen: String,
+    /// Seed nodes, `host:port`.
+    pub seeds: Vec<String>,
+    /// Cluster secret.
+    pub cookie: String,
+    /// Grace period for running tasks on shutdown.
+    #[serde(with = "serde_human")]
+    pub shutdown_timeout: Duration,
+    /// Liveness lease time to live.
+    #[serde(with = "serde_human")]
+    pub lease_ttl: Duration,
+}
+
+/// `[redis]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisSettings {
+    /// Redis URL.
+    pub url: String,
+    /// Task channel.
+    pub channel: String,
+    /// Events channel.
+    pub events: String,
+    /// Key prefix.
+    pub prefix: String,
+}
+
+/// `[workers]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerSettings {
+    /// Script worker folder.
+    pub dir: PathBuf,
+    /// Concurrent tasks per worker type on this node.
+    pub concurrency: u32,
+    /// Default run-time limit of one attempt.
+    #[serde(with = "serde_human")]
+    pub timeout: Duration,
+    /// Node-local queue length per worker type (0: automatic).
+    pub queue: u32,
+}
+
+/// `[saver]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SaverSettings {
+    /// How long finished tasks are kept.
+    #[serde(with = "serde_human")]
+    pub result_ttl: Duration,
+    /// Most writes per pipeline.
+    pub batch: u32,
+}
+
+/// `[limits]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitSettings {
+    /// Largest message, argument or script output, in bytes.
+    pub message_bytes: u64,
+}
+
+/// A configuration problem, naming the key and its source.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// A key that no section has.
+    #[error("unknown key `{key}` in {origin}{}", suggestion.as_ref().map(|s| format!("; did you mean `{s}`?")).unwrap_or_default())]
+    UnknownKey {
+        /// The key, `section.name`.
+        key: String,
+        /// Where it came from.
+        origin: String,
+        /// The nearest known key.
+        suggestion: Option<String>,
+    },
+    /// A value that parses but makes no sense.
+    #[error("bad value for `{key}` in {origin}: {reason}")]
+    Invalid {
+        /// The key, `section.name`.
+        key: String,
+        /// Where it came from.
+        origin: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The file named with `--config` is missing or unreadable.
+    #[error("cannot read configuration file {path}: {reason}")]
+    File {
+        /// The path given.
+        path: String,
+        /// The I/O error.
+        reason: String,
+    },
+    /// The `config` crate could not read or convert a value; its message names key and origin.
+    #[error("configuration: {0}")]
+    Load(String),
+}
+
+/// Where settings come from, besides the built-in defaults.
+#[derive(Debug, Clone, Default)]
+pub struct Sources {
+    /// A configuration file that must exist.
+    pub file: Option<PathBuf>,
+    /// With no `file`, read `./cluster.toml` when it exists.
+    pub search_cwd: bool,
+    /// Environment variables (normally `std::env::vars()`).
+    pub env: Vec<(String, String)>,
+    /// Command-line overrides: (key, value, flag as typed).
+    pub flags: Vec<(String, String, String)>,
+}
+
+impl Sources {
+    /// The process environment, with the file from `BGNODE_CONFIG` when set.
+    pub fn from_env() -> Sources {
+        let env: Vec<(String, String)> = std::env::vars().collect();
+        let file = env
+            .iter()
+            .find(|(k, _)| k == ENV_CONFIG_FILE)
+            .map(|(_, v)| PathBuf::from(v));
+        Sources {
+            file,
+            search_cwd: true,
+            env,
+            flags: Vec::new(),
+        }
+    }
+
+    /// Adds a command-line override of `key`, typed as `flag`.
+    pub fn flag(&mut self, key: &str, value: impl Into<String>, flag: &str) -> &mut Sources {
+        self.flags.push((key.into(), value.into(), flag.into()));
+        self
+    }
+}
+
+impl Settings {
+    /// The built-in defaults alone.
+    pub fn defaults() -> Settings {
+        Settings::load(&Sources::default()).expect("the built-in cluster.toml is valid")
+    }
+
+    /// Loads, merges, checks and resolves settings from `sources`.
+    pub fn load(sources: &Sources) -> Result<Settings, ConfigError> {
+        let known = collect_keys(&File::from_str(DEFAULTS_TOML, FileFormat::Toml))
+            .map_err(|e| ConfigError::Load(e.to_string()))?;
+        let mut builder =
+            Config::builder().add_source(File::from_str(DEFAULTS_TOML, FileFormat::Toml));
+        let mut origins: BTreeMap<String, String> = BTreeMap::new();
+
+        let file = match &sources.file {
+            Some(path) => Some(path.clone()),
+            None => {
+                Some(PathBuf::from("cluster.toml")).filter(|p| sources.search_cwd && p.is_file())
+            }
+        };
+        if let Some(path) = &file {
+            let text = std::fs::read_to_string(path).map_err(|e| ConfigError::File {
+                path: path.display().to_string(),
+                reason: e.to_string(),
+            })?;
+            let origin = path.display().to_string();
+            let source = File::from_str(&text, FileFormat::Toml);
+            let keys = collect_keys(&source).map_err(|e| {
+                ConfigError::Load(format!("{origin}: {}", strip_uri_noise(&e.to_string())))
+            })?;
+            for key in keys.keys() {
+                check_known(&known, key, &origin)?;
+                origins.insert(key.clone(), origin.clone());
+            }
+            builder = builder.add_source(File::from(path.as_path()).format(FileFormat::Toml));
+        }
+
+        let mut env_map = config::Map::new();
+        for (name, value) in &sources.env {
+            let Some(rest) = name.strip_prefix(ENV_PREFIX) else {
+                continue;
+            };
+            if name == ENV_CONFIG_FILE {
+                continue;
+            }
+            let origin = format!("environment variable {name}");
+            let Some((section, key)) = rest.split_once("__") else {
+                return Err(ConfigError::UnknownKey {
+                    key: rest.to_ascii_lowercase(),
+                    origin: format!("{origin} (settings are named BGNODE_<SECTION>__<KEY>)"),
+                    suggestion: nearest(&known, &rest.to_ascii_lowercase().replacen('_', ".", 1)),
+                });
+            };
+            let key = format!(
+                "{}.{}",
+                section.to_ascii_lowercase(),
+                key.to_ascii_lowercase()
+            );
+            check_known(&known, &key, &origin)?;
+            origins.insert(key, origin);
+            env_map.insert(name.clone(), value.clone());
+        }
+        builder = builder.add_source(
+            Environment::with_prefix("BGNODE")
+                .prefix_separator("_")
+                .separator("__")
+                .list_separator(",")
+                .with_list_parse_key("node.seeds")
+                .try_parsing(true)
+                .source(Some(env_map)),
+        );
+
+        for (key, value, flag) in &sources.flags {
+            let origin = format!("command-line flag {flag}");
+            check_known(&known, key, &origin)?;
+            origins.insert(key.clone(), origin);
+            builder = builder
+                .set_override(key.as_str(), value.as_str())
+                .map_err(|e| ConfigError::Load(e.to_string()))?;
+        }
+
+        let merged = builder
+            .build()
+            .map_err(|e| ConfigError::Load(strip_uri_noise(&e.to_string())))?;
+        let mut settings: Settings = merged
+            .try_deserialize()
+            .map_err(|e| ConfigError::Load(strip_uri_noise(&e.to_string())))?;
+        let origin_of = |key: &str| {
+            origins
+                .get(key)
+                .cloned()
+                .unwrap_or_else(|| "the built-in defaults".into())
+        };
+        settings.check(&origin_of)?;
+        if settings.node.id.is_empty() {
+            settings.node.id = host_name();
+        }
+        Ok(settings)
+    }
+
+    fn check(&self, origin_of: &dyn Fn(&str) -> String) -> Result<(), ConfigError> {
+        let bad = |key: &str, reason: String| ConfigError::Invalid {
+            key: key.into(),
+            origin: origin_of(key),
+            reason,
+        };
+        if !self.node.id.is_empty() {
+            crate::task::validate_task_id(&self.node.id).map_err(|e| {
+                bad(
+                    "node.id",
+                    e.to_string().replace("field `id`: ", "the node id "),
+                )
+            })?;
+        }
+        self.node.listen.parse::<SocketAddr>().map_err(|e| {
+            bad(
+                "node.listen",
+                format!("`{}` is not host:port ({e})", self.node.listen),
+            )
+        })?;
+        for seed in &self.node.seeds {
+            if seed
+                .rsplit_once(':')
+                .and_then(|(_, p)| p.parse::<u16>().ok())
+                .is_none()
+            {
+                return Err(bad("node.seeds", format!("`{seed}` is not host:port")));
+            }
+        }
+        if self.node.cookie.is_empty() {
+            return Err(bad("node.cookie", "must not be empty".into()));
+        }
+        if self.node.lease_ttl < Duration::from_millis(300) {
+            return Err(bad("node.lease_ttl", "must be at least 300ms".into()));
+        }
+        redis::Client::open(self.redis.url.as_str())
+            .map_err(|e| bad("redis.url", format!("`{}`: {e}", self.redis.url)))?;
+        for (key, value) in [
+            ("redis.channel", &self.redis.channel),
+            ("redis.events", &self.redis.events),
+            ("redis.prefix", &self.redis.prefix),
+        ] {
+            if value.is_empty() || value.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                return Err(bad(
+                    key,
+                    format!("`{value}` must be non-empty, without spaces"),
+                ));
+            }
+        }
+        if self.redis.channel == self.redis.events {
+            return Err(bad("redis.events", "must differ from redis.channel".into()));
+        }
+        if self.workers.concurrency == 0 || self.workers.concurrency > 10_000 {
+            return Err(bad(
+                "workers.concurrency",
+                format!("{} is outside 1..=10000", self.workers.concurrency),
+            ));
+        }
+        if self.workers.timeout.is_zero() {
+            return Err(bad("workers.timeout", "must be longer than zero".into()));
+        }
+        if self.saver.result_ttl < Duration::from_secs(1) {
+            return Err(bad("saver.result_ttl", "must be at least 1s".into()));
+        }
+        if self.saver.batch == 0 {
+            return Err(bad("saver.batch", "must be at least 1".into()));
+        }
+        if self.limits.message_bytes < 1024 {
+            return Err(bad("limits.message_bytes", "must be at least 1024".into()));
+        }
+        Ok(())
+    }
+
+    /// The node-local queue length for one worker type.
+    pub fn queue_len(&self) -> usize {
+        match self.workers.queue {
+            0 => (self.workers.concurrency as usize * 4).max(64),
+            n => n as usize,
+        }
+    }
+
+    /// True when the cluster runs with the shipped development cookie.
+    pub fn uses_development_cookie(&self) -> bool {
+        self.node.cookie == Settings::defaults().node.cookie
+    }
+
+    /// The workers folder, resolved against the current directory.
+    pub fn workers_dir(&self) -> &Path {
+        &self.workers.dir
+    }
+}
+
+/// Flattens a source into `section.key` → value.
+fn collect_keys(source: &dyn Source) -> Result<BTreeMap<String, Value>, config::ConfigError> {
+    let mut out = BTreeMap::new();
+    for (section, value) in source.collect()? {
+        match value.kind {
+            ValueKind::Table(table) => {
+                for (key, v) in table {
+                    out.insert(format!("{section}.{key}"), v);
+                }
+            }
+            _ => {
+                out.insert(section, value);
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn check_known(
+    known: &BTreeMap<String, Value>,
+    key: &str,
+    origin: &str,
+) -> Result<(), ConfigError> {
+    if known.contains_key(key) {
+        return Ok(());
+    }
+    Err(ConfigError::UnknownKey {
+        key: key.into(),
+        origin: origin.into(),
+        suggestion: nearest(known, key),
+    })
+}
+
+/// The known key closest to `key` by edit distance, when it is close enough to be a typo.
+fn nearest(known: &BTreeMap<String, Value>, key: &str) -> Option<String> {
+    known
+        .keys()
+        .map(|k| (edit_distance(k, key), k))
+        .filter(|(d, _)| *d <= 3)
+        .min()
+        .map(|(_, k)| k.clone())
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let cur = row[j + 1];
+            row[j + 1] = (prev + usize::from(ca != *cb)).min(row[j] + 1).min(cur + 1);
+            prev = cur;
+        }
+    }
+    row[b.len()]
+}
+
+fn strip_uri_noise(message: &str) -> String {
+    message.replace(
+        "the environment",
+        "the environment (BGNODE_<SECTION>__<KEY>)",
+    )
+}
+
+/// The host name, used as the node id when none is configured.
+pub fn host_name() -> String {
+    let name = rustix::system::uname()
+        .nodename()
+        .to_string_lossy()
+        .into_owned();
+    let clean: String = name
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+        .take(64)
+        .collect();
+    if clean.is_empty() {
+        "node".into()
+    } else {
+        clean
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(
+        file: Option<&str>,
+        env: &[(&str, &str)],
+        flags: &[(&str, &str)],
+    ) -> Result<Settings, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cluster.toml");
+        let file = file.map(|text| {
+            std::fs::write(&path, text).unwrap();
+            path.clone()
+        });
+        let mut sources = Sources {
+            file,
+            search_cwd: false,
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            flags: Vec::new(),
+        };
+        for (k, v) in flags {
+            sources.flag(k, *v, &format!("--{}", k.rsplit('.').next().unwrap()));
+        }
+        Settings::load(&sources)
+    }
+
+    #[test]
+    fn defaults_come_from_the_shipped_file() {
+        let s = Settings::defaults();
+        assert_eq!(s.redis.channel, "background");
+        assert_eq!(s.redis.prefix, "bg");
+        assert_eq!(s.saver.result_ttl, Duration::from_secs(86_400));
+        assert_eq!(s.workers.concurrency, 8);
+        assert!(!s.node.id.is_empty(), "an empty id becomes the host name");
+        assert!(s.uses_development_cookie());
+        assert_eq!(s.queue_len(), 64);
+    }
+
+    #[test]
+    fn file_then_environment_then_flags() {
+        let file =
+            "[workers]\nconcurrency = 3\ndir = \"/srv/w\"\n[redis]\nurl = \"redis://file:1\"\n";
+        let s = load(
+            Some(file),
+            &[
+                ("BGNODE_REDIS__URL", "redis://env:2"),
+                ("BGNODE_NODE__SEEDS", "a:1,b:2"),
+                ("HOME", "/x"),
+            ],
+            &[("workers.concurrency", "5")],
+        )
+        .unwrap();
+        assert_eq!(s.redis.url, "redis://env:2");
+        assert_eq!(s.workers.concurrency, 5);
+        assert_eq!(s.workers.dir, PathBuf::from("/srv/w"));
+        assert_eq!(s.node.seeds, vec!["a:1".to_string(), "b:2".to_string()]);
+    }
+
+    #[test]
+    fn unknown_keys_name_key_origin_and_suggestion() {
+        let e = load(Some("[workers]\nconcurency = 3\n"), &[], &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`workers.concurency`"), "{e}");
+        assert!(e.contains("cluster.toml"), "{e}");
+        assert!(e.contains("did you mean `workers.concurrency`"), "{e}");
+        let e = load(None, &[("BGNODE_REDIS_URL", "redis://x")], &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("BGNODE_REDIS_URL"), "{e}");
+        assert!(e.contains("BGNODE_<SECTION>__<KEY>"), "{e}");
+        let e = load(None, &[("BGNODE_NOPE__X", "1")], &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("`nope.x`") && e.contains("BGNODE_NOPE__X"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn bad_values_name_key_and_origin() {
+        let e = load(None, &[("BGNODE_WORKERS__CONCURRENCY", "0")], &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("`workers.concurrency`") && e.contains("BGNODE_WORKERS__CONCURRENCY"),
+            "{e}"
+        );
+        let e = load(Some("[node]\nlisten = \"nowhere\"\n"), &[], &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("`node.listen`") && e.contains("cluster.toml"),
+            "{e}"
+        );
+        let e = load(None, &[], &[("redis.url", "http://x")])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`redis.url`") && e.contains("--url"), "{e}");
+        let e = load(Some("[workers]\nconcurrency = \"many\"\n"), &[], &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("workers.concurrency"), "{e}");
+        let e = load(Some("[workers]\ntimeout = \"soon\"\n"), &[], &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("workers.timeout") || e.contains("soon"), "{e}");
+        let e = load(Some("[workers\n"), &[], &[]).unwrap_err().to_string();
+        assert!(e.contains("cluster.toml"), "{e}");
+        let e = load(Some("[node]\nid = \"a/b\"\n"), &[], &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`node.id`"), "{e}");
+    }
+
+    #[test]
+    fn a_missing_config_file_is_an_error() {
+        let e = Settings::load(&Sources {
+            file: Some("/nonexistent/bg.toml".into()),
+            ..Sources::default()
+        })
+        .unwrap_err();
+        assert!(matches!(e, ConfigError::File { .. }), "{e}");
+    }
+
+    #[test]
+    fn edit_distance_works() {
+        assert_eq!(edit_distance("kitten", "sitting"), 3);
+        assert_eq!(edit_distance("", "abc"), 3);
+        assert_eq!(edit_distance("same", "same"), 0);
+    }
+}

@@ -1,0 +1,604 @@
+//! The dispatcher: claims pending tasks for this node and feeds the worker pools.
+//!
+//! One lane per worker type holds a bounded local priority queue (higher priority first, equal
+//! priorities oldest first) and the tasks running in that type's pool. A lane claims from its
+//! pending set in Redis when it has room, in batches, and only while Redis said there may be more
+//! (a wake, a sweep, or a full last batch). Claims run as tasks off the actor, so a slow Redis
+//! never stalls completions. The queueing rules are in [`Lane`], free of I/O.
+//!
+//! On start, and on every restart, the dispatcher first makes the node's owned tasks consistent:
+//! it waits for the saver to flush, then hands every task this node still owns back to the
+//! pending sets with a new epoch (the work of a previous incarnation, or of pools that died with
+//! the old dispatcher), and only then claims. Restart policy for pools: see [`RestartTracker`];
+//! past the limit the dispatcher fails and its own supervisor takes over.
+
+use std::cmp::Ordering;
+use std::collections::{BinaryHeap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+
+use crate::pool::{Pool, PoolArgs, PoolMsg};
+use crate::registry::WorkerEntry;
+use crate::supervisor::{NodeContext, RestartDecision, RestartPolicy, RestartTracker};
+use crate::task::Task;
+
+/// The dispatcher actor.
+pub struct Dispatcher;
+
+/// What the dispatcher needs.
+pub struct DispatcherArgs {
+    /// Shared node state.
+    pub ctx: Arc<NodeContext>,
+}
+
+/// Load of one worker type on this node.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct LaneStats {
+    /// Worker name.
+    pub worker: String,
+    /// Concurrency.
+    pub capacity: usize,
+    /// Tasks running.
+    pub running: usize,
+    /// Tasks claimed and waiting for a slot.
+    pub queued: usize,
+}
+
+/// Messages to the dispatcher.
+pub enum DispatcherMsg {
+    /// The pending set of this worker may have grown.
+    Wake(String),
+    /// Check every pending set (after start or a reconnect).
+    Sweep,
+    /// The owned tasks were handed back; claiming may start.
+    Recovered,
+    /// A claim came back.
+    Claimed {
+        /// Worker.
+        worker: String,
+        /// The tasks.
+        tasks: Vec<Task>,
+        /// How many were asked for.
+        asked: usize,
+    },
+    /// A claim failed (Redis unreachable); retry later.
+    ClaimFailed {
+        /// Worker.
+        worker: String,
+        /// Why.
+        error: String,
+    },
+    /// Retry a claim after a failure.
+    RetryClaim(String),
+    /// A task left its slot.
+    Done {
+        /// Worker.
+        worker: String,
+        /// Task id.
+        id: String,
+    },
+    /// Stop claiming and starting tasks; answer once no task is running (the caller bounds
+    /// the wait).
+    Drain(RpcReplyPort<()>),
+    /// Load per worker type.
+    Stats(RpcReplyPort<Vec<LaneStats>>),
+    /// Restart a pool after its backoff.
+    RestartPool(String),
+}
+
+impl ractor::Message for DispatcherMsg {}
+
+/// A task waiting in a lane, ordered by priority, then age, then arrival.
+#[derive(Debug)]
+struct Queued {
+    task: Task,
+    seq: u64,
+}
+
+impl PartialEq for Queued {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == Ordering::Equal
+    }
+}
+impl Eq for Queued {}
+impl PartialOrd for Queued {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Queued {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.task
+            .priority
+            .cmp(&other.task.priority)
+            .then_with(|| other.task.created.cmp(&self.task.created))
+            .then_with(|| other.seq.cmp(&self.seq))
+    }
+}
+
+/// The queueing rules of one worker type, without I/O.
+#[derive(Debug)]
+pub struct Lane {
+    queue: BinaryHeap<Queued>,
+    running: HashMap<String, Task>,
+    capacity: usize,
+    queue_cap: usize,
+    seq: u64,
+    /// Redis may hold more pending tasks of this type.
+    pub more: bool,
+    /// A claim is in flight.
+    pub claiming: bool,
+    /// Delay before the next claim after a failure.
+    pub backoff: Duration,
+}
+
+impl Lane {
+    /// A lane running `capacity` at once and queueing up to `queue_cap` more.
+    pub fn new(capacity: usize, queue_cap: usize) -> Lane {
+        Lane {
+            queue: BinaryHeap::new(),
+            running: HashMap::new(),
+            capacity,
+            queue_cap,
+            seq: 0,
+            more: true,
+            claiming: false,
+            backoff: Duration::ZERO,
+        }
+    }
+
+    /// Adds claimed tasks to the queue.
+    pub fn push(&mut self, tasks: impl IntoIterator<Item = Task>) {
+        for task in tasks {
+            self.seq += 1;
+            self.queue.push(Queued {
+                task,
+                seq: self.seq,
+            });
+        }
+    }
+
+    /// How many tasks to claim now: none while a claim is in flight, while Redis has nothing,
+    /// or while the lane is at least half full; else enough to fill it.
+    pub fn claim_size(&self) -> usize {
+        let held = self.queue.len() + self.running.len();
+        let full = self.capacity + self.queue_cap;
+        if self.claiming || !self.more || held * 2 > full {
+            0
+        } else {
+            full - held
+        }
+    }
+
+    /// The next task to start, if a slot is free.
+    pub fn next_to_start(&mut self) -> Option<Task> {
+        if self.running.len() >= self.capacity {
+            return None;
+        }
+        let task = self.queue.pop()?.task;
+        self.running.insert(task.id.clone(), task.clone());
+        Some(task)
+    }
+
+    /// A task left its slot.
+    pub fn finished(&mut self, id: &str) {
+        self.running.remove(id);
+    }
+
+    /// Takes the running tasks (their pool died); they will be queued again.
+    pub fn take_running(&mut self) -> Vec<Task> {
+        self.running.drain().map(|(_, t)| t).collect()
+    }
+
+    /// Load figures.
+    pub fn stats(&self, worker: &str) -> LaneStats {
+        LaneStats {
+            worker: worker.to_owned(),
+            capacity: self.capacity,
+            running: self.running.len(),
+            queued: self.queue.len(),
+        }
+    }
+}
+
+/// The dispatcher's state.
+pub struct DispatcherState {
+    ctx: Arc<NodeContext>,
+    lanes: HashMap<String, (Lane, Option<ActorRef<PoolMsg>>)>,
+    pools: HashMap<ActorId, String>,
+    trackers: HashMap<String, RestartTracker>,
+    recovered: bool,
+    draining: bool,
+    drain_waiters: Vec<RpcReplyPort<()>>,
+}
+
+impl Actor for Dispatcher {
+    type Msg = DispatcherMsg;
+    type State = DispatcherState;
+    type Arguments = DispatcherArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<DispatcherMsg>,
+        args: DispatcherArgs,
+    ) -> Result<DispatcherState, ActorProcessingErr> {
+        let ctx = args.ctx;
+        let mut state = DispatcherState {
+            lanes: HashMap::new(),
+            pools: HashMap::new(),
+            trackers: HashMap::new(),
+            recovered: false,
+            draining: false,
+            drain_waiters: Vec::new(),
+            ctx: ctx.clone(),
+        };
+        let queue_cap = ctx.settings.queue_len();
+        for entry in ctx.registry.entries() {
+            let lane = Lane::new(entry.concurrency as usize, queue_cap);
+            state.lanes.insert(entry.name.clone(), (lane, None));
+            state.spawn_pool(&myself, entry).await?;
+        }
+        Ok(state)
+    }
+
+    async fn post_start(
+        &self,
+        myself: ActorRef<DispatcherMsg>,
+        state: &mut DispatcherState,
+    ) -> Result<(), ActorProcessingErr> {
+        let ctx = state.ctx.clone();
+        tokio::spawn(async move {
+            recover(&ctx).await;
+            let _ = myself.cast(DispatcherMsg::Recovered);
+        });
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<DispatcherMsg>,
+        msg: DispatcherMsg,
+        state: &mut DispatcherState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            DispatcherMsg::Recovered => {
+                state.recovered = true;
+                state.sweep(&myself);
+            }
+            DispatcherMsg::Sweep => state.sweep(&myself),
+            DispatcherMsg::Wake(worker) => {
+                if let Some((lane, _)) = state.lanes.get_mut(&worker) {
+                    lane.more = true;
+                    state.claim(&myself, &worker);
+                }
+            }
+            DispatcherMsg::Claimed {
+                worker,
+                tasks,
+                asked,
+            } => {
+                let Some((lane, _)) = state.lanes.get_mut(&worker) else {
+                    return Ok(());
+                };
+                lane.claiming = false;
+                lane.backoff = Duration::ZERO;
+                lane.more = tasks.len() >= asked;
+                lane.push(tasks);
+                state.pump(&worker);
+                state.claim(&myself, &worker);
+            }
+            DispatcherMsg::ClaimFailed { worker, error } => {
+                if let Some((lane, _)) = state.lanes.get_mut(&worker) {
+                    lane.backoff = (lane.backoff * 2)
+                        .clamp(Duration::from_millis(100), Duration::from_secs(2));
+                    if lane.backoff == Duration::from_millis(100) {
+                        tracing::warn!(worker, "claim failed ({error}); retrying with backoff");
+                    }
+                    myself.send_after(lane.backoff, move || DispatcherMsg::RetryClaim(worker));
+                }
+            }
+            DispatcherMsg::RetryClaim(worker) => {
+                if let Some((lane, _)) = state.lanes.get_mut(&worker) {
+                    lane.claiming = false;
+                    state.claim(&myself, &worker);
+                }
+            }
+            DispatcherMsg::Done { worker, id } => {
+                if let Some((lane, _)) = state.lanes.get_mut(&worker) {
+                    lane.finished(&id);
+                }
+                state.pump(&worker);
+                state.claim(&myself, &worker);
+                state.answer_drain();
+            }
+            DispatcherMsg::Drain(reply) => {
+                state.draining = true;
+                state.drain_waiters.push(reply);
+                state.answer_drain();
+            }
+            DispatcherMsg::Stats(reply) => {
+                let mut stats: Vec<LaneStats> = state
+                    .lanes
+                    .iter()
+                    .map(|(w, (lane, _))| lane.stats(w))
+                    .collect();
+                stats.sort_by(|a, b| a.worker.cmp(&b.worker));
+                let _ = reply.send(stats);
+            }
+            DispatcherMsg::RestartPool(worker) => {
+                if let Some(entry) = state.ctx.registry.get(&worker).cloned() {
+                    state.spawn_pool(&myself, &entry).await?;
+                    state.pump(&worker);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<DispatcherMsg>,
+        event: SupervisionEvent,
+        state: &mut DispatcherState,
+    ) -> Result<(), ActorProcessingErr> {
+        let (cell, why) = match event {
+            SupervisionEvent::ActorFailed(cell, err) => (cell, err.to_string()),
+            SupervisionEvent::ActorTerminated(cell, _, reason) => {
+                (cell, reason.unwrap_or_else(|| "stopped".into()))
+            }
+            _ => return Ok(()),
+        };
+        let Some(worker) = state.pools.remove(&cell.get_id()) else {
+            return Ok(());
+        };
+        let Some((lane, pool)) = state.lanes.get_mut(&worker) else {
+            return Ok(());
+        };
+        *pool = None;
+        // The pool's slots died with it: their attempts were interrupted, so run them again.
+        let interrupted = lane.take_running();
+        tracing::error!(
+            worker,
+            interrupted = interrupted.len(),
+            "pool failed ({why}); its running tasks are queued again"
+        );
+        lane.push(interrupted.into_iter().map(|mut t| {
+            t.attempt += 1;
+            t
+        }));
+        let tracker = state
+            .trackers
+            .entry(worker.clone())
+            .or_insert_with(|| RestartTracker::new(RestartPolicy::default()));
+        match tracker.on_failure(Instant::now()) {
+            RestartDecision::Restart(after) => {
+                myself.send_after(after, move || DispatcherMsg::RestartPool(worker));
+                Ok(())
+            }
+            RestartDecision::GiveUp { failures } => Err(format!(
+                "pool `{worker}` failed {failures} times in a row (last: {why})"
+            )
+            .into()),
+        }
+    }
+}
+
+impl DispatcherState {
+    async fn spawn_pool(
+        &mut self,
+        myself: &ActorRef<DispatcherMsg>,
+        entry: &WorkerEntry,
+    ) -> Result<(), ActorProcessingErr> {
+        let args = PoolArgs {
+            entry: entry.clone(),
+            env: self.ctx.env.clone(),
+            saver: self.ctx.saver.clone(),
+            dispatcher: myself.clone(),
+        };
+        let (pool, _) = Actor::spawn_linked(None, Pool, args, myself.get_cell()).await?;
+        self.pools.insert(pool.get_id(), entry.name.clone());
+        if let Some((_, slot)) = self.lanes.get_mut(&entry.name) {
+            *slot = Some(pool);
+        }
+        Ok(())
+    }
+
+    fn sweep(&mut self, myself: &ActorRef<DispatcherMsg>) {
+        let workers: Vec<String> = self.lanes.keys().cloned().collect();
+        for worker in workers {
+            if let Some((lane, _)) = self.lanes.get_mut(&worker) {
+                lane.more = true;
+            }
+            self.claim(myself, &worker);
+        }
+    }
+
+    /// Starts a claim for `worker` when the lane has room and Redis may have tasks.
+    fn claim(&mut self, myself: &ActorRef<DispatcherMsg>, worker: &str) {
+        if !self.recovered || self.draining {
+            return;
+        }
+        let Some((lane, _)) = self.lanes.get_mut(worker) else {
+            return;
+        };
+        let n = lane.claim_size();
+        if n == 0 {
+            return;
+        }
+        lane.claiming = true;
+        let store = self.ctx.store.clone();
+        let node = self.ctx.node.clone();
+        let worker = worker.to_owned();
+        let me = myself.clone();
+        tokio::spawn(async move {
+            let msg = match store.claim(&worker, &node, n).await {
+                Ok(tasks) => DispatcherMsg::Claimed {
+                    worker,
+                    tasks,
+                    asked: n,
+                },
+                Err(e) => DispatcherMsg::ClaimFailed {
+                    worker,
+                    error: e.to_string(),
+                },
+            };
+            if let Err(ractor::MessagingErr::SendErr(DispatcherMsg::Claimed { tasks, .. })) =
+                me.cast(msg)
+            {
+                // The dispatcher died while this claim was in flight: do not strand the tasks.
+                let ids: Vec<String> = tasks.into_iter().map(|t| t.id).collect();
+                if let Err(e) = store.release_ids(&node, &ids).await {
+                    tracing::warn!("could not hand back {} claimed tasks: {e}", ids.len());
+                }
+            }
+        });
+    }
+
+    /// Starts queued tasks of `worker` on free slots.
+    fn pump(&mut self, worker: &str) {
+        if self.draining {
+            return;
+        }
+        let Some((lane, Some(pool))) = self.lanes.get_mut(worker) else {
+            return;
+        };
+        while let Some(task) = lane.next_to_start() {
+            if let Err(ractor::MessagingErr::SendErr(PoolMsg::Run(task))) =
+                pool.cast(PoolMsg::Run(task))
+            {
+                // The pool is dying; its supervision event requeues what it ran. Keep this one.
+                lane.finished(&task.id);
+                lane.push([task]);
+                return;
+            }
+        }
+    }
+
+    fn answer_drain(&mut self) {
+        if !self.draining {
+            return;
+        }
+        let running: usize = self.lanes.values().map(|(l, _)| l.running.len()).sum();
+        if running == 0 {
+            for reply in self.drain_waiters.drain(..) {
+                let _ = reply.send(());
+            }
+        }
+    }
+}
+
+/// Makes the owned set consistent before claiming: flush the saver, then hand back everything
+/// this node still owns. Retries while Redis is unreachable.
+async fn recover(ctx: &NodeContext) {
+    let mut backoff = Duration::from_millis(100);
+    ctx.saver.flush(Duration::from_secs(30)).await;
+    loop {
+        match ctx.store.release_owned(&ctx.node).await {
+            Ok(0) => return,
+            Ok(n) => {
+                tracing::info!(
+                    tasks = n,
+                    "handed back tasks this node owned before (re)start"
+                );
+                return;
+            }
+            Err(e) => {
+                tracing::warn!("cannot recover owned tasks yet ({e}); retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn task(id: &str, priority: i32, created: u64) -> Task {
+        Task {
+            id: id.into(),
+            worker: "w".into(),
+            args: "null".into(),
+            priority,
+            attempt: 1,
+            attempts: 1,
+            timeout: None,
+            epoch: 1,
+            created,
+            reply: false,
+        }
+    }
+
+    #[test]
+    fn higher_priority_first_then_oldest() {
+        let mut lane = Lane::new(1, 10);
+        lane.push([
+            task("low", 0, 1),
+            task("high", 5, 3),
+            task("old-high", 5, 2),
+            task("mid", 1, 0),
+        ]);
+        let mut order = Vec::new();
+        while let Some(t) = lane.next_to_start() {
+            order.push(t.id.clone());
+            lane.finished(&t.id);
+        }
+        assert_eq!(order, ["old-high", "high", "mid", "low"]);
+    }
+
+    #[test]
+    fn equal_priority_and_age_keep_arrival_order() {
+        let mut lane = Lane::new(1, 10);
+        lane.push([task("a", 0, 5), task("b", 0, 5), task("c", 0, 5)]);
+        let mut order = Vec::new();
+        while let Some(t) = lane.next_to_start() {
+            order.push(t.id.clone());
+            lane.finished(&t.id);
+        }
+        assert_eq!(order, ["a", "b", "c"]);
+    }
+
+    #[test]
+    fn capacity_bounds_running() {
+        let mut lane = Lane::new(2, 10);
+        lane.push((0..5).map(|i| task(&i.to_string(), 0, i)));
+        assert!(lane.next_to_start().is_some());
+        assert!(lane.next_to_start().is_some());
+        assert!(lane.next_to_start().is_none());
+        lane.finished("0");
+        assert!(lane.next_to_start().is_some());
+    }
+
+    #[test]
+    fn claims_only_with_room_and_hope() {
+        let mut lane = Lane::new(2, 8);
+        assert_eq!(lane.claim_size(), 10);
+        lane.claiming = true;
+        assert_eq!(lane.claim_size(), 0, "one claim at a time");
+        lane.claiming = false;
+        lane.push((0..6).map(|i| task(&i.to_string(), 0, i)));
+        assert_eq!(lane.claim_size(), 0, "more than half full");
+        lane.next_to_start();
+        lane.next_to_start();
+        lane.finished("0");
+        lane.finished("1");
+        assert_eq!(lane.claim_size(), 6);
+        lane.more = false;
+        assert_eq!(lane.claim_size(), 0, "redis said it is empty");
+    }
+
+    #[test]
+    fn a_dead_pool_gives_back_its_running_tasks() {
+        let mut lane = Lane::new(2, 8);
+        lane.push([task("a", 0, 1), task("b", 0, 2)]);
+        lane.next_to_start();
+        lane.next_to_start();
+        let mut back = lane.take_running();
+        back.sort_by(|a, b| a.id.cmp(&b.id));
+        assert_eq!(back.len(), 2);
+        assert_eq!(lane.stats("w").running, 0);
+    }
+}

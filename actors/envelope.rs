@@ -1,0 +1,281 @@
+//! Channel messages: the JSON envelope anyone may `PUBLISH`, checked before anything is stored.
+//!
+//! The size is checked before parsing; the JSON is then read field by field so that every error
+//! names the field and the rule (`field `priority`: expected an integer, got a string`). A
+//! refused message becomes a [`Rejection`], which the ingress logs and announces as a `rejected`
+//! event; it never stops the node and never touches a neighbouring message.
+
+use std::time::Duration;
+
+use serde_json::{Map, Value};
+
+use crate::duration::parse_duration;
+use crate::names::shorten;
+use crate::task::{SpecError, TaskSpec};
+
+/// Fields a task envelope may carry.
+pub const ENVELOPE_FIELDS: &[&str] = &["id", "worker", "args", "priority", "attempts", "timeout"];
+
+/// A message read from the task channel.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ChannelMessage {
+    /// A task to accept (the raw path).
+    Task(TaskSpec),
+    /// A durable task was written to the pending set of `worker`: claim it (the client path).
+    Wake {
+        /// The worker whose pending set grew.
+        worker: String,
+    },
+}
+
+/// Why a channel message was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    /// What was wrong, for people.
+    pub reason: String,
+    /// The task id, when the message carried a readable one.
+    pub id: Option<String>,
+    /// The worker name, when the message carried a valid one.
+    pub worker: Option<String>,
+    /// The start of the message, escaped and cut short.
+    pub excerpt: String,
+}
+
+/// Parses and validates one channel message of at most `limit` bytes.
+pub fn parse_message(bytes: &[u8], limit: usize) -> Result<ChannelMessage, Rejection> {
+    let excerpt = || {
+        shorten(
+            &String::from_utf8_lossy(&bytes[..bytes.len().min(256)]),
+            120,
+        )
+    };
+    let reject = |reason: String, id: Option<String>, worker: Option<String>| Rejection {
+        reason,
+        id,
+        worker,
+        excerpt: excerpt(),
+    };
+    if bytes.len() > limit {
+        return Err(reject(
+            format!(
+                "message is {} bytes, over the {limit}-byte limit",
+                bytes.len()
+            ),
+            None,
+            None,
+        ));
+    }
+    let value: Value = serde_json::from_slice(bytes)
+        .map_err(|e| reject(format!("message is not valid JSON: {e}"), None, None))?;
+    let Value::Object(obj) = value else {
+        return Err(reject(
+            format!(
+                "message must be a JSON object with a `worker` field, got {}",
+                kind(&value)
+            ),
+            None,
+            None,
+        ));
+    };
+    let id = obj.get("id").and_then(Value::as_str).map(str::to_owned);
+    let worker = obj
+        .get("worker")
+        .and_then(Value::as_str)
+        .filter(|w| crate::names::validate_worker_name(w).is_ok())
+        .map(str::to_owned);
+    read_object(&obj).map_err(|reason| reject(reason, id, worker))
+}
+
+fn read_object(obj: &Map<String, Value>) -> Result<ChannelMessage, String> {
+    if let Some(op) = obj.get("op") {
+        return match op.as_str() {
+            Some("wake") => {
+                let worker = str_field(obj, "worker")?.ok_or("wake message without `worker`")?;
+                crate::names::validate_worker_name(worker).map_err(|e| e.to_string())?;
+                Ok(ChannelMessage::Wake {
+                    worker: worker.to_owned(),
+                })
+            }
+            _ => Err(format!(
+                "field `op`: unknown operation {} (only \"wake\")",
+                shorten(&op.to_string(), 40)
+            )),
+        };
+    }
+    if let Some(unknown) = obj.keys().find(|k| !ENVELOPE_FIELDS.contains(&k.as_str())) {
+        return Err(format!(
+            "unknown field `{}` (allowed: {})",
+            shorten(unknown, 40),
+            ENVELOPE_FIELDS.join(", ")
+        ));
+    }
+    let worker = str_field(obj, "worker")?.ok_or("missing field `worker`")?;
+    let mut spec = TaskSpec::new(worker, obj.get("args").cloned().unwrap_or(Value::Null));
+    spec.id = str_field(obj, "id")?.map(str::to_owned);
+    if let Some(p) = int_field(obj, "priority")? {
+        spec.priority =
+            i32::try_from(p).map_err(|_| format!("field `priority`: {p} is out of range"))?;
+    }
+    if let Some(a) = int_field(obj, "attempts")? {
+        spec.attempts =
+            u32::try_from(a).map_err(|_| format!("field `attempts`: {a} is out of range"))?;
+    }
+    spec.timeout = duration_field(obj, "timeout")?;
+    spec.validate().map_err(|e| match e {
+        SpecError::Worker(name) => name.to_string(),
+        other => other.to_string(),
+    })?;
+    Ok(ChannelMessage::Task(spec))
+}
+
+fn kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+fn str_field<'a>(obj: &'a Map<String, Value>, name: &str) -> Result<Option<&'a str>, String> {
+    match obj.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(other) => Err(format!(
+            "field `{name}`: expected a string, got {}",
+            kind(other)
+        )),
+    }
+}
+
+fn int_field(obj: &Map<String, Value>, name: &str) -> Result<Option<i64>, String> {
+    match obj.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Number(n)) => n
+            .as_i64()
+            .map(Some)
+            .ok_or_else(|| format!("field `{name}`: expected an integer, got {n}")),
+        Some(other) => Err(format!(
+            "field `{name}`: expected an integer, got {}",
+            kind(other)
+        )),
+    }
+}
+
+fn duration_field(obj: &Map<String, Value>, name: &str) -> Result<Option<Duration>, String> {
+    match obj.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Number(n)) => match n.as_f64() {
+            Some(secs) if secs > 0.0 && secs < 1e9 => Ok(Some(Duration::from_secs_f64(secs))),
+            _ => Err(format!(
+                "field `{name}`: {n} is not a positive number of seconds"
+            )),
+        },
+        Some(Value::String(s)) => parse_duration(s)
+            .map(Some)
+            .map_err(|e| format!("field `{name}`: {e}")),
+        Some(other) => Err(format!(
+            "field `{name}`: expected seconds or a duration such as \"90s\", got {}",
+            kind(other)
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const LIMIT: usize = 1 << 20;
+
+    fn reason(bytes: &[u8]) -> String {
+        parse_message(bytes, LIMIT).unwrap_err().reason
+    }
+
+    #[test]
+    fn reads_a_full_envelope() {
+        let msg = br#"{"id":"t-1","worker":"email","args":{"to":"a@b"},"priority":5,"attempts":3,"timeout":"90s"}"#;
+        let ChannelMessage::Task(spec) = parse_message(msg, LIMIT).unwrap() else {
+            panic!("not a task")
+        };
+        assert_eq!(spec.id.as_deref(), Some("t-1"));
+        assert_eq!(spec.worker, "email");
+        assert_eq!(spec.args, json!({"to": "a@b"}));
+        assert_eq!(spec.priority, 5);
+        assert_eq!(spec.attempts, 3);
+        assert_eq!(spec.timeout, Some(Duration::from_secs(90)));
+    }
+
+    #[test]
+    fn minimal_envelope_gets_defaults() {
+        let ChannelMessage::Task(spec) = parse_message(br#"{"worker":"w"}"#, LIMIT).unwrap() else {
+            panic!("not a task")
+        };
+        assert_eq!(spec, TaskSpec::new("w", Value::Null));
+    }
+
+    #[test]
+    fn reads_a_wake() {
+        assert_eq!(
+            parse_message(br#"{"op":"wake","worker":"email"}"#, LIMIT).unwrap(),
+            ChannelMessage::Wake {
+                worker: "email".into()
+            }
+        );
+        assert!(reason(br#"{"op":"explode"}"#).contains("unknown operation"));
+        assert!(reason(br#"{"op":"wake","worker":"../x"}"#).contains("dot"));
+    }
+
+    #[test]
+    fn every_bad_input_has_a_clear_reason() {
+        assert!(reason(b"not json").contains("not valid JSON"));
+        assert!(reason(b"[1,2]").contains("got an array"));
+        assert!(reason(b"\"email\"").contains("got a string"));
+        assert!(reason(br#"{"args":{}}"#).contains("missing field `worker`"));
+        assert!(
+            reason(br#"{"worker":5}"#).contains("field `worker`: expected a string, got a number")
+        );
+        assert!(
+            reason(br#"{"worker":"w","priority":"high"}"#)
+                .contains("field `priority`: expected an integer")
+        );
+        assert!(reason(br#"{"worker":"w","priority":1.5}"#).contains("expected an integer"));
+        assert!(reason(br#"{"worker":"w","priority":99999999999}"#).contains("priority"));
+        assert!(reason(br#"{"worker":"w","attempts":-1}"#).contains("attempts"));
+        assert!(reason(br#"{"worker":"w","timeout":"soon"}"#).contains("field `timeout`"));
+        assert!(reason(br#"{"worker":"w","timeout":-3}"#).contains("positive"));
+        assert!(reason(br#"{"worker":"w","prority":1}"#).contains("unknown field `prority`"));
+        assert!(reason(br#"{"worker":"../x"}"#).contains("dot"));
+        assert!(reason(br#"{"worker":"/bin/sh"}"#).contains("path separator"));
+        assert!(reason(br#"{"worker":"a\u0000b"}"#).contains("NUL"));
+        let long = format!(r#"{{"worker":"{}"}}"#, "a".repeat(10_000));
+        assert!(reason(long.as_bytes()).contains("10000 bytes long"));
+        assert!(reason(br#"{"worker":"w","id":"has space"}"#).contains("field `id`"));
+    }
+
+    #[test]
+    fn size_is_checked_before_parsing() {
+        let big = vec![b'{'; 2048];
+        let r = parse_message(&big, 1024).unwrap_err();
+        assert!(
+            r.reason.contains("over the 1024-byte limit"),
+            "{}",
+            r.reason
+        );
+        assert!(r.excerpt.chars().count() <= 121);
+    }
+
+    #[test]
+    fn rejection_keeps_what_it_could_read() {
+        let r = parse_message(br#"{"id":"x1","worker":"w","priority":"hi"}"#, LIMIT).unwrap_err();
+        assert_eq!(r.id.as_deref(), Some("x1"));
+        assert_eq!(r.worker.as_deref(), Some("w"));
+        let r = parse_message(br#"{"worker":"../etc"}"#, LIMIT).unwrap_err();
+        assert_eq!(
+            r.worker, None,
+            "an invalid name is never echoed as a worker"
+        );
+    }
+}

@@ -1,0 +1,295 @@
+//! The ingress: the subscription to the task channel, held by one node at a time.
+//!
+//! A node subscribes only while it holds the ingress lease (`{prefix}:ingress`, a short TTL
+//! renewed at a third of it), so a raw `PUBLISH` reaches exactly one node, or none: Redis answers
+//! 1 when the cluster took the message and 0 when nobody listened. When the holder dies the lease
+//! expires and another node takes it within the TTL.
+//!
+//! Messages are read in batches (whatever has arrived, up to 512). Each is size-checked and
+//! validated ([`crate::envelope`]); a refused one is logged and announced as a `rejected` event
+//! and does not affect its neighbours. Valid raw tasks are stored with the same atomic script
+//! the client uses (record + pending entry; an id that exists is not stored again), then the
+//! dispatcher is woken. Wake notices from the durable path only wake the dispatcher.
+//!
+//! After every (re)subscription the dispatcher sweeps the pending sets, so a task whose wake
+//! was published while no one listened is still claimed.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::{FutureExt, StreamExt};
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::dispatcher::DispatcherMsg;
+use crate::envelope::{ChannelMessage, Rejection, parse_message};
+use crate::events;
+use crate::store::{Publish, WriteOp};
+use crate::supervisor::{NodeContext, watch_task};
+use crate::task::TaskSpec;
+
+/// Most messages handled in one batch.
+pub const BATCH: usize = 512;
+
+/// The ingress actor.
+pub struct Ingress;
+
+/// What the ingress needs.
+pub struct IngressArgs {
+    /// Shared node state.
+    pub ctx: Arc<NodeContext>,
+}
+
+/// The ingress state: the listener task and its stop switch.
+pub struct IngressState {
+    listener: Option<JoinHandle<()>>,
+    stop: watch::Sender<bool>,
+}
+
+/// Messages to the ingress.
+pub enum IngressMsg {
+    /// Unsubscribe, give up the lease, and answer.
+    Stop(RpcReplyPort<()>),
+    /// The listener task ended unexpectedly.
+    ListenerDied(String),
+}
+
+impl ractor::Message for IngressMsg {}
+
+impl Actor for Ingress {
+    type Msg = IngressMsg;
+    type State = IngressState;
+    type Arguments = IngressArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<IngressMsg>,
+        args: IngressArgs,
+    ) -> Result<IngressState, ActorProcessingErr> {
+        let (stop, stop_rx) = watch::channel(false);
+        let listener = watch_task(listen(args.ctx, stop_rx), myself, IngressMsg::ListenerDied);
+        Ok(IngressState {
+            listener: Some(listener),
+            stop,
+        })
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<IngressMsg>,
+        state: &mut IngressState,
+    ) -> Result<(), ActorProcessingErr> {
+        if let Some(listener) = state.listener.take() {
+            listener.abort();
+        }
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<IngressMsg>,
+        msg: IngressMsg,
+        state: &mut IngressState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            IngressMsg::Stop(reply) => {
+                let _ = state.stop.send(true);
+                if let Some(listener) = state.listener.take() {
+                    let _ = tokio::time::timeout(Duration::from_secs(5), listener).await;
+                }
+                let _ = reply.send(());
+                Ok(())
+            }
+            IngressMsg::ListenerDied(_) if state.listener.is_none() => Ok(()),
+            IngressMsg::ListenerDied(why) => Err(format!("ingress listener died: {why}").into()),
+        }
+    }
+}
+
+/// The listener: take the lease, subscribe, handle batches, renew; start over on any loss.
+async fn listen(ctx: Arc<NodeContext>, mut stop: watch::Receiver<bool>) {
+    let key = ctx.store.keys().ingress();
+    let holder = ctx.holder();
+    let ttl = ctx.settings.node.lease_ttl;
+    let channel = ctx.settings.redis.channel.clone();
+    let mut backoff = Duration::from_millis(100);
+    let mut warned = false;
+    while !*stop.borrow() {
+        match ctx.store.lease(&key, &holder, ttl).await {
+            Ok(None) => {}
+            Ok(Some(other)) => {
+                tracing::debug!("ingress lease held by {other}");
+                if wait_or_stop(&mut stop, ttl / 3).await {
+                    break;
+                }
+                continue;
+            }
+            Err(e) => {
+                if !warned {
+                    tracing::warn!("ingress cannot reach redis ({e}); retrying");
+                    warned = true;
+                }
+                if wait_or_stop(&mut stop, backoff).await {
+                    break;
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+                continue;
+            }
+        }
+        let mut pubsub = match ctx.store.client().get_async_pubsub().await {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!("ingress cannot open a subscription ({e}); retrying");
+                if wait_or_stop(&mut stop, backoff).await {
+                    break;
+                }
+                continue;
+            }
+        };
+        if let Err(e) = pubsub.subscribe(&channel).await {
+            tracing::warn!("ingress cannot subscribe to {channel} ({e}); retrying");
+            continue;
+        }
+        backoff = Duration::from_millis(100);
+        warned = false;
+        tracing::info!(channel, "holding the ingress lease; subscribed");
+        ctx.dispatcher.cast(DispatcherMsg::Sweep);
+        let mut stream = pubsub.into_on_message();
+        let mut renew = tokio::time::interval(ttl / 3);
+        renew.tick().await;
+        let mut renewed = Instant::now();
+        loop {
+            tokio::select! {
+                msg = stream.next() => {
+                    let Some(first) = msg else {
+                        tracing::warn!("subscription to {channel} lost; reconnecting");
+                        break;
+                    };
+                    let mut batch = vec![first.get_payload_bytes().to_vec()];
+                    while batch.len() < BATCH {
+                        match stream.next().now_or_never() {
+                            Some(Some(m)) => batch.push(m.get_payload_bytes().to_vec()),
+                            _ => break,
+                        }
+                    }
+                    handle_batch(&ctx, &batch).await;
+                }
+                _ = renew.tick() => {
+                    match ctx.store.lease(&key, &holder, ttl).await {
+                        Ok(None) => renewed = Instant::now(),
+                        Ok(Some(other)) => {
+                            tracing::warn!("lost the ingress lease to {other}; unsubscribing");
+                            break;
+                        }
+                        Err(e) if renewed.elapsed() >= ttl => {
+                            tracing::warn!("ingress lease expired while redis was unreachable ({e}); unsubscribing");
+                            break;
+                        }
+                        Err(_) => {}
+                    }
+                }
+                _ = stop.changed() => break,
+            }
+        }
+    }
+    if let Err(e) = ctx.store.unlease(&key, &holder).await {
+        tracing::debug!("could not drop the ingress lease ({e}); it expires by itself");
+    }
+}
+
+/// Sleeps `d`; true if asked to stop meanwhile.
+async fn wait_or_stop(stop: &mut watch::Receiver<bool>, d: Duration) -> bool {
+    tokio::select! {
+        _ = tokio::time::sleep(d) => *stop.borrow(),
+        _ = stop.changed() => true,
+    }
+}
+
+/// Validates, stores and announces one batch of channel messages.
+async fn handle_batch(ctx: &NodeContext, batch: &[Vec<u8>]) {
+    let limit = ctx.settings.limits.message_bytes as usize;
+    let mut specs: Vec<TaskSpec> = Vec::new();
+    let mut wakes: BTreeSet<String> = BTreeSet::new();
+    for payload in batch {
+        match parse_message(payload, limit) {
+            Ok(ChannelMessage::Wake { worker }) => {
+                wakes.insert(worker);
+            }
+            Ok(ChannelMessage::Task(spec)) => {
+                if ctx.registry.get(&spec.worker).is_some() {
+                    specs.push(spec);
+                } else {
+                    reject(
+                        ctx,
+                        &Rejection {
+                            reason: format!(
+                                "unknown worker `{}` (offered: {})",
+                                spec.worker,
+                                ctx.registry.names().join(", ")
+                            ),
+                            id: spec.id.clone(),
+                            worker: Some(spec.worker.clone()),
+                            excerpt: crate::names::shorten(&String::from_utf8_lossy(payload), 120),
+                        },
+                    );
+                }
+            }
+            Err(rejection) => reject(ctx, &rejection),
+        }
+    }
+    if !specs.is_empty() {
+        // Ids are fixed before the first try, so a retried pipeline cannot store a task twice.
+        for spec in &mut specs {
+            spec.id.get_or_insert_with(crate::task::new_task_id);
+        }
+        let publish = Publish {
+            wake: None,
+            events: &ctx.settings.redis.events,
+        };
+        let mut backoff = Duration::from_millis(50);
+        let started = Instant::now();
+        loop {
+            match ctx.store.enqueue_many(&specs, &publish).await {
+                Ok(stored) => {
+                    for ((id, new), spec) in stored.iter().zip(&specs) {
+                        if *new {
+                            wakes.insert(spec.worker.clone());
+                        } else {
+                            tracing::debug!(task = %id, "task id already known; message ignored");
+                        }
+                    }
+                    break;
+                }
+                Err(e) if started.elapsed() < Duration::from_secs(5) => {
+                    tracing::warn!("cannot store {} raw tasks yet ({e}); retrying", specs.len());
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                }
+                Err(e) => {
+                    tracing::error!(
+                        "dropped {} raw tasks: redis unreachable for 5s ({e}); raw publishes are at most once",
+                        specs.len()
+                    );
+                    break;
+                }
+            }
+        }
+    }
+    for worker in wakes {
+        ctx.dispatcher.cast(DispatcherMsg::Wake(worker));
+    }
+}
+
+fn reject(ctx: &NodeContext, rejection: &Rejection) {
+    tracing::warn!(
+        id = rejection.id.as_deref().unwrap_or("-"),
+        "rejected a channel message: {} (message: {})",
+        rejection.reason,
+        rejection.excerpt
+    );
+    ctx.saver.write(WriteOp::Event {
+        event: events::rejected(rejection, &ctx.node),
+    });
+}

@@ -1,0 +1,70 @@
+//! bgnode: a distributed background-task cluster on Redis and ractor actors.
+//!
+//! Tasks arrive on a Redis channel (raw JSON from any language) or through [`Client`]; a node
+//! claims them, runs them on Rust or script workers, and records results durably, fenced by
+//! epoch so that a task is owned by exactly one node at a time.
+//!
+//! ```no_run
+//! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+//! use background::{Node, Settings, TaskContext, TaskError, Worker};
+//! use serde_json::Value;
+//!
+//! struct Hello;
+//!
+//! #[async_trait::async_trait]
+//! impl Worker for Hello {
+//!     async fn run(&self, ctx: TaskContext) -> Result<Value, TaskError> {
+//!         Ok(format!("hello, {}", ctx.args).into())
+//!     }
+//! }
+//!
+//! let node = Node::builder(Settings::defaults()).worker("hello", Hello).start().await?;
+//! node.shutdown().await?;
+//! # Ok(()) }
+//! ```
+//!
+//! # Layout
+//!
+//! - [`config`]: settings from `cluster.toml`, the environment and flags, with precise errors.
+//! - [`duration`]: human durations (`90s`, `10 minutes`, `day`).
+//! - [`names`]: the worker-name allowlist.
+//! - [`task`]: the task model (spec, claimed task, outcome, status, record fields).
+//! - [`envelope`]: parsing and validating channel messages.
+//! - [`fencing`]: the epoch rule that decides whether a completion may be written.
+//! - [`store`]: Redis keys, the atomic Lua scripts, every round trip.
+//! - [`events`]: event messages on the events channel.
+//! - [`worker`]: the Rust [`Worker`] trait, its context and errors, the built-in workers.
+//! - [`script`]: script workers: scanning the folder, running a script safely.
+//! - [`registry`]: the worker types a node offers, and running one attempt of any of them.
+//! - [`supervisor`]: the root actor, its restart policy, shared node context.
+//! - [`saver`]: the single writer of task state: batched, pipelined, outage-proof.
+//! - [`dispatcher`]: claiming and the node-local priority queues.
+//! - [`pool`]: per-worker pools of slot actors.
+//! - [`ingress`]: the lease-holding subscriber of the task channel.
+//! - [`node`]: start-up, liveness lease, graceful shutdown; the entry point.
+//! - [`client`]: the Rust client.
+
+pub mod client;
+pub mod config;
+pub mod dispatcher;
+pub mod duration;
+pub mod envelope;
+pub mod events;
+pub mod fencing;
+pub mod ingress;
+pub mod names;
+pub mod node;
+pub mod pool;
+pub mod registry;
+pub mod saver;
+pub mod script;
+pub mod store;
+pub mod supervisor;
+pub mod task;
+pub mod worker;
+
+pub use client::{Client, ClientError, TaskResult};
+pub use config::{Settings, Sources};
+pub use node::{Node, NodeBuilder, NodeError, NodeHandle, ShutdownReport};
+pub use task::{Outcome, TaskSpec, TaskState, TaskStatus};
+pub use worker::{TaskContext, TaskError, Worker, WorkerOptions};

@@ -1,0 +1,178 @@
+//! The workers a node offers: built-ins, Rust workers registered on the builder, and scripts from
+//! the workers folder, each with its concurrency and time limit. [`run_attempt`] runs one attempt
+//! of any of them; the worker actors and `bgnode eval` share it.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::config::Settings;
+use crate::duration::format_duration;
+use crate::script::{ScriptRun, run_script, scan_dir};
+use crate::task::{Outcome, Task};
+use crate::worker::{SharedWorker, TaskContext, TaskError, WorkerOptions, builtin};
+
+/// How a worker runs.
+#[derive(Clone)]
+pub enum WorkerKind {
+    /// A Rust worker in this process.
+    Rust(SharedWorker),
+    /// An executable in the workers folder (canonical path).
+    Script(PathBuf),
+}
+
+impl std::fmt::Debug for WorkerKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            WorkerKind::Rust(_) => write!(f, "Rust"),
+            WorkerKind::Script(p) => write!(f, "Script({})", p.display()),
+        }
+    }
+}
+
+/// One worker type on this node.
+#[derive(Debug, Clone)]
+pub struct WorkerEntry {
+    /// Name.
+    pub name: String,
+    /// How it runs.
+    pub kind: WorkerKind,
+    /// Tasks running at once on this node.
+    pub concurrency: u32,
+    /// Default run-time limit.
+    pub timeout: Duration,
+}
+
+/// The worker types a node offers.
+#[derive(Debug, Clone, Default)]
+pub struct Registry {
+    entries: BTreeMap<String, WorkerEntry>,
+    /// The canonical workers folder, when it exists.
+    pub dir: Option<PathBuf>,
+    /// Things worth a warning at start (skipped scripts, shadowed names).
+    pub notes: Vec<String>,
+}
+
+impl Registry {
+    /// Builds the registry from the built-ins, `rust` workers and the scripts folder.
+    /// Rust workers take precedence over built-ins and scripts of the same name.
+    pub fn build(rust: &[(String, SharedWorker, WorkerOptions)], settings: &Settings) -> Registry {
+        let mut reg = Registry::default();
+        let defaults = WorkerOptions::default();
+        for (name, worker) in builtin::all() {
+            reg.insert(name, WorkerKind::Rust(worker), &defaults, settings);
+        }
+        for (name, worker, opts) in rust {
+            reg.insert(name, WorkerKind::Rust(worker.clone()), opts, settings);
+        }
+        match scan_dir(&settings.workers.dir) {
+            Ok(scan) => {
+                reg.dir = settings.workers.dir.canonicalize().ok();
+                for (path, why) in scan.skipped {
+                    reg.notes
+                        .push(format!("script {} skipped: {why}", path.display()));
+                }
+                for (name, path) in scan.found {
+                    if reg.entries.contains_key(&name) {
+                        reg.notes.push(format!(
+                            "script {} skipped: a Rust worker is named `{name}`",
+                            path.display()
+                        ));
+                        continue;
+                    }
+                    reg.insert(&name, WorkerKind::Script(path), &defaults, settings);
+                }
+            }
+            Err(e) => reg.notes.push(format!(
+                "workers folder {} not read ({e}): no script workers",
+                settings.workers.dir.display()
+            )),
+        }
+        reg
+    }
+
+    fn insert(&mut self, name: &str, kind: WorkerKind, opts: &WorkerOptions, settings: &Settings) {
+        self.entries.insert(
+            name.to_owned(),
+            WorkerEntry {
+                name: name.to_owned(),
+                kind,
+                concurrency: opts
+                    .concurrency
+                    .unwrap_or(settings.workers.concurrency)
+                    .max(1),
+                timeout: opts.timeout.unwrap_or(settings.workers.timeout),
+            },
+        );
+    }
+
+    /// The worker named `name`.
+    pub fn get(&self, name: &str) -> Option<&WorkerEntry> {
+        self.entries.get(name)
+    }
+
+    /// Every worker, by name.
+    pub fn entries(&self) -> impl Iterator<Item = &WorkerEntry> {
+        self.entries.values()
+    }
+
+    /// Worker names, sorted.
+    pub fn names(&self) -> Vec<String> {
+        self.entries.keys().cloned().collect()
+    }
+}
+
+/// Everything an attempt needs besides the task.
+#[derive(Debug, Clone)]
+pub struct RunEnv {
+    /// This node's id.
+    pub node: String,
+    /// The canonical workers folder (scripts run there).
+    pub dir: PathBuf,
+    /// Largest script output accepted.
+    pub output_limit: usize,
+}
+
+/// Runs one attempt of `task` with `entry`. A panic in a Rust worker propagates to the caller
+/// (the worker actor), which turns it into a failed attempt and is restarted.
+pub async fn run_attempt(entry: &WorkerEntry, task: &Task, env: &RunEnv) -> Outcome {
+    let limit = task.timeout.unwrap_or(entry.timeout);
+    match &entry.kind {
+        WorkerKind::Rust(worker) => {
+            let args: Value = match serde_json::from_str(&task.args) {
+                Ok(v) => v,
+                Err(e) => return Outcome::Failed(format!("stored arguments are not JSON: {e}")),
+            };
+            let ctx = TaskContext {
+                id: task.id.clone(),
+                worker: task.worker.clone(),
+                attempt: task.attempt,
+                node: env.node.clone(),
+                args,
+            };
+            match tokio::time::timeout(limit, Arc::clone(worker).run(ctx)).await {
+                Ok(Ok(value)) => Outcome::Done(value),
+                Ok(Err(TaskError::Fail(m) | TaskError::Retry(m)))
+                | Ok(Err(TaskError::RetryAfter { message: m, .. })) => Outcome::Failed(m),
+                Err(_) => Outcome::Failed(format!("timed out after {}", format_duration(limit))),
+            }
+        }
+        WorkerKind::Script(path) => {
+            run_script(ScriptRun {
+                path,
+                dir: &env.dir,
+                id: &task.id,
+                worker: &task.worker,
+                attempt: task.attempt,
+                node: &env.node,
+                args: &task.args,
+                timeout: limit,
+                output_limit: env.output_limit,
+            })
+            .await
+        }
+    }
+}
