@@ -74,15 +74,19 @@ pub fn validate_worker_name(name: &str) -> Result<(), NameError> {
     }
 }
 
-/// An escaped prefix of `text`, at most `max` characters, safe to print in a log or an error.
+/// An escaped prefix of `text`, at most `max` characters once escaped (then `…`), safe to print
+/// in a log or an error.
 pub fn shorten(text: &str, max: usize) -> String {
-    let mut out: String = text
-        .chars()
-        .take(max)
-        .flat_map(char::escape_debug)
-        .collect();
-    if text.chars().count() > max {
-        out.push('…');
+    let mut out = String::new();
+    let mut len = 0;
+    for ch in text.chars() {
+        let escaped = ch.escape_debug();
+        len += escaped.len();
+        if len > max {
+            out.push('…');
+            return out;
+        }
+        out.extend(escaped);
     }
     out
 }
@@ -120,5 +124,7 @@ mod tests {
         let s = shorten(&"\u{1b}[31m".repeat(100), 10);
         assert!(s.ends_with('…'));
         assert!(!s.contains('\u{1b}'));
+        assert!(s.chars().count() <= 11, "{s}");
+        assert_eq!(shorten("short", 10), "short");
     }
 }

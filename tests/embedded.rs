@@ -1,0 +1,171 @@
+//! A node embedded in this test process, with Rust workers: a panicking worker fails only its
+//! own attempt, its actor is restarted, and every other task keeps flowing.
+
+mod common;
+
+use std::time::Duration;
+
+use background::{Client, Node, Settings, TaskContext, TaskError, TaskSpec, Worker, WorkerOptions};
+use common::{Redis, eventually};
+use serde_json::{Value, json};
+
+struct Panicky;
+
+#[async_trait::async_trait]
+impl Worker for Panicky {
+    async fn run(&self, ctx: TaskContext) -> Result<Value, TaskError> {
+        if ctx.arg::<bool>("panic")? {
+            panic!("boom on purpose");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        Ok(json!({"n": ctx.arg::<u64>("n")?}))
+    }
+}
+
+struct Picky;
+
+#[async_trait::async_trait]
+impl Worker for Picky {
+    async fn run(&self, ctx: TaskContext) -> Result<Value, TaskError> {
+        let n: u64 = ctx.arg("n")?;
+        if n % 2 == 1 {
+            return Err(TaskError::fail(format!("{n} is odd")));
+        }
+        Ok(json!(n / 2))
+    }
+}
+
+fn settings(redis: &Redis, workers: &std::path::Path) -> Settings {
+    let mut s = Settings::defaults();
+    s.redis.url = redis.url.clone();
+    s.node.id = "embedded".into();
+    s.node.listen = format!("127.0.0.1:{}", common::free_port());
+    s.node.cookie = "test-cookie".into();
+    s.workers.dir = workers.to_path_buf();
+    s
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_panicking_worker_fails_one_attempt_and_the_rest_keep_flowing() {
+    let redis = Redis::start();
+    let workers = tempfile::tempdir().unwrap();
+    let node = Node::builder(settings(&redis, workers.path()))
+        .worker_with("panicky", Panicky, WorkerOptions::default().concurrency(2))
+        .worker("picky", Picky)
+        .start()
+        .await
+        .expect("node starts");
+    let client = Client::connect(&redis.url).await.unwrap();
+
+    let mut specs = Vec::new();
+    for n in 0..20u64 {
+        let boom = n % 5 == 0;
+        specs.push(TaskSpec::new("panicky", json!({"n": n, "panic": boom})).id(format!("p{n}")));
+    }
+    let ids = client.enqueue_all(specs).await.unwrap();
+    assert_eq!(ids.len(), 20);
+    for n in 0..20u64 {
+        let id = format!("p{n}");
+        let status = eventually(
+            Duration::from_secs(20),
+            &format!("{id} to finish"),
+            || async {
+                client
+                    .status(&id)
+                    .await
+                    .unwrap()
+                    .filter(|s| s.state == "done" || s.state == "failed")
+            },
+        )
+        .await;
+        if n % 5 == 0 {
+            assert_eq!(status.state, "failed");
+            let error = status.error.unwrap();
+            assert!(error.starts_with("worker crashed:"), "{error}");
+            assert!(error.contains("boom on purpose"), "{error}");
+        } else {
+            assert_eq!(status.state, "done", "{id}: {:?}", status.error);
+            assert_eq!(status.result, Some(json!({"n": n})));
+        }
+    }
+    // After the crashes the restarted slots still serve, and `call` waits for results.
+    let v = client
+        .call(
+            TaskSpec::new("panicky", json!({"n": 99, "panic": false})),
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+    assert_eq!(v, json!({"n": 99}));
+    let err = client
+        .call(
+            TaskSpec::new("picky", json!({"n": 3})),
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("3 is odd"), "{err}");
+    assert_eq!(
+        client
+            .call(
+                TaskSpec::new("picky", json!({"n": 8})),
+                Duration::from_secs(10)
+            )
+            .await
+            .unwrap(),
+        json!(4)
+    );
+    let report = node.shutdown().await.unwrap();
+    assert!(report.drained && report.flushed, "{report:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn call_times_out_without_losing_the_task() {
+    let redis = Redis::start();
+    let client = Client::connect(&redis.url).await.unwrap();
+    // No node runs: the call times out, the task stays queued.
+    let err = client
+        .call(
+            TaskSpec::new("picky", json!({"n": 2})).id("later"),
+            Duration::from_millis(300),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, background::ClientError::Timeout { .. }),
+        "{err}"
+    );
+    assert_eq!(
+        client.status("later").await.unwrap().unwrap().state,
+        "queued"
+    );
+    // A node that starts later runs it; the reply is still there for a second wait.
+    let workers = tempfile::tempdir().unwrap();
+    let node = Node::builder(settings(&redis, workers.path()))
+        .worker("picky", Picky)
+        .start()
+        .await
+        .unwrap();
+    assert_eq!(
+        client.wait("later", Duration::from_secs(10)).await.unwrap(),
+        json!(1)
+    );
+    node.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_bad_worker_name_is_refused_at_registration() {
+    let redis = Redis::start();
+    let workers = tempfile::tempdir().unwrap();
+    let err = Node::builder(settings(&redis, workers.path()))
+        .worker("../evil", Picky)
+        .start()
+        .await
+        .err()
+        .expect("refused");
+    assert!(
+        err.to_string()
+            .contains("worker `../evil` cannot be registered"),
+        "{err}"
+    );
+}

@@ -1,0 +1,597 @@
+//! One real `bgnode` process against a real `redis-server`: the whole task path, bad input,
+//! a Redis outage, and graceful shutdown.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{NodeProc, Redis, cli, eventually, test_workers, write_script};
+use rustix::process::Signal;
+use serde_json::{Value, json};
+
+const T: Duration = Duration::from_secs(20);
+
+async fn state_of(redis: &Redis, id: &str) -> Option<String> {
+    redis.task_field(id, "state").await
+}
+
+async fn wait_state(redis: &Redis, id: &str, want: &str) {
+    eventually(T, &format!("task {id} to be {want}"), || async {
+        (state_of(redis, id).await.as_deref() == Some(want)).then_some(())
+    })
+    .await;
+}
+
+async fn status_json(redis: &Redis, id: &str) -> Value {
+    let (code, out, err) = cli(redis, &["status", id, "--json"]).await;
+    assert_eq!(code, 0, "status failed: {err}");
+    serde_json::from_str(&out).expect("status --json prints one JSON object")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn raw_publish_runs_a_script_worker_and_announces_it() {
+    let redis = Redis::start();
+    let workers = test_workers();
+    let node = NodeProc::start(&redis, "n1", workers.path(), &[]);
+    node.ready().await;
+    let events = redis.events().await;
+
+    let receivers = redis
+        .publish(
+            "background",
+            r#"{"worker":"echo","id":"raw-1","args":{"x":1}}"#,
+        )
+        .await;
+    assert_eq!(receivers, 1, "exactly one node listens on the task channel");
+    wait_state(&redis, "raw-1", "done").await;
+
+    let status = status_json(&redis, "raw-1").await;
+    assert_eq!(status["result"], json!({"x": 1}));
+    assert_eq!(status["worker"], "echo");
+    assert_eq!(status["node"], "n1");
+    assert_eq!(status["attempt"], 1);
+    assert_eq!(status["error"], Value::Null);
+    for kind in ["available", "started", "done"] {
+        eventually(T, &format!("a `{kind}` event"), || async {
+            events
+                .of(kind)
+                .iter()
+                .any(|e| e["id"] == "raw-1")
+                .then_some(())
+        })
+        .await;
+    }
+    // The same id published again is not accepted twice.
+    redis
+        .publish(
+            "background",
+            r#"{"worker":"echo","id":"raw-1","args":{"x":2}}"#,
+        )
+        .await;
+    let (code, out, _) = cli(&redis, &["do", "echo", "{}", "--wait"]).await;
+    assert_eq!((code, out.trim()), (0, "{}"));
+    assert_eq!(
+        status_json(&redis, "raw-1").await["result"],
+        json!({"x": 1})
+    );
+    assert_eq!(
+        events
+            .of("started")
+            .iter()
+            .filter(|e| e["id"] == "raw-1")
+            .count(),
+        1
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cli_do_wait_status_and_result() {
+    let redis = Redis::start();
+    let workers = test_workers();
+    let node = NodeProc::start(&redis, "n1", workers.path(), &[]);
+    node.ready().await;
+
+    let (code, out, err) = cli(&redis, &["do", "echo", r#"{"a":[1,2]}"#, "--wait"]).await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&out).unwrap(),
+        json!({"a": [1, 2]})
+    );
+
+    let (code, out, _) = cli(&redis, &["do", "echo", r#"{"b":2}"#, "--id", "job-7"]).await;
+    assert_eq!((code, out.trim()), (0, "job-7"), "do prints the task id");
+    wait_state(&redis, "job-7", "done").await;
+    let (code, out, _) = cli(&redis, &["result", "job-7"]).await;
+    assert_eq!((code, out.trim()), (0, r#"{"b":2}"#));
+    let (code, out, _) = cli(&redis, &["result", "job-7", "--json"]).await;
+    assert_eq!(code, 0);
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        v,
+        json!({"id": "job-7", "state": "done", "result": {"b": 2}, "error": null})
+    );
+    let status = status_json(&redis, "job-7").await;
+    for key in [
+        "id", "worker", "state", "node", "attempt", "result", "error",
+    ] {
+        assert!(
+            status.get(key).is_some(),
+            "status --json lacks `{key}`: {status}"
+        );
+    }
+    let (code, out, _) = cli(&redis, &["status", "job-7"]).await;
+    assert_eq!(code, 0);
+    assert!(out.contains("state:    done (2)"), "{out}");
+
+    let (code, _, err) = cli(&redis, &["status", "no-such-task"]).await;
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("no task no-such-task"), "{err}");
+
+    let (code, out, _) = cli(&redis, &["do", "echo", "{}", "--wait", "--json"]).await;
+    assert_eq!(code, 0);
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        (v["state"].clone(), v["result"].clone()),
+        (json!("done"), json!({}))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failing_script_reports_its_stderr() {
+    let redis = Redis::start();
+    let workers = test_workers();
+    let node = NodeProc::start(&redis, "n1", workers.path(), &[]);
+    node.ready().await;
+    let events = redis.events().await;
+
+    let (code, _, err) = cli(&redis, &["do", "fail", "--wait", "--id", "f1"]).await;
+    assert_eq!(code, 1);
+    assert!(err.contains("exit code 3: the disk is on fire"), "{err}");
+    let status = status_json(&redis, "f1").await;
+    assert_eq!(status["state"], "failed");
+    assert_eq!(status["error"], "exit code 3: the disk is on fire");
+    let (code, _, err) = cli(&redis, &["result", "f1"]).await;
+    assert_eq!(code, 1);
+    assert!(err.contains("the disk is on fire"), "{err}");
+    eventually(T, "an `error` event", || async {
+        events
+            .of("error")
+            .iter()
+            .any(|e| e["id"] == "f1" && e["error"].as_str().unwrap_or("").contains("fire"))
+            .then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_script_past_its_time_limit_is_killed_with_its_children() {
+    let redis = Redis::start();
+    let workers = tempfile::tempdir().unwrap();
+    write_script(
+        workers.path(),
+        "stuck.sh",
+        "#!/bin/sh\nsleep 3600 &\necho $! > \"$BG_DIR/child-$BG_TASK_ID.pid\"\nwait\n",
+    );
+    let node = NodeProc::start(&redis, "n1", workers.path(), &[]);
+    node.ready().await;
+
+    let started = std::time::Instant::now();
+    let (code, _, err) = cli(
+        &redis,
+        &["do", "stuck", "--timeout", "1s", "--wait", "--id", "s1"],
+    )
+    .await;
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("timed out after 1s; process group killed"),
+        "{err}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(10));
+    let pid_file = workers.path().join("child-s1.pid");
+    let pid: i32 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    eventually(T, "the script's child process to be gone", || async {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        (stat.is_empty() || stat.contains(") Z ")).then_some(())
+    })
+    .await;
+    assert_eq!(status_json(&redis, "s1").await["state"], "failed");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_bad_input_is_rejected_and_valid_neighbours_complete() {
+    let redis = Redis::start();
+    let workers = test_workers();
+    let node = NodeProc::start(&redis, "n1", workers.path(), &[]);
+    node.ready().await;
+    let events = redis.events().await;
+
+    let long_name = "a".repeat(10_000);
+    let oversized = format!(r#"{{"worker":"echo","args":"{}"}}"#, "x".repeat(2 << 20));
+    let bad: Vec<(Vec<u8>, &str)> = vec![
+        (b"this is not json".to_vec(), "not valid JSON"),
+        (b"[1,2,3]".to_vec(), "must be a JSON object"),
+        (
+            br#"{"worker":42}"#.to_vec(),
+            "field `worker`: expected a string",
+        ),
+        (
+            br#"{"worker":"echo","priority":"urgent"}"#.to_vec(),
+            "field `priority`",
+        ),
+        (br#"{"args":{"a":1}}"#.to_vec(), "missing field `worker`"),
+        (
+            br#"{"worker":"nobody-has-this"}"#.to_vec(),
+            "unknown worker `nobody-has-this`",
+        ),
+        (oversized.into_bytes(), "over the 1048576-byte limit"),
+        (br#"{"worker":"../x"}"#.to_vec(), "contains a dot"),
+        (br#"{"worker":"/bin/sh"}"#.to_vec(), "path separator"),
+        (br#"{"worker":"ec\u0000ho"}"#.to_vec(), "NUL"),
+        (
+            format!(r#"{{"worker":"{long_name}"}}"#).into_bytes(),
+            "10000 bytes long",
+        ),
+        (vec![0xff, 0xfe, 0x00, 0x9f], "not valid JSON"),
+    ];
+    let mut valid = Vec::new();
+    for (i, (payload, _)) in bad.iter().enumerate() {
+        let id = format!("ok-{i}");
+        redis
+            .publish(
+                "background",
+                format!(r#"{{"worker":"echo","id":"{id}","args":{{"i":{i}}}}}"#),
+            )
+            .await;
+        assert_eq!(redis.publish("background", payload.as_slice()).await, 1);
+        valid.push(id);
+    }
+    for id in &valid {
+        wait_state(&redis, id, "done").await;
+    }
+    let rejected = eventually(T, "a rejected event per bad message", || async {
+        let r = events.of("rejected");
+        (r.len() >= bad.len()).then_some(r)
+    })
+    .await;
+    assert_eq!(rejected.len(), bad.len(), "{rejected:#?}");
+    for ((_, reason), event) in bad.iter().zip(&rejected) {
+        let got = event["reason"].as_str().unwrap();
+        assert!(got.contains(reason), "expected {reason:?} in {got:?}");
+        assert!(event["excerpt"].as_str().unwrap().chars().count() <= 121);
+    }
+    assert!(node.log().contains("rejected a channel message"));
+    // Still alive and working.
+    let (code, out, _) = cli(&redis, &["do", "echo", r#"{"after":true}"#, "--wait"]).await;
+    assert_eq!((code, out.trim()), (0, r#"{"after":true}"#));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_cli_refuses_bad_input_clearly() {
+    let redis = Redis::start();
+    let cases: &[(&[&str], i32, &str)] = &[
+        (&["do", "../x"], 2, "contains a dot"),
+        (&["do", "/bin/sh"], 2, "path separator"),
+        (
+            &["do", "echo", "{not json"],
+            2,
+            "ARGS_JSON is not valid JSON",
+        ),
+        (
+            &["do", "echo", "{}", "--priority", "1000"],
+            2,
+            "field `priority`",
+        ),
+        (&["do", "echo", "{}", "--timeout", "soon"], 2, "--timeout"),
+        (&["do", "echo", "{}", "--id", "a b"], 2, "field `id`"),
+        (&["eval", "nobody"], 2, "no worker `nobody`"),
+    ];
+    for (args, want_code, want) in cases {
+        let (code, _, err) = cli(&redis, args).await;
+        assert_eq!(code, *want_code, "{args:?}: {err}");
+        assert!(err.contains(want), "{args:?}: expected {want:?} in {err:?}");
+    }
+    let mut con = redis.con().await;
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("bg:*")
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    assert!(keys.is_empty(), "nothing was stored: {keys:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tasks_survive_a_redis_outage() {
+    let mut redis = Redis::start();
+    let workers = test_workers();
+    let node = NodeProc::start(
+        &redis,
+        "n1",
+        workers.path(),
+        &[("BGNODE_WORKERS__CONCURRENCY", "4")],
+    );
+    node.ready().await;
+
+    let mut ids = Vec::new();
+    for i in 0..8 {
+        let id = format!("nap-{i}");
+        let (code, _, err) = cli(&redis, &["do", "nap", r#"{"s":2}"#, "--id", &id]).await;
+        assert_eq!(code, 0, "{err}");
+        ids.push(id);
+    }
+    eventually(T, "four naps running", || async {
+        let mut running = 0;
+        for id in &ids {
+            if state_of(&redis, id).await.as_deref() == Some("running") {
+                running += 1;
+            }
+        }
+        (running == 4).then_some(())
+    })
+    .await;
+
+    redis.kill();
+    // The naps finish while Redis is away: their results wait in the saver.
+    node.wait_log("saver cannot write to redis", T).await;
+    redis.restart();
+
+    for id in &ids {
+        wait_state(&redis, id, "done").await;
+    }
+    let mut con = redis.con().await;
+    let stale: Option<i64> = redis::cmd("HGET")
+        .arg("bg:stats")
+        .arg("stale")
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    assert_eq!(stale, None, "no completion was fenced out");
+    for id in &ids {
+        assert_eq!(status_json(&redis, id).await["attempt"], 1, "{id} ran once");
+    }
+    let (code, out, err) = cli(&redis, &["do", "echo", r#"{"after":"outage"}"#, "--wait"]).await;
+    assert_eq!((code, out.trim()), (0, r#"{"after":"outage"}"#), "{err}");
+    let mut node = node;
+    assert!(node.try_exit().is_none(), "the node kept running");
+    assert!(node.log().contains("redis is back"), "{}", node.log());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_drains_running_tasks_and_hands_back_the_queue() {
+    let redis = Redis::start();
+    let workers = test_workers();
+    let mut node = NodeProc::start(
+        &redis,
+        "n1",
+        workers.path(),
+        &[("BGNODE_WORKERS__CONCURRENCY", "2")],
+    );
+    node.ready().await;
+
+    let mut ids = Vec::new();
+    for i in 0..6 {
+        let id = format!("t{i}");
+        cli(&redis, &["do", "nap", r#"{"s":1}"#, "--id", &id]).await;
+        ids.push(id);
+    }
+    eventually(T, "two tasks running", || async {
+        let mut n = 0;
+        for id in &ids {
+            n += usize::from(state_of(&redis, id).await.as_deref() == Some("running"));
+        }
+        (n == 2).then_some(())
+    })
+    .await;
+    let mut running = Vec::new();
+    for id in &ids {
+        if state_of(&redis, id).await.as_deref() == Some("running") {
+            running.push(id.clone());
+        }
+    }
+    node.signal(Signal::TERM);
+    let status = node.wait_exit(Duration::from_secs(15)).await;
+    assert!(status.success(), "clean exit: {status:?}\n{}", node.log());
+    for id in &running {
+        assert_eq!(
+            state_of(&redis, id).await.as_deref(),
+            Some("done"),
+            "{id} finished before exit"
+        );
+    }
+    let mut waiting = 0;
+    for id in &ids {
+        if state_of(&redis, id).await.as_deref() == Some("queued") {
+            waiting += 1;
+            assert_eq!(
+                redis.task_field(id, "node").await.as_deref(),
+                Some(""),
+                "{id} is owned by no one"
+            );
+        }
+    }
+    assert_eq!(waiting, 4, "the queued tasks went back to the pending set");
+    assert!(node.log().contains("stopping intake"));
+
+    // Another node picks them up.
+    let other = NodeProc::start(&redis, "n2", workers.path(), &[]);
+    other.ready().await;
+    for id in &ids {
+        wait_state(&redis, id, "done").await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_killed_node_runs_its_tasks_again_when_it_restarts() {
+    let redis = Redis::start();
+    let workers = test_workers();
+    let node = NodeProc::start(
+        &redis,
+        "n1",
+        workers.path(),
+        &[("BGNODE_WORKERS__CONCURRENCY", "2")],
+    );
+    node.ready().await;
+    for i in 0..4 {
+        cli(
+            &redis,
+            &["do", "nap", r#"{"s":30}"#, "--id", &format!("k{i}")],
+        )
+        .await;
+    }
+    wait_state(&redis, "k0", "running").await;
+    node.signal(Signal::KILL);
+    drop(node);
+
+    let node = NodeProc::start(
+        &redis,
+        "n1",
+        workers.path(),
+        &[("BGNODE_WORKERS__CONCURRENCY", "4")],
+    );
+    node.wait_log("handed back tasks this node owned", T).await;
+    let mut con = redis.con().await;
+    for i in 0..4 {
+        let id = format!("k{i}");
+        wait_state(&redis, &id, "running").await;
+        let epoch: u64 = redis::cmd("HGET")
+            .arg(format!("bg:task:{id}"))
+            .arg("epoch")
+            .query_async(&mut con)
+            .await
+            .unwrap();
+        assert!(epoch >= 2, "{id} changed owner, so its epoch moved on");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_node_with_the_same_id_refuses_to_start() {
+    let redis = Redis::start();
+    let workers = test_workers();
+    let first = NodeProc::start(&redis, "same", workers.path(), &[]);
+    first.ready().await;
+    let mut second = NodeProc::start(&redis, "same", workers.path(), &[]);
+    let status = second.wait_exit(Duration::from_secs(15)).await;
+    assert!(!status.success());
+    assert!(
+        second
+            .log()
+            .contains("another node with id `same` is running"),
+        "{}",
+        second.log()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_configuration_stops_the_node_at_start() {
+    let redis = Redis::start();
+    let workers = test_workers();
+    let cases: &[(&str, &str, &str)] = &[
+        (
+            "BGNODE_WORKERS__CONCURENCY",
+            "3",
+            "unknown key `workers.concurency`",
+        ),
+        ("BGNODE_WORKERS__CONCURRENCY", "zero", "workers.concurrency"),
+        (
+            "BGNODE_WORKERS__CONCURRENCY",
+            "0",
+            "environment variable BGNODE_WORKERS__CONCURRENCY",
+        ),
+        ("BGNODE_REDIS_URL", "redis://x", "BGNODE_<SECTION>__<KEY>"),
+        ("BGNODE_SAVER__RESULT_TTL", "forever", "saver.result_ttl"),
+    ];
+    for (key, value, want) in cases {
+        let mut node = NodeProc::start(&redis, "cfg", workers.path(), &[(key, value)]);
+        let status = node.wait_exit(Duration::from_secs(10)).await;
+        assert_eq!(status.code(), Some(2), "{key}={value}: {}", node.log());
+        assert!(
+            node.log().contains(want),
+            "{key}={value}: expected {want:?} in {}",
+            node.log()
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn eval_runs_a_worker_without_redis() {
+    let workers = test_workers();
+    let out = tokio::process::Command::new(common::bgnode_bin())
+        .args(["eval", "echo", r#"{"local":true}"#])
+        .env("BGNODE_REDIS__URL", "redis://127.0.0.1:1")
+        .env("BGNODE_WORKERS__DIR", workers.path())
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        r#"{"local":true}"#
+    );
+    let out = tokio::process::Command::new(common::bgnode_bin())
+        .args(["eval", "fail"])
+        .env("BGNODE_WORKERS__DIR", workers.path())
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("the disk is on fire"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn finished_tasks_expire_after_the_result_ttl() {
+    let redis = Redis::start();
+    let workers = test_workers();
+    let node = NodeProc::start(
+        &redis,
+        "n1",
+        workers.path(),
+        &[("BGNODE_SAVER__RESULT_TTL", "1s")],
+    );
+    node.ready().await;
+    let (code, _, _) = cli(
+        &redis,
+        &["do", "echo", "{}", "--wait", "--id", "short-lived"],
+    )
+    .await;
+    assert_eq!(code, 0);
+    let mut con = redis.con().await;
+    let ttl: i64 = redis::cmd("PTTL")
+        .arg("bg:task:short-lived")
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    assert!(ttl > 0 && ttl <= 1000, "finished record has a TTL: {ttl}");
+    eventually(T, "the finished record to expire", || async {
+        state_of(&redis, "short-lived")
+            .await
+            .is_none()
+            .then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ctrl_c_stops_the_node_cleanly() {
+    let redis = Redis::start();
+    let workers = test_workers();
+    let mut node = NodeProc::start(&redis, "n1", workers.path(), &[]);
+    node.ready().await;
+    node.signal(Signal::INT);
+    let status = node.wait_exit(Duration::from_secs(15)).await;
+    assert!(status.success(), "{status:?}\n{}", node.log());
+    assert!(node.log().contains("ctrl-c received"));
+    let mut con = redis.con().await;
+    let lease: Option<String> = redis::cmd("GET")
+        .arg("bg:node:n1:alive")
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    assert_eq!(lease, None, "the liveness lease is dropped on a clean stop");
+}
