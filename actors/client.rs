@@ -94,28 +94,12 @@ impl Client {
         for spec in &mut specs {
             spec.id.get_or_insert_with(crate::task::new_task_id);
         }
-        let mut out = Vec::with_capacity(specs.len());
-        // One wake message per worker is enough; the message is the same for all its tasks.
-        let wakes: Vec<String> = specs
-            .iter()
-            .map(|s| serde_json::json!({"op": "wake", "worker": s.worker}).to_string())
-            .collect();
-        let mut i = 0;
-        while i < specs.len() {
-            let worker = &specs[i].worker;
-            let j = specs[i..]
-                .iter()
-                .position(|s| &s.worker != worker)
-                .map_or(specs.len(), |k| i + k);
-            let publish = Publish {
-                wake: Some((&self.channel, &wakes[i])),
-                events: &self.events,
-            };
-            let stored = self.store.enqueue_many(&specs[i..j], &publish).await?;
-            out.extend(stored.into_iter().map(|(id, _)| id));
-            i = j;
-        }
-        Ok(out)
+        let publish = Publish {
+            wake: Some(&self.channel),
+            events: &self.events,
+        };
+        let stored = self.store.enqueue_many(&specs, &publish).await?;
+        Ok(stored.into_iter().map(|(id, _)| id).collect())
     }
 
     /// Enqueues a task and waits up to `timeout` for its result.

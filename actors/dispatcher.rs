@@ -130,6 +130,8 @@ pub struct Lane {
     pub more: bool,
     /// A claim is in flight.
     pub claiming: bool,
+    /// A wake arrived while a claim was in flight: the claim's answer may predate that task.
+    woken: bool,
     /// Delay before the next claim after a failure.
     pub backoff: Duration,
 }
@@ -145,6 +147,7 @@ impl Lane {
             seq: 0,
             more: true,
             claiming: false,
+            woken: false,
             backoff: Duration::ZERO,
         }
     }
@@ -158,6 +161,23 @@ impl Lane {
                 seq: self.seq,
             });
         }
+    }
+
+    /// Redis may hold new tasks of this type.
+    pub fn wake(&mut self) {
+        self.more = true;
+        if self.claiming {
+            self.woken = true;
+        }
+    }
+
+    /// A claim for `asked` tasks returned `tasks`. A short answer means the pending set was
+    /// empty at that moment, unless a wake arrived since.
+    pub fn claimed(&mut self, tasks: Vec<Task>, asked: usize) {
+        self.claiming = false;
+        self.backoff = Duration::ZERO;
+        self.more = tasks.len() >= asked || std::mem::take(&mut self.woken);
+        self.push(tasks);
     }
 
     /// How many tasks to claim now: none while a claim is in flight, while Redis has nothing,
@@ -270,7 +290,7 @@ impl Actor for Dispatcher {
             DispatcherMsg::Sweep => state.sweep(&myself),
             DispatcherMsg::Wake(worker) => {
                 if let Some((lane, _)) = state.lanes.get_mut(&worker) {
-                    lane.more = true;
+                    lane.wake();
                     state.claim(&myself, &worker);
                 }
             }
@@ -282,10 +302,7 @@ impl Actor for Dispatcher {
                 let Some((lane, _)) = state.lanes.get_mut(&worker) else {
                     return Ok(());
                 };
-                lane.claiming = false;
-                lane.backoff = Duration::ZERO;
-                lane.more = tasks.len() >= asked;
-                lane.push(tasks);
+                lane.claimed(tasks, asked);
                 state.pump(&worker);
                 state.claim(&myself, &worker);
             }
@@ -409,7 +426,7 @@ impl DispatcherState {
         let workers: Vec<String> = self.lanes.keys().cloned().collect();
         for worker in workers {
             if let Some((lane, _)) = self.lanes.get_mut(&worker) {
-                lane.more = true;
+                lane.wake();
             }
             self.claim(myself, &worker);
         }
@@ -588,6 +605,19 @@ mod tests {
         assert_eq!(lane.claim_size(), 6);
         lane.more = false;
         assert_eq!(lane.claim_size(), 0, "redis said it is empty");
+    }
+
+    #[test]
+    fn a_wake_during_a_claim_is_not_forgotten() {
+        let mut lane = Lane::new(2, 8);
+        lane.claiming = true;
+        lane.wake();
+        lane.claimed(Vec::new(), 10);
+        assert!(lane.more, "the task woken for may have arrived after the claim read the set");
+        assert_eq!(lane.claim_size(), 10);
+        lane.claiming = true;
+        lane.claimed(Vec::new(), 10);
+        assert!(!lane.more, "a short answer with no wake since means empty");
     }
 
     #[test]

@@ -208,13 +208,19 @@ impl std::fmt::Debug for Store {
     }
 }
 
-/// Options for a new record beyond the spec.
+/// Where new tasks are announced.
 #[derive(Debug, Clone)]
 pub struct Publish<'a> {
-    /// Channel to announce the new pending task on, with the wake message; `None` skips it.
-    pub wake: Option<(&'a str, &'a str)>,
+    /// The task channel to publish wake notices on; `None` publishes none (the caller wakes the
+    /// dispatcher itself).
+    pub wake: Option<&'a str>,
     /// The events channel.
     pub events: &'a str,
+}
+
+/// The wake notice for new pending tasks of `worker`.
+pub fn wake_message(worker: &str) -> String {
+    serde_json::json!({"op": "wake", "worker": worker}).to_string()
 }
 
 impl Store {
@@ -278,13 +284,20 @@ impl Store {
         ]
     }
 
-    fn enqueue_cmd(&self, id: &str, spec: &TaskSpec, publish: &Publish<'_>) -> redis::Cmd {
+    /// One enqueue script call; `wake` is the (channel, message) to publish, if any.
+    fn enqueue_cmd(
+        &self,
+        id: &str,
+        spec: &TaskSpec,
+        wake: Option<(&str, &str)>,
+        events: &str,
+    ) -> redis::Cmd {
         let created = now_ms();
         let event = serde_json::json!({
             "event": "available", "id": id, "worker": spec.worker, "ts": created,
         })
         .to_string();
-        let (channel, wake) = publish.wake.unwrap_or(("", ""));
+        let (channel, wake) = wake.unwrap_or(("", ""));
         let mut cmd = redis::cmd("EVALSHA");
         cmd.arg(self.scripts.enqueue.get_hash())
             .arg(4)
@@ -296,16 +309,20 @@ impl Store {
             .arg(&spec.worker)
             .arg(channel)
             .arg(wake)
-            .arg(publish.events)
-            .arg(event);
+            .arg(events)
+            .arg(event)
+            .arg(spec.priority)
+            .arg(created);
         for (name, value) in Self::record_fields(id, spec, created) {
             cmd.arg(name).arg(value);
         }
         cmd
     }
 
-    /// Stores new tasks atomically each (record + pending entry + events) in one pipeline.
-    /// Returns, per spec, its id and whether it was new (false: the id existed, nothing changed).
+    /// Stores new tasks atomically each (record + pending entry + events) in one pipeline. The
+    /// last task of each worker in the batch carries the wake notice, published after the
+    /// tasks before it were stored. Returns, per spec, its id and whether it was new (false: the
+    /// id existed, nothing changed).
     pub async fn enqueue_many(
         &self,
         specs: &[TaskSpec],
@@ -318,9 +335,21 @@ impl Store {
             .iter()
             .map(|s| s.id.clone().unwrap_or_else(crate::task::new_task_id))
             .collect();
+        let mut wakes: HashMap<&str, String> = HashMap::new();
+        let mut cmds = Vec::with_capacity(specs.len());
+        for (id, spec) in ids.iter().zip(specs).rev() {
+            let wake = match publish.wake {
+                Some(channel) if !wakes.contains_key(spec.worker.as_str()) => {
+                    let msg = wakes.entry(&spec.worker).or_insert_with(|| wake_message(&spec.worker));
+                    Some((channel, msg.as_str()))
+                }
+                _ => None,
+            };
+            cmds.push(self.enqueue_cmd(id, spec, wake, publish.events));
+        }
         let mut pipe = redis::pipe();
-        for (id, spec) in ids.iter().zip(specs) {
-            pipe.add_command(self.enqueue_cmd(id, spec, publish));
+        for cmd in cmds.into_iter().rev() {
+            pipe.add_command(cmd);
         }
         let codes: Vec<i64> = self.run_pipeline(&pipe).await?;
         Ok(ids

@@ -1,1 +1,1106 @@
-fn main() {}
+//! Throughput and latency of one real `bgnode` node running the built-in `bg-noop` worker on a
+//! private `redis-server`. Run it (release mode) with
+//! `cargo bench --bench throughput -- [--mode drain|paced|both] [--tasks N] [--concurrency N]
+//! [--rate R] [--seconds S] [--json] [--redis-stats]`; `--help` lists every option.
+//!
+//! - **drain** enqueues `--tasks` tasks as fast as it can with `Client::enqueue_all` (chunks of
+//!   `--chunk`, `--in-flight` chunks at once, each enqueuer on its own connection) and waits for
+//!   every `done` event. Throughput = tasks / (first enqueue sent .. last `done` event);
+//!   "enqueue alone" = tasks / (first enqueue sent .. last enqueue returned), measured while the
+//!   node is already draining. Drain latencies are mostly time spent queued.
+//! - **paced** enqueues one task per `Client::enqueue` call at `--rate` tasks/s (default: half
+//!   the drain throughput of the same run, else 5000) for `--seconds`, issuing the due tasks
+//!   every 1 ms. This is the load of the "p99 enqueue→done under 10 ms at half the peak" target.
+//!
+//! Latency is measured per task from the local `Instant` taken just before the enqueue call
+//! that carried it was issued (drain: the call carrying its whole chunk) to the `Instant` its
+//! `done` event arrived on a dedicated subscription to the events channel. The bench chooses
+//! the task ids before sending, so an event that overtakes the enqueue reply still matches.
+//! Completion is awaited through events only (never a fixed sleep), up to `--deadline`. At the
+//! deadline each task still missing is looked up in Redis and reported: done with its event
+//! late or lost, still queued (claimed or not), running, or lost. The exit status is non-zero
+//! when any task did not complete or failed. Each mode also reports the CPU time
+//! `redis-server` used (`--redis-stats` adds its busiest commands).
+//!
+//! The shared test helper starts Redis with `appendfsync always`; the bench switches the
+//! append-only file off right after start (`CONFIG SET appendonly no`) so it measures the
+//! system, not the disk.
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, anyhow, bail};
+use background::store::Keys;
+use background::task::new_task_id;
+use background::{Client, Settings, TaskSpec};
+use futures::StreamExt;
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+
+/// The built-in worker that returns `null` at once.
+const NOOP: &str = "bg-noop";
+
+const USAGE: &str = "\
+throughput bench: one bgnode node, bg-noop tasks, a private redis-server
+
+usage: cargo bench --bench throughput -- [options]
+
+  --mode drain|paced|both  what to measure (default both)
+  --tasks N                tasks in the drain (default 20000)
+  --concurrency N          node concurrency, BGNODE_WORKERS__CONCURRENCY (default 64)
+  --rate R                 paced rate in tasks/s (default: half the drain throughput of this
+                           run when the drain ran, else 5000)
+  --seconds S              paced duration (default 5)
+  --chunk N                tasks per enqueue_all call in the drain (default 500)
+  --in-flight N            drain enqueue calls in flight, one connection each (default 4)
+  --warmup N               tasks run (and not measured) before the first mode (default 1000)
+  --deadline S             how long to wait for completion before giving up (default 120)
+  --json                   also print one JSON object with every figure
+  --redis-stats            also print redis-server's busiest commands per mode
+  --help                   this text
+
+Unknown flags (cargo passes --bench) are ignored.";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Drain,
+    Paced,
+    Both,
+}
+
+#[derive(Debug, Clone)]
+struct Options {
+    mode: Mode,
+    tasks: usize,
+    concurrency: u32,
+    rate: Option<f64>,
+    seconds: f64,
+    chunk: usize,
+    in_flight: usize,
+    warmup: usize,
+    deadline: Duration,
+    json: bool,
+    redis_stats: bool,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options {
+            mode: Mode::Both,
+            tasks: 20_000,
+            concurrency: 64,
+            rate: None,
+            seconds: 5.0,
+            chunk: 500,
+            in_flight: 4,
+            warmup: 1000,
+            deadline: Duration::from_secs(120),
+            json: false,
+            redis_stats: false,
+        }
+    }
+}
+
+enum Parsed {
+    Run(Options),
+    Help,
+}
+
+fn number<T: std::str::FromStr>(flag: &str, value: &str) -> Result<T, String> {
+    value
+        .parse()
+        .map_err(|_| format!("{flag}: {value:?} is not a valid number"))
+}
+
+fn positive(flag: &str, value: f64) -> Result<f64, String> {
+    if value.is_finite() && value > 0.0 {
+        Ok(value)
+    } else {
+        Err(format!("{flag}: must be a number above zero, not {value}"))
+    }
+}
+
+fn at_least_one(flag: &str, value: usize) -> Result<usize, String> {
+    if value >= 1 {
+        Ok(value)
+    } else {
+        Err(format!("{flag}: must be at least 1"))
+    }
+}
+
+/// Parses the command line by hand; unknown flags and stray words are ignored.
+fn parse_options(args: impl IntoIterator<Item = String>) -> Result<Parsed, String> {
+    const WITH_VALUE: [&str; 9] = [
+        "--mode",
+        "--tasks",
+        "--concurrency",
+        "--rate",
+        "--seconds",
+        "--chunk",
+        "--in-flight",
+        "--warmup",
+        "--deadline",
+    ];
+    let mut o = Options::default();
+    let mut args = args.into_iter();
+    while let Some(arg) = args.next() {
+        let (flag, inline) = match arg.split_once('=') {
+            Some((f, v)) if f.starts_with("--") => (f.to_owned(), Some(v.to_owned())),
+            _ => (arg, None),
+        };
+        if !WITH_VALUE.contains(&flag.as_str()) {
+            match flag.as_str() {
+                "--json" => o.json = true,
+                "--redis-stats" => o.redis_stats = true,
+                "--help" | "-h" => return Ok(Parsed::Help),
+                _ => {}
+            }
+            continue;
+        }
+        let value = match inline {
+            Some(v) => v,
+            None => args.next().ok_or_else(|| format!("{flag} needs a value"))?,
+        };
+        match flag.as_str() {
+            "--mode" => {
+                o.mode = match value.as_str() {
+                    "drain" => Mode::Drain,
+                    "paced" => Mode::Paced,
+                    "both" => Mode::Both,
+                    other => {
+                        return Err(format!(
+                            "--mode: {other:?} is not one of drain, paced, both"
+                        ));
+                    }
+                }
+            }
+            "--tasks" => o.tasks = at_least_one(&flag, number(&flag, &value)?)?,
+            "--concurrency" => {
+                o.concurrency = number(&flag, &value)?;
+                if !(1..=10_000).contains(&o.concurrency) {
+                    return Err(format!("--concurrency: {value} is outside 1..=10000"));
+                }
+            }
+            "--rate" => o.rate = Some(positive(&flag, number(&flag, &value)?)?),
+            "--seconds" => o.seconds = positive(&flag, number(&flag, &value)?)?,
+            "--chunk" => o.chunk = at_least_one(&flag, number(&flag, &value)?)?,
+            "--in-flight" => o.in_flight = at_least_one(&flag, number(&flag, &value)?)?,
+            "--warmup" => o.warmup = number(&flag, &value)?,
+            "--deadline" => {
+                o.deadline = Duration::from_secs_f64(positive(&flag, number(&flag, &value)?)?);
+            }
+            _ => unreachable!("every flag of WITH_VALUE is matched"),
+        }
+    }
+    Ok(Parsed::Run(o))
+}
+
+fn main() -> ExitCode {
+    let opts = match parse_options(std::env::args().skip(1)) {
+        Ok(Parsed::Run(o)) => o,
+        Ok(Parsed::Help) => {
+            println!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprintln!("bench: {e}\n\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("cannot build the tokio runtime");
+    match runtime.block_on(run(&opts)) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => {
+            eprintln!("bench: FAILED: some tasks did not complete (see above)");
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("bench: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// A final event for a task, stamped when it arrived.
+struct Finished {
+    id: String,
+    error: Option<String>,
+    at: Instant,
+}
+
+/// The fields of an event the bench reads.
+#[derive(serde::Deserialize)]
+struct EventMsg {
+    event: String,
+    #[serde(default)]
+    id: Option<String>,
+    #[serde(default)]
+    error: Option<String>,
+}
+
+/// Subscribes to the events channel on a dedicated pub/sub connection and forwards every final
+/// event (`done` or `error`). The receiver yields `None` once the subscription is lost.
+async fn subscribe(
+    url: &str,
+    channel: &str,
+) -> anyhow::Result<(
+    mpsc::UnboundedReceiver<Finished>,
+    tokio::task::JoinHandle<()>,
+)> {
+    let client = redis::Client::open(url).context("events: bad redis url")?;
+    let mut pubsub = client
+        .get_async_pubsub()
+        .await
+        .context("events: cannot open a pub/sub connection")?;
+    pubsub
+        .subscribe(channel)
+        .await
+        .with_context(|| format!("events: cannot subscribe to {channel}"))?;
+    let (tx, rx) = mpsc::unbounded_channel();
+    let task = tokio::spawn(async move {
+        let mut stream = pubsub.into_on_message();
+        while let Some(msg) = stream.next().await {
+            let at = Instant::now();
+            let Ok(ev) = serde_json::from_slice::<EventMsg>(msg.get_payload_bytes()) else {
+                continue;
+            };
+            let error = match ev.event.as_str() {
+                "done" => None,
+                "error" => Some(ev.error.unwrap_or_default()),
+                _ => continue,
+            };
+            let Some(id) = ev.id else { continue };
+            if tx.send(Finished { id, error, at }).is_err() {
+                break;
+            }
+        }
+    });
+    Ok((rx, task))
+}
+
+/// When the enqueue call carrying tasks `first..first + len` was issued and when it returned
+/// (and, in paced mode, when the pacer meant to issue it).
+struct Sent {
+    first: usize,
+    len: usize,
+    scheduled: Option<Instant>,
+    sent: Instant,
+    acked: Instant,
+}
+
+/// The enqueuers of a phase: their tasks, and each call's [`Sent`] as soon as it returns.
+struct Enqueuers {
+    tasks: JoinSet<anyhow::Result<()>>,
+    sent: mpsc::UnboundedReceiver<Sent>,
+}
+
+/// One measured run: its tasks and what was seen of each.
+struct Phase {
+    ids: Vec<String>,
+    index: HashMap<String, usize>,
+    sent: Vec<Option<Instant>>,
+    acked: Vec<Option<Instant>>,
+    /// When the pacer meant to send each task (paced mode).
+    scheduled: Vec<Option<Instant>>,
+    finished: Vec<Option<Instant>>,
+    errors: Vec<Option<String>>,
+    seen: usize,
+    failed: usize,
+    enqueued: usize,
+}
+
+impl Phase {
+    /// A phase of `n` new no-op tasks; returns it with their specs.
+    fn new(n: usize) -> (Phase, Vec<TaskSpec>) {
+        let ids: Vec<String> = (0..n).map(|_| new_task_id()).collect();
+        let specs = ids
+            .iter()
+            .map(|id| TaskSpec::new(NOOP, Value::Null).id(id.clone()))
+            .collect();
+        let index = ids
+            .iter()
+            .enumerate()
+            .map(|(i, id)| (id.clone(), i))
+            .collect();
+        let phase = Phase {
+            ids,
+            index,
+            sent: vec![None; n],
+            acked: vec![None; n],
+            scheduled: vec![None; n],
+            finished: vec![None; n],
+            errors: vec![None; n],
+            seen: 0,
+            failed: 0,
+            enqueued: 0,
+        };
+        (phase, specs)
+    }
+
+    fn len(&self) -> usize {
+        self.ids.len()
+    }
+
+    fn record_event(&mut self, ev: Finished) {
+        let Some(&i) = self.index.get(&ev.id) else {
+            return;
+        };
+        if self.finished[i].is_some() {
+            return;
+        }
+        self.finished[i] = Some(ev.at);
+        self.seen += 1;
+        if let Some(error) = ev.error {
+            self.failed += 1;
+            self.errors[i] = Some(error);
+        }
+    }
+
+    fn record_sent(&mut self, s: &Sent) {
+        for i in s.first..s.first + s.len {
+            if self.acked[i].is_none() {
+                self.enqueued += 1;
+            }
+            self.scheduled[i] = s.scheduled;
+            self.sent[i] = Some(s.sent);
+            self.acked[i] = Some(s.acked);
+        }
+    }
+
+    fn complete(&self) -> bool {
+        self.seen == self.len() && self.enqueued == self.len()
+    }
+}
+
+/// How a phase ended.
+struct Ending {
+    /// Every task was enqueued and its final event arrived before the deadline.
+    complete: bool,
+    /// Tasks without a final event by the deadline, by what Redis says of them.
+    missing: BTreeMap<&'static str, usize>,
+}
+
+/// Waits for the enqueuers and every final event of the phase, at most until `deadline`.
+/// Returns true when the phase completed.
+async fn collect(
+    phase: &mut Phase,
+    enqueuers: &mut Enqueuers,
+    events: &mut mpsc::UnboundedReceiver<Finished>,
+    node: &mut common::NodeProc,
+    deadline: tokio::time::Instant,
+) -> anyhow::Result<bool> {
+    let mut check = tokio::time::interval(Duration::from_millis(500));
+    let sleep = tokio::time::sleep_until(deadline);
+    tokio::pin!(sleep);
+    let mut sent_open = true;
+    loop {
+        if phase.complete() {
+            return Ok(true);
+        }
+        tokio::select! {
+            ev = events.recv() => match ev {
+                Some(ev) => phase.record_event(ev),
+                None => {
+                    eprintln!("bench: the events subscription was lost; checking redis instead");
+                    return Ok(false);
+                }
+            },
+            sent = enqueuers.sent.recv(), if sent_open => match sent {
+                Some(sent) => phase.record_sent(&sent),
+                None => sent_open = false,
+            },
+            joined = enqueuers.tasks.join_next(), if !enqueuers.tasks.is_empty() => match joined {
+                Some(Ok(Ok(()))) | None => {}
+                Some(Ok(Err(e))) => return Err(e.context("enqueue failed")),
+                Some(Err(e)) => bail!("an enqueuer task died: {e}"),
+            },
+            _ = check.tick() => {
+                if let Some(status) = node.try_exit() {
+                    bail!("the node exited ({status}); its log:\n{}", node.log());
+                }
+            }
+            () = &mut sleep => return Ok(false),
+        }
+    }
+}
+
+/// How long to keep listening, after the deadline, for the events of tasks Redis says are done.
+const GRACE: Duration = Duration::from_secs(2);
+
+/// Explains the tasks without a final event: reads their state in Redis; for those that are
+/// done, listens a little longer to tell a late event from a lost one.
+async fn diagnose(rig: &mut Rig, phase: &Phase) -> anyhow::Result<BTreeMap<&'static str, usize>> {
+    let missing: Vec<usize> = (0..phase.len())
+        .filter(|&i| phase.finished[i].is_none())
+        .collect();
+    let mut by_state: BTreeMap<&'static str, usize> = BTreeMap::new();
+    let mut done = HashSet::new();
+    for chunk in missing.chunks(1000) {
+        let mut pipe = redis::pipe();
+        for &i in chunk {
+            pipe.cmd("HMGET")
+                .arg(rig.keys.task(&phase.ids[i]))
+                .arg("state")
+                .arg("node");
+        }
+        let states: Vec<(Option<String>, Option<String>)> = pipe
+            .query_async(&mut rig.admin)
+            .await
+            .context("cannot read task states from redis")?;
+        for (&i, (state, node)) in chunk.iter().zip(states) {
+            let claimed = node.is_some_and(|n| !n.is_empty());
+            let label = match state.as_deref() {
+                Some("done") => {
+                    done.insert(phase.ids[i].as_str());
+                    continue;
+                }
+                Some("failed") => "failed without an event",
+                Some("queued") if claimed => "queued, claimed by the node, not started (slow)",
+                Some("queued") => "queued, unclaimed in the pending set (slow, or a missed wake)",
+                Some("running") => "still running (slow)",
+                Some(_) => "in an unknown state",
+                None if phase.acked[i].is_some() => "LOST: no record after enqueue returned",
+                None => "not enqueued: the enqueue call had not returned",
+            };
+            *by_state.entry(label).or_insert(0) += 1;
+        }
+    }
+    let done_total = done.len();
+    let until = tokio::time::Instant::now() + GRACE;
+    while !done.is_empty() {
+        match tokio::time::timeout_at(until, rig.events.recv()).await {
+            Ok(Some(ev)) => {
+                done.remove(ev.id.as_str());
+            }
+            Ok(None) | Err(_) => break,
+        }
+    }
+    if done.len() < done_total {
+        by_state.insert(
+            "done, event arrived after the deadline",
+            done_total - done.len(),
+        );
+    }
+    if !done.is_empty() {
+        by_state.insert("done, event LOST", done.len());
+    }
+    Ok(by_state)
+}
+
+/// Enqueues `specs` with `enqueue_all` in chunks, `clients.len()` calls in flight.
+fn spawn_drain(clients: &[Client], specs: Vec<TaskSpec>, chunk: usize) -> Enqueuers {
+    let mut queue = VecDeque::new();
+    let mut specs = specs.into_iter();
+    let mut first = 0;
+    loop {
+        let part: Vec<TaskSpec> = specs.by_ref().take(chunk).collect();
+        if part.is_empty() {
+            break;
+        }
+        let len = part.len();
+        queue.push_back((first, part));
+        first += len;
+    }
+    let queue = Arc::new(Mutex::new(queue));
+    let (tx, rx) = mpsc::unbounded_channel();
+    let mut tasks = JoinSet::new();
+    for client in clients {
+        let client = client.clone();
+        let queue = queue.clone();
+        let tx = tx.clone();
+        tasks.spawn(async move {
+            loop {
+                let next = queue.lock().expect("chunk queue poisoned").pop_front();
+                let Some((first, part)) = next else {
+                    return Ok(());
+                };
+                let len = part.len();
+                let want: Vec<String> = part.iter().filter_map(|s| s.id.clone()).collect();
+                let sent = Instant::now();
+                let ids = client.enqueue_all(part).await?;
+                let acked = Instant::now();
+                if ids != want {
+                    bail!("enqueue_all returned other ids than the ones given");
+                }
+                let _ = tx.send(Sent {
+                    first,
+                    len,
+                    scheduled: None,
+                    sent,
+                    acked,
+                });
+            }
+        });
+    }
+    Enqueuers { tasks, sent: rx }
+}
+
+/// Enqueues one task per `enqueue` call at `rate` tasks/s, issuing the due ones every 1 ms.
+fn spawn_paced(clients: &[Client], specs: Vec<TaskSpec>, rate: f64) -> Enqueuers {
+    let clients = clients.to_vec();
+    let (tx, rx) = mpsc::unbounded_channel();
+    let mut tasks = JoinSet::new();
+    tasks.spawn(async move {
+        let total = specs.len();
+        let mut specs = specs.into_iter().enumerate();
+        let mut calls: JoinSet<anyhow::Result<()>> = JoinSet::new();
+        let mut tick = tokio::time::interval(Duration::from_millis(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        let start = Instant::now();
+        let mut issued = 0;
+        while issued < total {
+            tick.tick().await;
+            // Task i is due at start + i / rate.
+            let due = ((start.elapsed().as_secs_f64() * rate) as usize + 1).min(total);
+            while issued < due {
+                let Some((i, spec)) = specs.next() else { break };
+                let client = clients[i % clients.len()].clone();
+                let tx = tx.clone();
+                let scheduled = Some(start + Duration::from_secs_f64(i as f64 / rate));
+                let sent = Instant::now();
+                calls.spawn(async move {
+                    client.enqueue(spec).await?;
+                    let _ = tx.send(Sent {
+                        first: i,
+                        len: 1,
+                        scheduled,
+                        sent,
+                        acked: Instant::now(),
+                    });
+                    Ok(())
+                });
+                issued += 1;
+            }
+            while let Some(done) = calls.try_join_next() {
+                done.map_err(|e| anyhow!("an enqueue call died: {e}"))??;
+            }
+        }
+        while let Some(done) = calls.join_next().await {
+            done.map_err(|e| anyhow!("an enqueue call died: {e}"))??;
+        }
+        Ok(())
+    });
+    Enqueuers { tasks, sent: rx }
+}
+
+/// Latency figures in milliseconds.
+struct Latency {
+    count: usize,
+    p50: f64,
+    p90: f64,
+    p99: f64,
+    max: f64,
+    mean: f64,
+}
+
+impl Latency {
+    fn of(mut samples: Vec<Duration>) -> Option<Latency> {
+        if samples.is_empty() {
+            return None;
+        }
+        samples.sort_unstable();
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        let at = |p: f64| {
+            let rank = (p / 100.0 * samples.len() as f64).ceil() as usize;
+            ms(samples[rank.clamp(1, samples.len()) - 1])
+        };
+        let total: Duration = samples.iter().sum();
+        Some(Latency {
+            count: samples.len(),
+            p50: at(50.0),
+            p90: at(90.0),
+            p99: at(99.0),
+            max: ms(samples[samples.len() - 1]),
+            mean: ms(total) / samples.len() as f64,
+        })
+    }
+
+    fn text(&self) -> String {
+        format!(
+            "p50 {:.2} ms p90 {:.2} ms p99 {:.2} ms max {:.2} ms (mean {:.2} ms)",
+            self.p50, self.p90, self.p99, self.max, self.mean
+        )
+    }
+
+    fn json(&self) -> Value {
+        let r = |x: f64| (x * 100.0).round() / 100.0;
+        json!({
+            "count": self.count, "p50": r(self.p50), "p90": r(self.p90), "p99": r(self.p99),
+            "max": r(self.max), "mean": r(self.mean),
+        })
+    }
+}
+
+/// What a phase measured.
+struct Report {
+    tasks: usize,
+    completed: usize,
+    failed: usize,
+    /// Tasks whose enqueue call returned.
+    enqueued: usize,
+    /// The error of the first failed task, if any.
+    first_error: Option<String>,
+    /// First enqueue sent to last final event, seconds.
+    elapsed: f64,
+    /// First enqueue sent to last enqueue returned, seconds.
+    enqueue_elapsed: f64,
+    /// Enqueue sent to final event.
+    latency: Option<Latency>,
+    /// Enqueue call sent to returned.
+    enqueue_call: Option<Latency>,
+    /// How far behind its schedule the pacer sent a task (paced mode).
+    pacer_lag: Option<Latency>,
+    /// CPU time redis-server used during the phase, seconds.
+    redis_cpu: Option<f64>,
+    /// redis-server's command statistics for the phase, busiest first (with --redis-stats).
+    redis_commands: Vec<CommandStat>,
+    ok: bool,
+    missing: BTreeMap<&'static str, usize>,
+}
+
+fn per_second(n: usize, seconds: f64) -> f64 {
+    if seconds > 0.0 {
+        n as f64 / seconds
+    } else {
+        0.0
+    }
+}
+
+impl Report {
+    fn of(phase: &Phase, ending: Ending) -> Report {
+        let first_sent = phase.sent.iter().flatten().min().copied();
+        let last_acked = phase.acked.iter().flatten().max().copied();
+        let last_finished = phase.finished.iter().flatten().max().copied();
+        let span = |end: Option<Instant>| match (first_sent, end) {
+            (Some(a), Some(b)) => b.saturating_duration_since(a).as_secs_f64(),
+            _ => 0.0,
+        };
+        let pairs = |from: &[Option<Instant>], to: &[Option<Instant>]| -> Vec<Duration> {
+            from.iter()
+                .zip(to)
+                .filter_map(|(a, b)| Some(b.as_ref()?.saturating_duration_since(*a.as_ref()?)))
+                .collect()
+        };
+        let done: Vec<Option<Instant>> = (0..phase.len())
+            .map(|i| phase.finished[i].filter(|_| phase.errors[i].is_none()))
+            .collect();
+        let pacer_lag = if phase.scheduled.iter().any(Option::is_some) {
+            Latency::of(pairs(&phase.scheduled, &phase.sent))
+        } else {
+            None
+        };
+        Report {
+            tasks: phase.len(),
+            completed: phase.seen - phase.failed,
+            failed: phase.failed,
+            enqueued: phase.enqueued,
+            first_error: phase.errors.iter().flatten().next().cloned(),
+            elapsed: span(last_finished),
+            enqueue_elapsed: span(last_acked),
+            latency: Latency::of(pairs(&phase.sent, &done)),
+            enqueue_call: Latency::of(pairs(&phase.sent, &phase.acked)),
+            pacer_lag,
+            redis_cpu: None,
+            redis_commands: Vec::new(),
+            ok: ending.complete && phase.failed == 0,
+            missing: ending.missing,
+        }
+    }
+
+    /// Tasks finished (done or failed) per second, first enqueue to last final event.
+    fn throughput(&self) -> f64 {
+        per_second(self.completed + self.failed, self.elapsed)
+    }
+
+    /// Tasks enqueued per second, first enqueue sent to last enqueue returned.
+    fn enqueue_rate(&self) -> f64 {
+        per_second(self.enqueued, self.enqueue_elapsed)
+    }
+
+    fn latency_text(&self) -> String {
+        self.latency
+            .as_ref()
+            .map_or_else(|| "no latency samples".into(), Latency::text)
+    }
+
+    /// The count line: all tasks, or how many of them completed.
+    fn count_text(&self) -> String {
+        if self.completed == self.tasks {
+            format!("{}", self.tasks)
+        } else {
+            format!("INCOMPLETE: {} of {}", self.completed, self.tasks)
+        }
+    }
+
+    /// Prints where redis-server's time went.
+    fn print_redis(&self, name: &str) {
+        if let Some(cpu) = self.redis_cpu {
+            let share = if self.elapsed > 0.0 {
+                format!(
+                    "{:.0}% of one core over the run, ",
+                    100.0 * cpu / self.elapsed
+                )
+            } else {
+                String::new()
+            };
+            println!(
+                "{name}: redis-server used {cpu:.2} s of CPU ({share}{:.1} µs per task)",
+                1e6 * cpu / self.tasks as f64
+            );
+        }
+        if !self.redis_commands.is_empty() {
+            println!(
+                "{name}: redis-server's busiest commands (those run by scripts are counted again \
+                 inside evalsha):"
+            );
+        }
+        for c in self.redis_commands.iter().take(12) {
+            println!(
+                "{name}:   {:<12} {:>8} calls {:>5.2} per task {:>6.1} µs per task",
+                c.name,
+                c.calls,
+                c.calls as f64 / self.tasks as f64,
+                c.usec as f64 / self.tasks as f64,
+            );
+        }
+    }
+
+    /// Prints what went wrong, if anything.
+    fn print_problems(&self, name: &str) {
+        if self.failed > 0 {
+            println!(
+                "{name}: {} tasks FAILED (error events); the first: {}",
+                self.failed,
+                self.first_error.as_deref().unwrap_or("")
+            );
+        }
+        if !self.missing.is_empty() {
+            let total: usize = self.missing.values().sum();
+            println!(
+                "{name}: {total} of {} tasks had no final event by the deadline; what redis says \
+                 of them:",
+                self.tasks
+            );
+            for (what, n) in &self.missing {
+                println!("{name}:   {n:>7} {what}");
+            }
+        }
+    }
+
+    fn json(&self) -> Value {
+        let r = |x: f64| (x * 1000.0).round() / 1000.0;
+        json!({
+            "tasks": self.tasks,
+            "completed": self.completed,
+            "failed": self.failed,
+            "enqueued": self.enqueued,
+            "ok": self.ok,
+            "seconds": r(self.elapsed),
+            "throughput_per_s": self.throughput().round(),
+            "enqueue_seconds": r(self.enqueue_elapsed),
+            "enqueue_per_s": self.enqueue_rate().round(),
+            "latency_ms": self.latency.as_ref().map(Latency::json),
+            "enqueue_call_ms": self.enqueue_call.as_ref().map(Latency::json),
+            "pacer_lag_ms": self.pacer_lag.as_ref().map(Latency::json),
+            "redis_cpu_s": self.redis_cpu.map(r),
+            "redis_commands": self.redis_commands.iter().map(|c| json!({
+                "command": c.name, "calls": c.calls, "usec": c.usec,
+            })).collect::<Vec<_>>(),
+            "missing_by_state": self.missing,
+        })
+    }
+}
+
+/// One line of `INFO commandstats`.
+struct CommandStat {
+    name: String,
+    calls: u64,
+    usec: u64,
+}
+
+/// The `INFO` section `section` as name → value.
+async fn info(
+    con: &mut redis::aio::MultiplexedConnection,
+    section: &str,
+) -> anyhow::Result<Vec<(String, String)>> {
+    let text: String = redis::cmd("INFO")
+        .arg(section)
+        .query_async(con)
+        .await
+        .with_context(|| format!("INFO {section}"))?;
+    Ok(text
+        .lines()
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.to_owned(), v.trim().to_owned()))
+        .collect())
+}
+
+/// CPU time redis-server has used so far (user + system), seconds.
+async fn redis_cpu(con: &mut redis::aio::MultiplexedConnection) -> anyhow::Result<f64> {
+    Ok(info(con, "cpu")
+        .await?
+        .iter()
+        .filter(|(k, _)| k == "used_cpu_user" || k == "used_cpu_sys")
+        .filter_map(|(_, v)| v.parse::<f64>().ok())
+        .sum())
+}
+
+/// redis-server's command statistics since the last reset, busiest first. Commands run from
+/// scripts are counted under their own names as well as under the script call.
+async fn command_stats(
+    con: &mut redis::aio::MultiplexedConnection,
+) -> anyhow::Result<Vec<CommandStat>> {
+    let mut stats: Vec<CommandStat> = info(con, "commandstats")
+        .await?
+        .into_iter()
+        .filter_map(|(k, v)| {
+            let name = k.strip_prefix("cmdstat_")?.to_owned();
+            let field = |f: &str| {
+                v.split(',')
+                    .filter_map(|kv| kv.split_once('='))
+                    .find(|(key, _)| *key == f)
+                    .and_then(|(_, n)| n.parse::<u64>().ok())
+            };
+            Some(CommandStat {
+                name,
+                calls: field("calls")?,
+                usec: field("usec")?,
+            })
+        })
+        .collect();
+    stats.sort_by_key(|c| std::cmp::Reverse(c.usec));
+    Ok(stats)
+}
+
+/// Everything a phase needs from the running system.
+struct Rig {
+    node: common::NodeProc,
+    clients: Vec<Client>,
+    events: mpsc::UnboundedReceiver<Finished>,
+    admin: redis::aio::MultiplexedConnection,
+    keys: Keys,
+    redis_stats: bool,
+}
+
+impl Rig {
+    /// Waits for a phase and explains whatever is missing at the deadline.
+    async fn finish(
+        &mut self,
+        mut phase: Phase,
+        mut enqueuers: Enqueuers,
+        deadline: tokio::time::Instant,
+        cpu_before: f64,
+    ) -> anyhow::Result<Report> {
+        let complete = collect(
+            &mut phase,
+            &mut enqueuers,
+            &mut self.events,
+            &mut self.node,
+            deadline,
+        )
+        .await?;
+        enqueuers.tasks.abort_all();
+        let missing = if complete {
+            BTreeMap::new()
+        } else {
+            if phase.enqueued < phase.len() {
+                println!(
+                    "bench: only {} of {} tasks were enqueued (their enqueue call returned) by \
+                     the deadline",
+                    phase.enqueued,
+                    phase.len()
+                );
+            }
+            diagnose(self, &phase).await?
+        };
+        let mut report = Report::of(&phase, Ending { complete, missing });
+        report.redis_cpu = Some(redis_cpu(&mut self.admin).await? - cpu_before);
+        if self.redis_stats {
+            report.redis_commands = command_stats(&mut self.admin).await?;
+        }
+        Ok(report)
+    }
+
+    /// Resets the command statistics (with --redis-stats); returns redis-server's CPU time.
+    async fn before_phase(&mut self) -> anyhow::Result<f64> {
+        if self.redis_stats {
+            redis::cmd("CONFIG")
+                .arg("RESETSTAT")
+                .query_async::<()>(&mut self.admin)
+                .await
+                .context("CONFIG RESETSTAT")?;
+        }
+        redis_cpu(&mut self.admin).await
+    }
+
+    async fn drain(&mut self, n: usize, opts: &Options) -> anyhow::Result<Report> {
+        let (phase, specs) = Phase::new(n);
+        let cpu = self.before_phase().await?;
+        let deadline = tokio::time::Instant::now() + opts.deadline;
+        let enqueuers = spawn_drain(&self.clients, specs, opts.chunk);
+        self.finish(phase, enqueuers, deadline, cpu).await
+    }
+
+    async fn paced(&mut self, rate: f64, seconds: f64, opts: &Options) -> anyhow::Result<Report> {
+        let n = ((rate * seconds).round() as usize).max(1);
+        let (phase, specs) = Phase::new(n);
+        let cpu = self.before_phase().await?;
+        let deadline =
+            tokio::time::Instant::now() + Duration::from_secs_f64(seconds) + opts.deadline;
+        let enqueuers = spawn_paced(&self.clients, specs, rate);
+        self.finish(phase, enqueuers, deadline, cpu).await
+    }
+}
+
+async fn run(opts: &Options) -> anyhow::Result<bool> {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let settings = Settings::defaults();
+    let keys = Keys::new(&settings.redis.prefix);
+
+    let redis = common::Redis::start();
+    let mut admin = redis.con().await;
+    redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("appendonly")
+        .arg("no")
+        .query_async::<()>(&mut admin)
+        .await
+        .context("CONFIG SET appendonly no")?;
+    println!(
+        "bench: redis-server on port {}: sent CONFIG SET appendonly no (the test helper starts \
+         it with appendfsync always; this bench measures the system, not the disk)",
+        redis.port
+    );
+
+    let workers = tempfile::tempdir().context("cannot create the empty workers folder")?;
+    let concurrency = opts.concurrency.to_string();
+    let node = common::NodeProc::start(
+        &redis,
+        "bench-1",
+        workers.path(),
+        &[("BGNODE_WORKERS__CONCURRENCY", concurrency.as_str())],
+    );
+    node.ready().await;
+    println!(
+        "bench: machine has {cores} cores; node bench-1 runs {NOOP} with concurrency {}",
+        opts.concurrency
+    );
+
+    let (events, listener) = subscribe(&redis.url, &settings.redis.events).await?;
+    let mut clients = Vec::with_capacity(opts.in_flight);
+    for _ in 0..opts.in_flight {
+        clients.push(
+            Client::connect(&redis.url)
+                .await
+                .context("the client cannot connect")?,
+        );
+    }
+    let mut rig = Rig {
+        node,
+        clients,
+        events,
+        admin,
+        keys,
+        redis_stats: opts.redis_stats,
+    };
+
+    let mut ok = true;
+    if opts.warmup > 0 {
+        let warm = rig.drain(opts.warmup, opts).await?;
+        warm.print_problems("warm-up");
+        ok &= warm.ok;
+        println!(
+            "warm-up: {} tasks in {:.2} s (not counted)",
+            warm.tasks, warm.elapsed
+        );
+    }
+
+    let mut out = json!({
+        "cores": cores,
+        "concurrency": opts.concurrency,
+        "worker": NOOP,
+        "redis_appendonly": "no",
+    });
+
+    let mut drain_rate = None;
+    if matches!(opts.mode, Mode::Drain | Mode::Both) {
+        let report = rig.drain(opts.tasks, opts).await?;
+        let tput = report.throughput();
+        println!(
+            "drain: {} no-op tasks in {:.2} s = {:.0} tasks/s (enqueue alone {:.0}/s: {} calls \
+             of {}, {} in flight); latency enqueue→done {}",
+            report.count_text(),
+            report.elapsed,
+            tput,
+            report.enqueue_rate(),
+            report.tasks.div_ceil(opts.chunk),
+            opts.chunk,
+            opts.in_flight,
+            report.latency_text(),
+        );
+        if let Some(call) = &report.enqueue_call {
+            println!("drain: enqueue_all call {}", call.text());
+        }
+        report.print_redis("drain");
+        report.print_problems("drain");
+        ok &= report.ok;
+        if report.ok && tput > 0.0 {
+            drain_rate = Some(tput);
+        }
+        out["drain"] = report.json();
+        out["drain"]["chunk"] = json!(opts.chunk);
+        out["drain"]["in_flight"] = json!(opts.in_flight);
+    }
+
+    if matches!(opts.mode, Mode::Paced | Mode::Both) {
+        let (rate, why) = match (opts.rate, drain_rate) {
+            (Some(r), _) => (r, "--rate"),
+            (None, Some(d)) => ((d / 2.0).round().max(1.0), "half the drain throughput"),
+            (None, None) => (5000.0, "default"),
+        };
+        let report = rig.paced(rate, opts.seconds, opts).await?;
+        println!(
+            "paced: {rate:.0} tasks/s ({why}) for {} s = {} tasks, one per enqueue call: latency \
+             enqueue→done {}",
+            opts.seconds,
+            report.count_text(),
+            report.latency_text(),
+        );
+        if let (Some(call), Some(lag)) = (&report.enqueue_call, &report.pacer_lag) {
+            println!(
+                "paced: enqueue call {}; sent behind schedule p99 {:.2} ms max {:.2} ms; \
+                 completed at {:.0} tasks/s",
+                call.text(),
+                lag.p99,
+                lag.max,
+                report.throughput(),
+            );
+        }
+        report.print_redis("paced");
+        report.print_problems("paced");
+        ok &= report.ok;
+        out["paced"] = report.json();
+        out["paced"]["rate"] = json!(rate);
+        out["paced"]["rate_source"] = json!(why);
+        out["paced"]["duration_s"] = json!(opts.seconds);
+    }
+
+    println!(
+        "bench: {cores} cores, node concurrency {}, worker {NOOP}",
+        opts.concurrency
+    );
+    if opts.json {
+        println!("{out}");
+    }
+    listener.abort();
+    Ok(ok)
+}
