@@ -613,7 +613,10 @@ mod tests {
         lane.claiming = true;
         lane.wake();
         lane.claimed(Vec::new(), 10);
-        assert!(lane.more, "the task woken for may have arrived after the claim read the set");
+        assert!(
+            lane.more,
+            "the task woken for may have arrived after the claim read the set"
+        );
         assert_eq!(lane.claim_size(), 10);
         lane.claiming = true;
         lane.claimed(Vec::new(), 10);

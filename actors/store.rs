@@ -340,7 +340,9 @@ impl Store {
         for (id, spec) in ids.iter().zip(specs).rev() {
             let wake = match publish.wake {
                 Some(channel) if !wakes.contains_key(spec.worker.as_str()) => {
-                    let msg = wakes.entry(&spec.worker).or_insert_with(|| wake_message(&spec.worker));
+                    let msg = wakes
+                        .entry(&spec.worker)
+                        .or_insert_with(|| wake_message(&spec.worker));
                     Some((channel, msg.as_str()))
                 }
                 _ => None,
