@@ -1,4 +1,4 @@
-//! The Rust client: enqueue durably, wait for results, read status.
+//! The Rust client: enqueue durably, wait for results, read status, cancel and retry.
 //!
 //! `enqueue` writes the task record and its pending entry in one atomic script, which also
 //! publishes a wake notice on the task channel: once it returns, the task exists and will run
@@ -9,9 +9,9 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::config::Settings;
-use crate::events::outcome_of;
-use crate::store::{Publish, Store, StoreError};
-use crate::task::{Outcome, SpecError, TaskSpec, TaskStatus};
+use crate::events::{Ending, ending_of};
+use crate::store::{Accepted, CancelResult, Overview, RetryResult, Store, StoreError};
+use crate::task::{SpecError, TaskSpec, TaskStatus};
 
 /// A client error.
 #[derive(Debug, thiserror::Error)]
@@ -19,14 +19,26 @@ pub enum ClientError {
     /// The task was refused before it was stored.
     #[error("invalid task: {0}")]
     Invalid(#[from] SpecError),
+    /// The task's key is at its limit and the policy is to reject.
+    #[error(
+        "task refused: key `{key}` is at its limit of {limit} pending or running tasks ([keys] limit)"
+    )]
+    KeyFull {
+        /// The key.
+        key: String,
+        /// The limit.
+        limit: u32,
+    },
     /// Redis failed.
     #[error(transparent)]
     Store(#[from] StoreError),
-    /// The task failed; the message is the worker's error.
-    #[error("task {id} failed: {error}")]
+    /// The task ended without a result: `state` is `failed`, `dead`, `cancelled` or `expired`.
+    #[error("task {id} {state}: {error}")]
     Failed {
         /// Task id.
         id: String,
+        /// The final state.
+        state: String,
         /// The error.
         error: String,
     },
@@ -45,8 +57,13 @@ pub enum ClientError {
 pub enum TaskResult {
     /// Finished with a result.
     Done(Value),
-    /// Finished with an error.
-    Failed(String),
+    /// Finished without one: the state (`failed`, `dead`, `cancelled`, `expired`) and error.
+    Failed {
+        /// Final state.
+        state: String,
+        /// The error.
+        error: String,
+    },
     /// Not finished; the current state.
     Pending(String),
     /// No such task (never existed, or expired after the result TTL).
@@ -57,25 +74,22 @@ pub enum TaskResult {
 #[derive(Debug, Clone)]
 pub struct Client {
     store: Store,
-    channel: String,
-    events: String,
+    key_limit: u32,
 }
 
 impl Client {
-    /// Connects with the default channel names and key prefix.
+    /// Connects with the default settings but for the URL.
     pub async fn connect(url: &str) -> Result<Client, ClientError> {
         let mut settings = Settings::defaults();
         settings.redis.url = url.to_owned();
         Client::from_settings(&settings).await
     }
 
-    /// Connects with the `[redis]` settings (URL, channels, prefix).
+    /// Connects with `settings`: Redis URL, channels, prefix, result TTL, key limit.
     pub async fn from_settings(settings: &Settings) -> Result<Client, ClientError> {
-        let store = Store::connect(&settings.redis.url, &settings.redis.prefix).await?;
         Ok(Client {
-            store,
-            channel: settings.redis.channel.clone(),
-            events: settings.redis.events.clone(),
+            store: Store::connect(settings).await?,
+            key_limit: settings.keys.limit,
         })
     }
 
@@ -85,8 +99,22 @@ impl Client {
         Ok(self.enqueue_all(vec![spec]).await?.remove(0))
     }
 
-    /// Stores several tasks in one round trip. Returns their ids in order.
+    /// Stores several tasks in one round trip. Returns their ids in order. Fails if any was
+    /// refused for its key (the others are stored).
     pub async fn enqueue_all(&self, specs: Vec<TaskSpec>) -> Result<Vec<String>, ClientError> {
+        Ok(self
+            .submit(specs)
+            .await?
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect())
+    }
+
+    /// Stores several tasks in one round trip and says what happened to each.
+    pub async fn submit(
+        &self,
+        specs: Vec<TaskSpec>,
+    ) -> Result<Vec<(String, Accepted)>, ClientError> {
         for spec in &specs {
             spec.validate()?;
         }
@@ -94,12 +122,18 @@ impl Client {
         for spec in &mut specs {
             spec.id.get_or_insert_with(crate::task::new_task_id);
         }
-        let publish = Publish {
-            wake: Some(&self.channel),
-            events: &self.events,
-        };
-        let stored = self.store.enqueue_many(&specs, &publish).await?;
-        Ok(stored.into_iter().map(|(id, _)| id).collect())
+        let stored = self.store.enqueue_many(&specs, true).await?;
+        if let Some((i, _)) = stored
+            .iter()
+            .enumerate()
+            .find(|(_, (_, a))| *a == Accepted::Refused)
+        {
+            return Err(ClientError::KeyFull {
+                key: specs[i].key.clone().unwrap_or_default(),
+                limit: self.key_limit,
+            });
+        }
+        Ok(stored)
     }
 
     /// Enqueues a task and waits up to `timeout` for its result.
@@ -113,10 +147,15 @@ impl Client {
     /// Waits up to `timeout` for the result of a task enqueued with a reply (as `call` does).
     pub async fn wait(&self, id: &str, timeout: Duration) -> Result<Value, ClientError> {
         let reply = self.store.wait_reply(id, timeout).await?;
-        match reply.as_deref().and_then(outcome_of) {
-            Some(Outcome::Done(v)) => Ok(v),
-            Some(Outcome::Failed(error)) => Err(ClientError::Failed {
+        match reply.as_deref().and_then(ending_of) {
+            Some(Ending::Done(v)) => Ok(v),
+            Some(Ending::Failed { kind, error }) => Err(ClientError::Failed {
                 id: id.to_owned(),
+                state: if kind == "error" {
+                    "failed".into()
+                } else {
+                    kind
+                },
                 error,
             }),
             None => Err(ClientError::Timeout {
@@ -135,12 +174,46 @@ impl Client {
     pub async fn result(&self, id: &str) -> Result<TaskResult, ClientError> {
         Ok(match self.status(id).await? {
             None => TaskResult::NotFound,
-            Some(s) => match s.state.as_str() {
-                "done" => TaskResult::Done(s.result.unwrap_or(Value::Null)),
-                "failed" => TaskResult::Failed(s.error.unwrap_or_default()),
-                other => TaskResult::Pending(other.to_owned()),
+            Some(s) => match crate::task::TaskState::parse(&s.state) {
+                Some(crate::task::TaskState::Done) => {
+                    TaskResult::Done(s.result.unwrap_or(Value::Null))
+                }
+                Some(st) if st.is_finished() => TaskResult::Failed {
+                    state: s.state,
+                    error: s.error.unwrap_or_default(),
+                },
+                _ => TaskResult::Pending(s.state),
             },
         })
+    }
+
+    /// The latest result stored under a result key (BackgrounDRb's `ask_result`).
+    pub async fn result_by_key(&self, name: &str) -> Result<Option<Value>, ClientError> {
+        Ok(self
+            .store
+            .result_by_key(name)
+            .await?
+            .map(|text| serde_json::from_str(&text).unwrap_or(Value::String(text))))
+    }
+
+    /// Deletes the result stored under a result key (BackgrounDRb's `reset`); true if one was.
+    pub async fn reset_result_key(&self, name: &str) -> Result<bool, ClientError> {
+        Ok(self.store.reset_result_key(name).await?)
+    }
+
+    /// Cancels a task: a waiting one at once, a held or running one by asking its node.
+    pub async fn cancel(&self, id: &str) -> Result<CancelResult, ClientError> {
+        Ok(self.store.cancel(id).await?)
+    }
+
+    /// Queues a finished task (dead, failed, cancelled, expired) again.
+    pub async fn retry(&self, id: &str) -> Result<RetryResult, ClientError> {
+        Ok(self.store.retry(id).await?)
+    }
+
+    /// Pending, scheduled, running and dead tasks, at most `limit` of each.
+    pub async fn overview(&self, limit: usize) -> Result<Overview, ClientError> {
+        Ok(self.store.overview(limit).await?)
     }
 
     /// The store, for tools that need raw access.

@@ -15,6 +15,7 @@ use config::{Config, Environment, File, FileFormat, Source, Value, ValueKind};
 use serde::{Deserialize, Serialize};
 
 use crate::duration::serde_human;
+use crate::schedule::Missed;
 
 /// The annotated defaults, exactly as shipped in `cluster.toml`.
 pub const DEFAULTS_TOML: &str = include_str!("../cluster.toml");
@@ -35,6 +36,10 @@ pub struct Settings {
     pub redis: RedisSettings,
     /// `[workers]`: script folder, concurrency, timeouts.
     pub workers: WorkerSettings,
+    /// `[scheduler]`: delayed and recurring tasks.
+    pub scheduler: SchedulerSettings,
+    /// `[keys]`: per-key limits.
+    pub keys: KeySettings,
     /// `[saver]`: durable writes.
     pub saver: SaverSettings,
     /// `[limits]`: input sizes.
@@ -88,6 +93,52 @@ pub struct WorkerSettings {
     pub timeout: Duration,
     /// Node-local queue length per worker type (0: automatic).
     pub queue: u32,
+    /// Default attempts per task.
+    pub attempts: u32,
+    /// Default backoff of the first retry.
+    #[serde(with = "serde_human")]
+    pub backoff: Duration,
+    /// Default longest backoff.
+    #[serde(with = "serde_human")]
+    pub backoff_cap: Duration,
+}
+
+/// `[scheduler]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SchedulerSettings {
+    /// What to do with occurrences missed during an outage.
+    pub missed: Missed,
+}
+
+/// `[keys]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeySettings {
+    /// Tasks per key pending or running at once.
+    pub limit: u32,
+    /// What happens over the limit.
+    pub policy: KeyPolicy,
+}
+
+/// What happens to a task whose key is at its limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KeyPolicy {
+    /// Refuse it with an error.
+    Reject,
+    /// Store it and run it when a slot frees.
+    Defer,
+}
+
+impl KeyPolicy {
+    /// The configured spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyPolicy::Reject => "reject",
+            KeyPolicy::Defer => "defer",
+        }
+    }
 }
 
 /// `[saver]`
@@ -99,6 +150,9 @@ pub struct SaverSettings {
     pub result_ttl: Duration,
     /// Most writes per pipeline.
     pub batch: u32,
+    /// How long dead tasks are kept.
+    #[serde(with = "serde_human")]
+    pub dead_ttl: Duration,
 }
 
 /// `[limits]`
@@ -342,6 +396,28 @@ impl Settings {
         if self.workers.timeout.is_zero() {
             return Err(bad("workers.timeout", "must be longer than zero".into()));
         }
+        if self.workers.attempts == 0 || self.workers.attempts > crate::task::MAX_ATTEMPTS {
+            return Err(bad(
+                "workers.attempts",
+                format!(
+                    "{} is outside 1..={}",
+                    self.workers.attempts,
+                    crate::task::MAX_ATTEMPTS
+                ),
+            ));
+        }
+        if self.workers.backoff.is_zero() || self.workers.backoff_cap < self.workers.backoff {
+            return Err(bad(
+                "workers.backoff_cap",
+                "backoff must be longer than zero and backoff_cap at least backoff".into(),
+            ));
+        }
+        if self.keys.limit == 0 {
+            return Err(bad("keys.limit", "must be at least 1".into()));
+        }
+        if self.saver.dead_ttl < Duration::from_secs(1) {
+            return Err(bad("saver.dead_ttl", "must be at least 1s".into()));
+        }
         if self.saver.result_ttl < Duration::from_secs(1) {
             return Err(bad("saver.result_ttl", "must be at least 1s".into()));
         }
@@ -496,6 +572,9 @@ mod tests {
         assert!(!s.node.id.is_empty(), "an empty id becomes the host name");
         assert!(s.uses_development_cookie());
         assert_eq!(s.queue_len(), 64);
+        assert_eq!(s.keys.policy, KeyPolicy::Reject);
+        assert_eq!(s.scheduler.missed, Missed::Coalesce);
+        assert_eq!(s.workers.attempts, 1);
     }
 
     #[test]
@@ -570,6 +649,14 @@ mod tests {
         assert!(e.contains("workers.timeout") || e.contains("soon"), "{e}");
         let e = load(Some("[workers\n"), &[], &[]).unwrap_err().to_string();
         assert!(e.contains("cluster.toml"), "{e}");
+        let e = load(None, &[("BGNODE_KEYS__POLICY", "sometimes")], &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("keys.policy"), "{e}");
+        let e = load(None, &[("BGNODE_SCHEDULER__MISSED", "skip")], &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("scheduler.missed"), "{e}");
         let e = load(Some("[node]\nid = \"a/b\"\n"), &[], &[])
             .unwrap_err()
             .to_string();

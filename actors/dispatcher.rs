@@ -19,10 +19,11 @@ use std::time::{Duration, Instant};
 
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 
-use crate::pool::{Pool, PoolArgs, PoolMsg};
+use crate::policy::Settle;
+use crate::pool::{Pool, PoolArgs, PoolMsg, finish_op};
 use crate::registry::WorkerEntry;
 use crate::supervisor::{NodeContext, RestartDecision, RestartPolicy, RestartTracker};
-use crate::task::Task;
+use crate::task::{Task, now_ms};
 
 /// The dispatcher actor.
 pub struct Dispatcher;
@@ -86,6 +87,8 @@ pub enum DispatcherMsg {
     Stats(RpcReplyPort<Vec<LaneStats>>),
     /// Restart a pool after its backoff.
     RestartPool(String),
+    /// Cancel a task this node holds (queued here or running).
+    Cancel(String),
 }
 
 impl ractor::Message for DispatcherMsg {}
@@ -205,6 +208,25 @@ impl Lane {
     /// A task left its slot.
     pub fn finished(&mut self, id: &str) {
         self.running.remove(id);
+    }
+
+    /// Takes a queued (not started) task out of the queue.
+    pub fn remove_queued(&mut self, id: &str) -> Option<Task> {
+        let mut found = None;
+        self.queue.retain(|q| {
+            if found.is_none() && q.task.id == id {
+                found = Some(q.task.clone());
+                false
+            } else {
+                true
+            }
+        });
+        found
+    }
+
+    /// True when the task runs in this lane.
+    pub fn is_running(&self, id: &str) -> bool {
+        self.running.contains_key(id)
     }
 
     /// Takes the running tasks (their pool died); they will be queued again.
@@ -344,6 +366,7 @@ impl Actor for Dispatcher {
                 stats.sort_by(|a, b| a.worker.cmp(&b.worker));
                 let _ = reply.send(stats);
             }
+            DispatcherMsg::Cancel(id) => state.cancel(&id),
             DispatcherMsg::RestartPool(worker) => {
                 if let Some(entry) = state.ctx.registry.get(&worker).cloned() {
                     state.spawn_pool(&myself, &entry).await?;
@@ -493,6 +516,25 @@ impl DispatcherState {
         }
     }
 
+    /// Cancels a task held here: drop it from its queue (and record it cancelled) or ask its
+    /// pool to stop it. A task this node does not hold is not its business.
+    fn cancel(&mut self, id: &str) {
+        for (lane, pool) in self.lanes.values_mut() {
+            if let Some(task) = lane.remove_queued(id) {
+                let op = finish_op(&task, &self.ctx.node, &Settle::Cancelled, 0, now_ms());
+                self.ctx.saver.write(op);
+                return;
+            }
+            if lane.is_running(id) {
+                if let Some(pool) = pool {
+                    let _ = pool.cast(PoolMsg::Cancel(id.to_owned()));
+                }
+                return;
+            }
+        }
+        tracing::debug!(task = id, "cancel for a task this node does not hold");
+    }
+
     fn answer_drain(&mut self) {
         if !self.draining {
             return;
@@ -541,8 +583,11 @@ mod tests {
             args: "null".into(),
             priority,
             attempt: 1,
-            attempts: 1,
+            attempts: None,
             timeout: None,
+            backoff: None,
+            backoff_cap: None,
+            deadline: None,
             epoch: 1,
             created,
             reply: false,
@@ -621,6 +666,18 @@ mod tests {
         lane.claiming = true;
         lane.claimed(Vec::new(), 10);
         assert!(!lane.more, "a short answer with no wake since means empty");
+    }
+
+    #[test]
+    fn a_queued_task_can_be_taken_out() {
+        let mut lane = Lane::new(1, 8);
+        lane.push([task("a", 0, 1), task("b", 0, 2), task("c", 0, 3)]);
+        assert_eq!(lane.remove_queued("b").map(|t| t.id), Some("b".into()));
+        assert!(lane.remove_queued("b").is_none());
+        let first = lane.next_to_start().unwrap();
+        assert_eq!(first.id, "a");
+        assert!(lane.is_running("a"));
+        assert_eq!(lane.stats("w").queued, 1);
     }
 
     #[test]

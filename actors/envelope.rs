@@ -11,20 +11,44 @@ use serde_json::{Map, Value};
 
 use crate::duration::parse_duration;
 use crate::names::shorten;
+use crate::schedule::{Cron, Recurrence, parse_time};
 use crate::task::{SpecError, TaskSpec};
 
 /// Fields a task envelope may carry.
-pub const ENVELOPE_FIELDS: &[&str] = &["id", "worker", "args", "priority", "attempts", "timeout"];
+pub const ENVELOPE_FIELDS: &[&str] = &[
+    "id",
+    "worker",
+    "args",
+    "priority",
+    "attempts",
+    "timeout",
+    "backoff",
+    "backoff_cap",
+    "in",
+    "at",
+    "every",
+    "cron",
+    "deadline",
+    "key",
+    "result_key",
+];
 
 /// A message read from the task channel.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ChannelMessage {
     /// A task to accept (the raw path).
-    Task(TaskSpec),
+    Task(Box<TaskSpec>),
     /// A durable task was written to the pending set of `worker`: claim it (the client path).
     Wake {
         /// The worker whose pending set grew.
         worker: String,
+    },
+    /// Something was added to the scheduled set: schedulers should look again.
+    Schedule,
+    /// Stop this task (sent on a node's control channel).
+    Cancel {
+        /// The task id.
+        id: String,
     },
 }
 
@@ -96,8 +120,13 @@ fn read_object(obj: &Map<String, Value>) -> Result<ChannelMessage, String> {
                     worker: worker.to_owned(),
                 })
             }
+            Some("schedule") => Ok(ChannelMessage::Schedule),
+            Some("cancel") => {
+                let id = str_field(obj, "id")?.ok_or("cancel message without `id`")?;
+                Ok(ChannelMessage::Cancel { id: id.to_owned() })
+            }
             _ => Err(format!(
-                "field `op`: unknown operation {} (only \"wake\")",
+                "field `op`: unknown operation {} (\"wake\", \"schedule\" or \"cancel\")",
                 shorten(&op.to_string(), 40)
             )),
         };
@@ -118,14 +147,41 @@ fn read_object(obj: &Map<String, Value>) -> Result<ChannelMessage, String> {
     }
     if let Some(a) = int_field(obj, "attempts")? {
         spec.attempts =
-            u32::try_from(a).map_err(|_| format!("field `attempts`: {a} is out of range"))?;
+            Some(u32::try_from(a).map_err(|_| format!("field `attempts`: {a} is out of range"))?);
     }
     spec.timeout = duration_field(obj, "timeout")?;
+    spec.backoff = duration_field(obj, "backoff")?;
+    spec.backoff_cap = duration_field(obj, "backoff_cap")?;
+    spec.deadline = duration_field(obj, "deadline")?;
+    spec.key = str_field(obj, "key")?.map(str::to_owned);
+    spec.result_key = str_field(obj, "result_key")?.map(str::to_owned);
+    if let Some(delay) = duration_field(obj, "in")? {
+        spec = spec.delay(delay);
+    }
+    match obj.get("at") {
+        None | Some(Value::Null) => {}
+        Some(Value::String(t)) => {
+            spec.run_at = Some(parse_time(t).map_err(|e| format!("field `at`: {e}"))?);
+        }
+        Some(Value::Number(n)) => {
+            spec.run_at = Some(n.as_u64().ok_or("field `at`: expected Unix milliseconds")?);
+        }
+        Some(other) => return Err(format!("field `at`: expected a time, got {}", kind(other))),
+    }
+    if let Some(every) = duration_field(obj, "every")? {
+        spec.repeat = Some(Recurrence::Every(every));
+    }
+    if let Some(cron) = str_field(obj, "cron")? {
+        if spec.repeat.is_some() {
+            return Err("fields `every` and `cron` exclude each other".into());
+        }
+        spec.repeat = Some(Recurrence::Cron(Cron::parse(cron)?));
+    }
     spec.validate().map_err(|e| match e {
         SpecError::Worker(name) => name.to_string(),
         other => other.to_string(),
     })?;
-    Ok(ChannelMessage::Task(spec))
+    Ok(ChannelMessage::Task(Box::new(spec)))
 }
 
 fn kind(v: &Value) -> &'static str {
@@ -204,8 +260,48 @@ mod tests {
         assert_eq!(spec.worker, "email");
         assert_eq!(spec.args, json!({"to": "a@b"}));
         assert_eq!(spec.priority, 5);
-        assert_eq!(spec.attempts, 3);
+        assert_eq!(spec.attempts, Some(3));
         assert_eq!(spec.timeout, Some(Duration::from_secs(90)));
+    }
+
+    #[test]
+    fn reads_schedules_limits_and_result_keys() {
+        let msg = br#"{"worker":"w","at":"2014-12-31T23:59:59+01:00","every":"4 hours","deadline":30,"key":"cust-1","result_key":"report","backoff":"2s","backoff_cap":"1m"}"#;
+        let ChannelMessage::Task(spec) = parse_message(msg, LIMIT).unwrap() else {
+            panic!("not a task")
+        };
+        assert_eq!(spec.run_at, Some(1_420_066_799_000));
+        assert_eq!(
+            spec.repeat,
+            Some(Recurrence::Every(Duration::from_secs(14_400)))
+        );
+        assert_eq!(spec.deadline, Some(Duration::from_secs(30)));
+        assert_eq!(spec.key.as_deref(), Some("cust-1"));
+        assert_eq!(spec.result_key.as_deref(), Some("report"));
+        assert_eq!(spec.backoff, Some(Duration::from_secs(2)));
+        let ChannelMessage::Task(spec) =
+            parse_message(br#"{"worker":"w","cron":"0 3 * * *"}"#, LIMIT).unwrap()
+        else {
+            panic!("not a task")
+        };
+        assert!(matches!(spec.repeat, Some(Recurrence::Cron(_))));
+        assert!(reason(br#"{"worker":"w","cron":"0 3 * *"}"#).contains("has 4 fields"));
+        assert!(reason(br#"{"worker":"w","every":"1h","cron":"@daily"}"#).contains("exclude"));
+        assert!(reason(br#"{"worker":"w","at":"soonish"}"#).contains("field `at`"));
+        assert!(reason(br#"{"worker":"w","key":"a b"}"#).contains("field `key`"));
+    }
+
+    #[test]
+    fn reads_control_messages() {
+        assert_eq!(
+            parse_message(br#"{"op":"schedule"}"#, LIMIT).unwrap(),
+            ChannelMessage::Schedule
+        );
+        assert_eq!(
+            parse_message(br#"{"op":"cancel","id":"t1"}"#, LIMIT).unwrap(),
+            ChannelMessage::Cancel { id: "t1".into() }
+        );
+        assert!(reason(br#"{"op":"cancel"}"#).contains("without `id`"));
     }
 
     #[test]
@@ -213,7 +309,7 @@ mod tests {
         let ChannelMessage::Task(spec) = parse_message(br#"{"worker":"w"}"#, LIMIT).unwrap() else {
             panic!("not a task")
         };
-        assert_eq!(spec, TaskSpec::new("w", Value::Null));
+        assert_eq!(*spec, TaskSpec::new("w", Value::Null));
     }
 
     #[test]

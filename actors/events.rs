@@ -1,38 +1,69 @@
 //! Event messages published on the events channel (`background:events` by default).
 //!
 //! One JSON object per event with at least `event`, `ts` (Unix ms) and, for task events, `id`,
-//! `worker`, `node` and `attempt`. PROTOCOL.md lists every kind with its fields.
+//! `worker`, `node` and `attempt`. PROTOCOL.md lists every kind with its fields. Events of
+//! transitions made inside Lua scripts (`available`, `cancelled` and `expired` of waiting tasks)
+//! are built there with the same fields.
 
 use serde_json::{Value, json};
 
 use crate::envelope::Rejection;
-use crate::task::{Outcome, Task, now_ms};
+use crate::policy::Settle;
+use crate::task::{Task, now_ms};
+
+fn base(kind: &str, task: &Task, node: &str, at: u64) -> Value {
+    json!({
+        "event": kind, "id": task.id, "worker": task.worker, "node": node,
+        "attempt": task.attempt, "ts": at,
+    })
+}
 
 /// `started`: an attempt began.
 pub fn started(task: &Task, node: &str, at: u64) -> String {
-    json!({
-        "event": "started", "id": task.id, "worker": task.worker, "node": node,
-        "attempt": task.attempt, "ts": at,
-    })
-    .to_string()
+    base("started", task, node, at).to_string()
 }
 
-/// `done` or `error`: the task finished. This is also the reply a waiting caller receives.
-pub fn finished(task: &Task, node: &str, outcome: &Outcome, at: u64) -> String {
-    let mut event = json!({
-        "id": task.id, "worker": task.worker, "node": node, "attempt": task.attempt, "ts": at,
-    });
-    match outcome {
-        Outcome::Done(result) => {
-            event["event"] = json!("done");
-            event["result"] = result.clone();
+/// `error`: an attempt failed (followed by `retry` or `dead`, or final as state `failed`).
+pub fn error(task: &Task, node: &str, error: &str, at: u64) -> String {
+    let mut e = base("error", task, node, at);
+    e["error"] = json!(error);
+    e.to_string()
+}
+
+/// The event of a transition: `done`, `retry`, `dead`, `error` (failed without retry),
+/// `cancelled` or `expired`. For a final state it is also the reply a waiting caller receives.
+pub fn transition(task: &Task, node: &str, settle: &Settle, at: u64) -> String {
+    let mut e = match settle {
+        Settle::Done(result) => {
+            let mut e = base("done", task, node, at);
+            e["result"] = result.clone();
+            e
         }
-        Outcome::Failed(error) => {
-            event["event"] = json!("error");
-            event["error"] = json!(error);
+        Settle::Retry {
+            error,
+            at: retry_at,
+        } => {
+            let mut e = base("retry", task, node, at);
+            e["error"] = json!(error);
+            e["retry_at"] = json!(retry_at);
+            e
         }
+        Settle::Dead { error } => {
+            let mut e = base("dead", task, node, at);
+            e["error"] = json!(error);
+            e
+        }
+        Settle::Failed { error: message } => return error(task, node, message, at),
+        Settle::Cancelled => base("cancelled", task, node, at),
+        Settle::Expired => base("expired", task, node, at),
+    };
+    if matches!(settle, Settle::Cancelled) {
+        e["error"] = json!("cancelled");
     }
-    event.to_string()
+    if matches!(settle, Settle::Expired) {
+        e["error"] = json!("deadline passed before the task started");
+    }
+    e.to_string()
 }
 
 /// `rejected`: a channel message was refused.
@@ -44,19 +75,33 @@ pub fn rejected(rejection: &Rejection, node: &str) -> String {
     .to_string()
 }
 
-/// Reads a final event (a reply) back into an outcome.
-pub fn outcome_of(event: &str) -> Option<Outcome> {
+/// How a task ended, read back from its final event (a reply).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Ending {
+    /// `done`, with the result.
+    Done(Value),
+    /// Any other final event: its kind (`error`, `dead`, `cancelled`, `expired`) and message.
+    Failed {
+        /// The event kind, which is also the final state (`error` means `failed`).
+        kind: String,
+        /// The error message.
+        error: String,
+    },
+}
+
+/// Reads a final event (a reply).
+pub fn ending_of(event: &str) -> Option<Ending> {
     let v: Value = serde_json::from_str(event).ok()?;
-    match v.get("event")?.as_str()? {
-        "done" => Some(Outcome::Done(
-            v.get("result").cloned().unwrap_or(Value::Null),
-        )),
-        "error" => Some(Outcome::Failed(
-            v.get("error")
+    let kind = v.get("event")?.as_str()?;
+    Some(match kind {
+        "done" => Ending::Done(v.get("result").cloned().unwrap_or(Value::Null)),
+        _ => Ending::Failed {
+            kind: kind.to_owned(),
+            error: v
+                .get("error")
                 .and_then(Value::as_str)
-                .unwrap_or_default()
+                .unwrap_or(kind)
                 .to_owned(),
-        )),
-        _ => None,
-    }
+        },
+    })
 }

@@ -13,6 +13,9 @@
 //!
 //! After every (re)subscription the dispatcher sweeps the pending sets, so a task whose wake
 //! was published while no one listened is still claimed.
+//!
+//! Independently of the lease, every node listens on its own control channel
+//! (`{channel}:node:{id}`), where cancellations of the tasks it holds arrive.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -26,7 +29,7 @@ use tokio::task::JoinHandle;
 use crate::dispatcher::DispatcherMsg;
 use crate::envelope::{ChannelMessage, Rejection, parse_message};
 use crate::events;
-use crate::store::{Publish, WriteOp};
+use crate::store::{Accepted, WriteOp};
 use crate::supervisor::{NodeContext, watch_task};
 use crate::task::TaskSpec;
 
@@ -42,9 +45,10 @@ pub struct IngressArgs {
     pub ctx: Arc<NodeContext>,
 }
 
-/// The ingress state: the listener task and its stop switch.
+/// The ingress state: the listener tasks and their stop switch.
 pub struct IngressState {
     listener: Option<JoinHandle<()>>,
+    control: JoinHandle<()>,
     stop: watch::Sender<bool>,
 }
 
@@ -69,9 +73,15 @@ impl Actor for Ingress {
         args: IngressArgs,
     ) -> Result<IngressState, ActorProcessingErr> {
         let (stop, stop_rx) = watch::channel(false);
+        let control = watch_task(
+            control(args.ctx.clone()),
+            myself.clone(),
+            IngressMsg::ListenerDied,
+        );
         let listener = watch_task(listen(args.ctx, stop_rx), myself, IngressMsg::ListenerDied);
         Ok(IngressState {
             listener: Some(listener),
+            control,
             stop,
         })
     }
@@ -84,6 +94,7 @@ impl Actor for Ingress {
         if let Some(listener) = state.listener.take() {
             listener.abort();
         }
+        state.control.abort();
         Ok(())
     }
 
@@ -199,6 +210,41 @@ async fn listen(ctx: Arc<NodeContext>, mut stop: watch::Receiver<bool>) {
     }
 }
 
+/// Listens on this node's control channel for as long as the node runs.
+async fn control(ctx: Arc<NodeContext>) {
+    let channel = ctx.store.control_channel(&ctx.node);
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let subscribed = async {
+            let mut pubsub = ctx.store.client().get_async_pubsub().await?;
+            pubsub.subscribe(&channel).await?;
+            Ok::<_, redis::RedisError>(pubsub)
+        };
+        let pubsub = match subscribed.await {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::debug!("control channel not subscribed yet ({e})");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+                continue;
+            }
+        };
+        backoff = Duration::from_millis(100);
+        let mut stream = pubsub.into_on_message();
+        while let Some(msg) = stream.next().await {
+            let limit = ctx.settings.limits.message_bytes as usize;
+            match parse_message(msg.get_payload_bytes(), limit) {
+                Ok(ChannelMessage::Cancel { id }) => {
+                    tracing::info!(task = %id, "cancellation requested");
+                    ctx.dispatcher.cast(DispatcherMsg::Cancel(id));
+                }
+                Ok(_) => tracing::debug!("ignored a control message that is not a cancellation"),
+                Err(r) => tracing::warn!("bad control message: {}", r.reason),
+            }
+        }
+    }
+}
+
 /// Sleeps `d`; true if asked to stop meanwhile.
 async fn wait_or_stop(stop: &mut watch::Receiver<bool>, d: Duration) -> bool {
     tokio::select! {
@@ -217,9 +263,13 @@ async fn handle_batch(ctx: &NodeContext, batch: &[Vec<u8>]) {
             Ok(ChannelMessage::Wake { worker }) => {
                 wakes.insert(worker);
             }
+            Ok(ChannelMessage::Schedule) => ctx.schedule.notify_one(),
+            Ok(ChannelMessage::Cancel { id }) => {
+                ctx.dispatcher.cast(DispatcherMsg::Cancel(id));
+            }
             Ok(ChannelMessage::Task(spec)) => {
                 if ctx.registry.get(&spec.worker).is_some() {
-                    specs.push(spec);
+                    specs.push(*spec);
                 } else {
                     reject(
                         ctx,
@@ -244,20 +294,32 @@ async fn handle_batch(ctx: &NodeContext, batch: &[Vec<u8>]) {
         for spec in &mut specs {
             spec.id.get_or_insert_with(crate::task::new_task_id);
         }
-        let publish = Publish {
-            wake: None,
-            events: &ctx.settings.redis.events,
-        };
         let mut backoff = Duration::from_millis(50);
         let started = Instant::now();
         loop {
-            match ctx.store.enqueue_many(&specs, &publish).await {
+            match ctx.store.enqueue_many(&specs, false).await {
                 Ok(stored) => {
-                    for ((id, new), spec) in stored.iter().zip(&specs) {
-                        if *new {
-                            wakes.insert(spec.worker.clone());
-                        } else {
-                            tracing::debug!(task = %id, "task id already known; message ignored");
+                    for ((id, accepted), spec) in stored.iter().zip(&specs) {
+                        match accepted {
+                            Accepted::Queued => {
+                                wakes.insert(spec.worker.clone());
+                            }
+                            Accepted::Scheduled => ctx.schedule.notify_one(),
+                            Accepted::Deferred => {
+                                tracing::debug!(task = %id, "deferred: its key is at its limit");
+                            }
+                            Accepted::Exists => {
+                                tracing::debug!(task = %id, "task id already known; message ignored");
+                            }
+                            Accepted::Refused => reject(
+                                ctx,
+                                &Rejection {
+                                    reason: key_full(spec, ctx.settings.keys.limit),
+                                    id: Some(id.clone()),
+                                    worker: Some(spec.worker.clone()),
+                                    excerpt: String::new(),
+                                },
+                            ),
                         }
                     }
                     break;
@@ -280,6 +342,14 @@ async fn handle_batch(ctx: &NodeContext, batch: &[Vec<u8>]) {
     for worker in wakes {
         ctx.dispatcher.cast(DispatcherMsg::Wake(worker));
     }
+}
+
+/// The message for a task refused because its key is at its limit.
+pub fn key_full(spec: &TaskSpec, limit: u32) -> String {
+    format!(
+        "key `{}` is at its limit of {limit} pending or running tasks ([keys] limit)",
+        spec.key.as_deref().unwrap_or_default()
+    )
 }
 
 fn reject(ctx: &NodeContext, rejection: &Rejection) {

@@ -31,6 +31,8 @@
 //! - [`task`]: the task model (spec, claimed task, outcome, status, record fields).
 //! - [`envelope`]: parsing and validating channel messages.
 //! - [`fencing`]: the epoch rule that decides whether a completion may be written.
+//! - [`schedule`]: cron, intervals, coalescing, backoff, typed times (pure).
+//! - [`policy`]: what an attempt leads to: done, retry, dead, failed, cancelled, expired (pure).
 //! - [`store`]: Redis keys, the atomic Lua scripts, every round trip.
 //! - [`events`]: event messages on the events channel.
 //! - [`worker`]: the Rust [`Worker`] trait, its context and errors, the built-in workers.
@@ -38,6 +40,7 @@
 //! - [`registry`]: the worker types a node offers, and running one attempt of any of them.
 //! - [`supervisor`]: the root actor, its restart policy, shared node context.
 //! - [`saver`]: the single writer of task state: batched, pipelined, outage-proof.
+//! - [`scheduler`]: fires due delayed, retrying and recurring tasks; expires late ones.
 //! - [`dispatcher`]: claiming and the node-local priority queues.
 //! - [`pool`]: per-worker pools of slot actors.
 //! - [`ingress`]: the lease-holding subscriber of the task channel.
@@ -54,9 +57,12 @@ pub mod fencing;
 pub mod ingress;
 pub mod names;
 pub mod node;
+pub mod policy;
 pub mod pool;
 pub mod registry;
 pub mod saver;
+pub mod schedule;
+pub mod scheduler;
 pub mod script;
 pub mod store;
 pub mod supervisor;

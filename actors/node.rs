@@ -171,6 +171,7 @@ impl NodeBuilder {
             saver: SaverHandle::default(),
             dispatcher: Link::default(),
             ingress: Link::default(),
+            schedule: tokio::sync::Notify::new(),
         });
         let (give_up, stopped) = mpsc::unbounded_channel();
         let keep_alive = tokio::spawn(keep_alive(ctx.clone(), give_up.clone()));
@@ -331,7 +332,7 @@ async fn connect(settings: &Settings) -> Result<Store, NodeError> {
     let mut backoff = Duration::from_millis(100);
     loop {
         let attempt = async {
-            let store = Store::connect(url, &settings.redis.prefix).await?;
+            let store = Store::connect(settings).await?;
             store.ping().await?;
             Ok::<Store, StoreError>(store)
         };

@@ -2,9 +2,13 @@
 //! run one attempt at a time.
 //!
 //! Restart policy: a slot that fails (a panicking Rust worker) fails only the attempt it was
-//! running ("worker crashed: …"); the pool records that failure, restarts the slot at once and
-//! hands it the next task. A worker that panics on every task therefore fails those tasks and
-//! nothing else. A failing pool is a bug in the pool and escalates to the dispatcher.
+//! running ("worker crashed: …", retried like any failure); the pool records that failure,
+//! restarts the slot at once and hands it the next task. A worker that panics on every task
+//! therefore fails those tasks and nothing else. A failing pool is a bug in the pool and
+//! escalates to the dispatcher.
+//!
+//! After an attempt, [`crate::policy::settle`] decides what follows (done, retry later, dead,
+//! failed, cancelled, expired) and [`finish_op`] turns that into the one fenced write.
 
 use std::collections::VecDeque;
 
@@ -12,10 +16,13 @@ use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
 
 use crate::dispatcher::DispatcherMsg;
 use crate::events;
+use crate::policy::{Settle, settle};
 use crate::registry::{RunEnv, WorkerEntry, run_attempt};
 use crate::saver::SaverHandle;
+use crate::schedule::jitter;
 use crate::store::WriteOp;
-use crate::task::{Outcome, Task, TaskState, now_ms};
+use crate::task::{Outcome, Task, now_ms};
+use crate::worker::CancelToken;
 
 /// The pool actor of one worker type.
 pub struct Pool;
@@ -41,7 +48,13 @@ pub struct PoolState {
 
 struct SlotInfo {
     actor: ActorRef<SlotMsg>,
-    running: Option<(Task, u64)>,
+    running: Option<Running>,
+}
+
+struct Running {
+    task: Task,
+    started: u64,
+    cancel: CancelToken,
 }
 
 /// Messages to a pool.
@@ -53,6 +66,8 @@ pub enum PoolMsg {
         /// Slot index.
         slot: usize,
     },
+    /// Cancel this task if it waits or runs here.
+    Cancel(String),
 }
 
 impl ractor::Message for PoolMsg {}
@@ -93,10 +108,27 @@ impl Actor for Pool {
                 state.assign();
             }
             PoolMsg::SlotIdle { slot } => {
-                if let Some((task, _)) = state.slots.get_mut(slot).and_then(|s| s.running.take()) {
-                    state.done(&task);
+                if let Some(run) = state.slots.get_mut(slot).and_then(|s| s.running.take()) {
+                    state.done(&run.task);
                 }
                 state.assign();
+            }
+            PoolMsg::Cancel(id) => {
+                if let Some(pos) = state.waiting.iter().position(|t| t.id == id) {
+                    if let Some(task) = state.waiting.remove(pos) {
+                        let now = now_ms();
+                        let op = finish_op(&task, &state.args.env.node, &Settle::Cancelled, 0, now);
+                        state.args.saver.write(op);
+                        state.done(&task);
+                    }
+                } else if let Some(run) = state
+                    .slots
+                    .iter()
+                    .filter_map(|s| s.running.as_ref())
+                    .find(|r| r.task.id == id)
+                {
+                    run.cancel.cancel();
+                }
             }
         }
         Ok(())
@@ -118,23 +150,15 @@ impl Actor for Pool {
         let Some(index) = state.slot_of(cell.get_id()) else {
             return Ok(());
         };
-        if let Some((task, started)) = state.slots[index].running.take() {
+        if let Some(run) = state.slots[index].running.take() {
+            let task = run.task;
             tracing::warn!(task = %task.id, worker = %task.worker, "worker crashed: {why}");
-            let outcome = Outcome::Failed(format!("worker crashed: {why}"));
-            let node = &state.args.env.node;
-            let finished = now_ms();
-            state.args.saver.write(WriteOp::Finish {
-                id: task.id.clone(),
-                node: node.clone(),
-                epoch: task.epoch,
-                attempt: task.attempt,
-                started,
-                finished,
-                state: TaskState::Failed,
-                value: format!("worker crashed: {why}"),
-                event: events::finished(&task, node, &outcome, finished),
-                started_event: None,
-            });
+            let outcome = Outcome::failed(format!("worker crashed: {why}"));
+            let now = now_ms();
+            let policy = state.args.entry.retry_policy(&task);
+            let next = settle(outcome, task.attempt, &policy, now, jitter(&task.id));
+            let op = finish_op(&task, &state.args.env.node, &next, run.started, now);
+            state.args.saver.write(op);
             state.done(&task);
         }
         state.slots[index].actor = spawn_slot(&myself, &state.args, index).await?;
@@ -162,8 +186,18 @@ impl PoolState {
                 return;
             };
             let started = now_ms();
-            match self.slots[index].actor.cast(SlotMsg::Run(task.clone())) {
-                Ok(()) => self.slots[index].running = Some((task, started)),
+            let cancel = CancelToken::default();
+            match self.slots[index]
+                .actor
+                .cast(SlotMsg::Run(task.clone(), cancel.clone()))
+            {
+                Ok(()) => {
+                    self.slots[index].running = Some(Running {
+                        task,
+                        started,
+                        cancel,
+                    });
+                }
                 Err(_) => {
                     // The slot is dying; its supervision event will restart it. Keep the task.
                     self.waiting.push_front(task);
@@ -209,8 +243,8 @@ pub struct SlotArgs {
 
 /// Messages to a slot.
 pub enum SlotMsg {
-    /// Run one attempt.
-    Run(Task),
+    /// Run one attempt, stopping early when the token is cancelled.
+    Run(Task, CancelToken),
 }
 
 impl ractor::Message for SlotMsg {}
@@ -234,35 +268,68 @@ impl Actor for Slot {
         msg: SlotMsg,
         state: &mut SlotArgs,
     ) -> Result<(), ActorProcessingErr> {
-        let SlotMsg::Run(task) = msg;
+        let SlotMsg::Run(task, cancel) = msg;
         let node = &state.env.node;
-        let started = now_ms();
-        state.saver.write(WriteOp::Start {
-            id: task.id.clone(),
-            epoch: task.epoch,
-            attempt: task.attempt,
-            at: started,
-            event: events::started(&task, node, started),
-        });
-        let outcome = run_attempt(&state.entry, &task, &state.env).await;
-        let finished = now_ms();
-        let (final_state, value) = match &outcome {
-            Outcome::Done(v) => (TaskState::Done, v.to_string()),
-            Outcome::Failed(e) => (TaskState::Failed, e.clone()),
+        let now = now_ms();
+        let before_start = if task.deadline.is_some_and(|d| now > d) {
+            Some(Settle::Expired)
+        } else if cancel.is_cancelled() {
+            Some(Settle::Cancelled)
+        } else {
+            None
         };
-        state.saver.write(WriteOp::Finish {
-            id: task.id.clone(),
-            node: node.clone(),
-            epoch: task.epoch,
-            attempt: task.attempt,
-            started,
-            finished,
-            state: final_state,
-            value,
-            event: events::finished(&task, node, &outcome, finished),
-            started_event: None,
-        });
+        let op = match before_start {
+            Some(end) => finish_op(&task, node, &end, 0, now),
+            None => {
+                state.saver.write(WriteOp::Start {
+                    id: task.id.clone(),
+                    epoch: task.epoch,
+                    attempt: task.attempt,
+                    at: now,
+                    event: events::started(&task, node, now),
+                });
+                let outcome = run_attempt(&state.entry, &task, &state.env, &cancel).await;
+                let finished = now_ms();
+                let policy = state.entry.retry_policy(&task);
+                let unit = jitter(&format!("{}:{}", task.id, task.attempt));
+                let next = settle(outcome, task.attempt, &policy, finished, unit);
+                finish_op(&task, node, &next, now, finished)
+            }
+        };
+        state.saver.write(op);
         let _ = state.pool.cast(PoolMsg::SlotIdle { slot: state.index });
         Ok(())
+    }
+}
+
+/// The fenced write that ends an attempt of `task` on `node` with `settle`. A `started` of 0
+/// means the attempt never began (expired or cancelled while queued).
+pub fn finish_op(task: &Task, node: &str, settle: &Settle, started: u64, now: u64) -> WriteOp {
+    let (value, retry_at) = match settle {
+        Settle::Done(v) => (v.to_string(), 0),
+        Settle::Retry { error, at } => (error.clone(), *at),
+        Settle::Dead { error } | Settle::Failed { error } => (error.clone(), 0),
+        Settle::Cancelled => ("cancelled".to_owned(), 0),
+        Settle::Expired => ("deadline passed before the task started".to_owned(), 0),
+    };
+    let error_event = match settle {
+        Settle::Retry { error, .. } | Settle::Dead { error } => {
+            Some(events::error(task, node, error, now))
+        }
+        _ => None,
+    };
+    WriteOp::Finish {
+        id: task.id.clone(),
+        node: node.to_owned(),
+        epoch: task.epoch,
+        attempt: task.attempt,
+        started,
+        finished: now,
+        state: settle.state(),
+        value,
+        retry_at,
+        event: events::transition(task, node, settle, now),
+        started_event: None,
+        error_event,
     }
 }

@@ -4,16 +4,16 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
 
 use crate::config::Settings;
 use crate::duration::format_duration;
+use crate::policy::RetryPolicy;
 use crate::script::{ScriptRun, run_script, scan_dir};
 use crate::task::{Outcome, Task};
-use crate::worker::{SharedWorker, TaskContext, TaskError, WorkerOptions, builtin};
+use crate::worker::{CancelToken, SharedWorker, TaskContext, WorkerOptions, builtin};
 
 /// How a worker runs.
 #[derive(Clone)]
@@ -44,6 +44,8 @@ pub struct WorkerEntry {
     pub concurrency: u32,
     /// Default run-time limit.
     pub timeout: Duration,
+    /// Default retry policy.
+    pub retry: RetryPolicy,
 }
 
 /// The worker types a node offers.
@@ -105,6 +107,11 @@ impl Registry {
                     .unwrap_or(settings.workers.concurrency)
                     .max(1),
                 timeout: opts.timeout.unwrap_or(settings.workers.timeout),
+                retry: RetryPolicy {
+                    attempts: opts.attempts.unwrap_or(settings.workers.attempts).max(1),
+                    base: opts.backoff.map_or(settings.workers.backoff, |b| b.0),
+                    cap: opts.backoff.map_or(settings.workers.backoff_cap, |b| b.1),
+                },
             },
         );
     }
@@ -136,15 +143,39 @@ pub struct RunEnv {
     pub output_limit: usize,
 }
 
+/// How long a cancelled attempt may take to stop before it is dropped (Rust) or killed (script).
+pub const CANCEL_GRACE: Duration = Duration::from_secs(5);
+
+impl WorkerEntry {
+    /// The retry policy of `task`: the task's own settings, else this worker's.
+    pub fn retry_policy(&self, task: &Task) -> RetryPolicy {
+        RetryPolicy {
+            attempts: task.attempts.unwrap_or(self.retry.attempts),
+            base: task.backoff.unwrap_or(self.retry.base),
+            cap: task.backoff_cap.unwrap_or(self.retry.cap),
+        }
+    }
+}
+
 /// Runs one attempt of `task` with `entry`. A panic in a Rust worker propagates to the caller
 /// (the worker actor), which turns it into a failed attempt and is restarted.
-pub async fn run_attempt(entry: &WorkerEntry, task: &Task, env: &RunEnv) -> Outcome {
+pub async fn run_attempt(
+    entry: &WorkerEntry,
+    task: &Task,
+    env: &RunEnv,
+    cancel: &CancelToken,
+) -> Outcome {
     let limit = task.timeout.unwrap_or(entry.timeout);
     match &entry.kind {
         WorkerKind::Rust(worker) => {
             let args: Value = match serde_json::from_str(&task.args) {
                 Ok(v) => v,
-                Err(e) => return Outcome::Failed(format!("stored arguments are not JSON: {e}")),
+                Err(e) => {
+                    return Outcome::Failed {
+                        error: format!("stored arguments are not JSON: {e}"),
+                        retry: crate::task::Retry::Never,
+                    };
+                }
             };
             let ctx = TaskContext {
                 id: task.id.clone(),
@@ -152,12 +183,24 @@ pub async fn run_attempt(entry: &WorkerEntry, task: &Task, env: &RunEnv) -> Outc
                 attempt: task.attempt,
                 node: env.node.clone(),
                 args,
+                cancel: cancel.clone(),
             };
-            match tokio::time::timeout(limit, Arc::clone(worker).run(ctx)).await {
-                Ok(Ok(value)) => Outcome::Done(value),
-                Ok(Err(TaskError::Fail(m) | TaskError::Retry(m)))
-                | Ok(Err(TaskError::RetryAfter { message: m, .. })) => Outcome::Failed(m),
-                Err(_) => Outcome::Failed(format!("timed out after {}", format_duration(limit))),
+            let run = tokio::time::timeout(limit, worker.run(ctx));
+            let stop = async {
+                cancel.cancelled().await;
+                tokio::time::sleep(CANCEL_GRACE).await;
+            };
+            let outcome = tokio::select! {
+                r = run => match r {
+                    Ok(Ok(value)) => Outcome::Done(value),
+                    Ok(Err(e)) => e.into_outcome(),
+                    Err(_) => Outcome::failed(format!("timed out after {}", format_duration(limit))),
+                },
+                () = stop => Outcome::Cancelled,
+            };
+            match outcome {
+                Outcome::Failed { .. } if cancel.is_cancelled() => Outcome::Cancelled,
+                other => other,
             }
         }
         WorkerKind::Script(path) => {
@@ -171,6 +214,7 @@ pub async fn run_attempt(entry: &WorkerEntry, task: &Task, env: &RunEnv) -> Outc
                 args: &task.args,
                 timeout: limit,
                 output_limit: env.output_limit,
+                cancel,
             })
             .await
         }

@@ -81,10 +81,6 @@ pub struct SaverArgs {
     pub handle: SaverHandle,
     /// The store.
     pub store: Store,
-    /// The events channel.
-    pub events: String,
-    /// How long finished tasks are kept.
-    pub result_ttl: Duration,
     /// Most writes per pipeline.
     pub batch: usize,
 }
@@ -154,7 +150,7 @@ async fn flush_loop(args: SaverArgs) {
         }
         let mut backoff = Duration::from_millis(50);
         loop {
-            match args.store.write(&ops, &args.events, args.result_ttl).await {
+            match args.store.write(&ops).await {
                 Ok(results) => {
                     if let Some(since) = outage.take() {
                         tracing::info!(
@@ -293,8 +289,10 @@ mod tests {
             finished: 20,
             state: TaskState::Done,
             value: "null".into(),
+            retry_at: 0,
             event: format!("done {id}"),
             started_event: None,
+            error_event: None,
         }
     }
 

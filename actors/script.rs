@@ -22,6 +22,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use crate::duration::format_duration;
 use crate::names::validate_worker_name;
 use crate::task::Outcome;
+use crate::worker::CancelToken;
 
 /// How much of stderr is kept for the error message.
 pub const STDERR_TAIL: usize = 2048;
@@ -120,6 +121,9 @@ pub struct ScriptRun<'a> {
     pub timeout: Duration,
     /// Largest stdout accepted, in bytes.
     pub output_limit: usize,
+    /// Signalled when the task is cancelled: the group gets SIGTERM, then SIGKILL after
+    /// [`crate::registry::CANCEL_GRACE`].
+    pub cancel: &'a CancelToken,
 }
 
 /// Kills the process group when dropped, unless disarmed: a run that is abandoned (its actor
@@ -130,6 +134,12 @@ impl GroupGuard {
     fn kill(&mut self) {
         if let Some(pid) = self.0.take() {
             let _ = kill_process_group(pid, Signal::KILL);
+        }
+    }
+
+    fn terminate(&self) {
+        if let Some(pid) = self.0 {
+            let _ = kill_process_group(pid, Signal::TERM);
         }
     }
 }
@@ -162,7 +172,7 @@ pub async fn run_script(run: ScriptRun<'_>) -> Outcome {
         .kill_on_drop(true);
     let mut child = match cmd.spawn() {
         Ok(child) => child,
-        Err(e) => return Outcome::Failed(format!("cannot start {}: {e}", run.path.display())),
+        Err(e) => return Outcome::failed(format!("cannot start {}: {e}", run.path.display())),
     };
     let mut guard = GroupGuard(child.id().and_then(|id| Pid::from_raw(id as i32)));
 
@@ -184,7 +194,20 @@ pub async fn run_script(run: ScriptRun<'_>) -> Outcome {
         .take()
         .map(|s| tokio::spawn(read_tail(s, STDERR_TAIL)));
 
-    let waited = tokio::time::timeout(run.timeout, child.wait()).await;
+    let waited = {
+        let wait = tokio::time::timeout(run.timeout, child.wait());
+        tokio::pin!(wait);
+        tokio::select! {
+            r = &mut wait => Some(r),
+            () = run.cancel.cancelled() => {
+                guard.terminate();
+                match tokio::time::timeout(crate::registry::CANCEL_GRACE, &mut wait).await {
+                    Ok(Ok(Ok(status))) if status.success() => Some(Ok(Ok(status))),
+                    _ => None,
+                }
+            }
+        }
+    };
     // Whatever happened, nothing of this run may outlive it.
     guard.kill();
     writer.abort();
@@ -204,9 +227,13 @@ pub async fn run_script(run: ScriptRun<'_>) -> Outcome {
         .unwrap_or_default();
     let tail = stderr_tail(&err);
     let status = match waited {
-        Err(_) => {
+        None => {
             let _ = child.wait().await;
-            return Outcome::Failed(with_tail(
+            return Outcome::Cancelled;
+        }
+        Some(Err(_)) => {
+            let _ = child.wait().await;
+            return Outcome::failed(with_tail(
                 format!(
                     "timed out after {}; process group killed",
                     format_duration(run.timeout)
@@ -214,8 +241,8 @@ pub async fn run_script(run: ScriptRun<'_>) -> Outcome {
                 &tail,
             ));
         }
-        Ok(Err(e)) => return Outcome::Failed(format!("waiting for the script failed: {e}")),
-        Ok(Ok(status)) => status,
+        Some(Ok(Err(e))) => return Outcome::failed(format!("waiting for the script failed: {e}")),
+        Some(Ok(Ok(status))) => status,
     };
     if !status.success() {
         let how = match (
@@ -226,10 +253,10 @@ pub async fn run_script(run: ScriptRun<'_>) -> Outcome {
             (None, Some(sig)) => format!("killed by signal {sig}"),
             (None, None) => "ended abnormally".into(),
         };
-        return Outcome::Failed(with_tail(how, &tail));
+        return Outcome::failed(with_tail(how, &tail));
     }
     if out.overflow {
-        return Outcome::Failed(format!(
+        return Outcome::failed(format!(
             "stdout exceeded the {}-byte limit",
             run.output_limit
         ));
@@ -324,7 +351,10 @@ mod tests {
     }
 
     fn run<'a>(path: &'a Path, dir: &'a Path, args: &'a str, timeout: Duration) -> ScriptRun<'a> {
+        static NEVER: std::sync::LazyLock<CancelToken> =
+            std::sync::LazyLock::new(CancelToken::default);
         ScriptRun {
+            cancel: &NEVER,
             path,
             dir,
             id: "t1",
@@ -402,7 +432,7 @@ mod tests {
             "#!/bin/sh\necho 'disk on fire' >&2\nexit 3\n",
         );
         let out = run_script(run(&p, &d, "{}", Duration::from_secs(5))).await;
-        assert_eq!(out, Outcome::Failed("exit code 3: disk on fire".into()));
+        assert_eq!(out, Outcome::failed("exit code 3: disk on fire"));
     }
 
     #[tokio::test]
@@ -421,7 +451,7 @@ mod tests {
         let started = std::time::Instant::now();
         let out = run_script(run(&p, &d, "{}", Duration::from_millis(300))).await;
         assert!(started.elapsed() < Duration::from_secs(5));
-        let Outcome::Failed(msg) = out else {
+        let Outcome::Failed { error: msg, .. } = out else {
             panic!("{out:?}")
         };
         assert!(msg.contains("timed out after 300ms"), "{msg}");
@@ -458,17 +488,38 @@ mod tests {
         let big = write_script(&d, "big.sh", "#!/bin/sh\nhead -c 100000 /dev/zero\n");
         let mut r = run(&big, &d, "{}", Duration::from_secs(5));
         r.output_limit = 1000;
-        let Outcome::Failed(msg) = run_script(r).await else {
+        let Outcome::Failed { error: msg, .. } = run_script(r).await else {
             panic!()
         };
         assert!(msg.contains("1000-byte limit"), "{msg}");
         let missing = d.join("missing.sh");
-        let Outcome::Failed(msg) =
+        let Outcome::Failed { error: msg, .. } =
             run_script(run(&missing, &d, "{}", Duration::from_secs(5))).await
         else {
             panic!()
         };
         assert!(msg.contains("cannot start"), "{msg}");
+    }
+
+    #[tokio::test]
+    async fn cancellation_terminates_the_group() {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = tmp.path().canonicalize().unwrap();
+        let p = write_script(&d, "long.sh", "#!/bin/sh\nsleep 30\n");
+        let token = CancelToken::default();
+        let mut r = run(&p, &d, "{}", Duration::from_secs(60));
+        r.cancel = &token;
+        let started = std::time::Instant::now();
+        let canceller = token.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            canceller.cancel();
+        });
+        assert_eq!(run_script(r).await, Outcome::Cancelled);
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "SIGTERM stopped it at once"
+        );
     }
 
     #[test]

@@ -1,16 +1,20 @@
 //! The Redis store: key names, the atomic scripts, and every round trip the cluster makes.
 //!
-//! Each write that decides ownership or finishes a task is one Lua script, so it is atomic in
-//! Redis; writes from the saver are pipelined in batches. Scripts are sent by hash and reloaded
-//! when Redis answers NOSCRIPT (a restarted Redis has forgotten them).
+//! Each write that decides ownership, fires a schedule or finishes a task is one Lua script, so
+//! it is atomic in Redis; writes from the saver are pipelined in batches. Scripts are sent by
+//! hash and reloaded when Redis answers NOSCRIPT (a restarted Redis has forgotten them).
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncConnectionConfig, Script};
+use serde::Serialize;
 use serde_json::Value;
 
+use crate::config::{KeyPolicy, Settings};
+use crate::schedule::Recurrence;
 use crate::task::{Task, TaskSpec, TaskState, TaskStatus, field, now_ms};
 
 /// A store error: Redis unreachable or answering something unexpected.
@@ -56,6 +60,18 @@ impl Keys {
     pub fn workers(&self) -> String {
         format!("{}:workers", self.prefix)
     }
+    /// `{p}:scheduled`: delayed tasks, retrying tasks and recurring templates, by due time.
+    pub fn scheduled(&self) -> String {
+        format!("{}:scheduled", self.prefix)
+    }
+    /// `{p}:deadlines`: tasks with a deadline that have not started, by deadline.
+    pub fn deadlines(&self) -> String {
+        format!("{}:deadlines", self.prefix)
+    }
+    /// `{p}:dead`: tasks whose attempts were exhausted, by time of death.
+    pub fn dead(&self) -> String {
+        format!("{}:dead", self.prefix)
+    }
     /// `{p}:node:{node}:owned`: ids of the tasks a node owns.
     pub fn owned(&self, node: &str) -> String {
         format!("{}:node:{node}:owned", self.prefix)
@@ -72,6 +88,18 @@ impl Keys {
     pub fn reply(&self, id: &str) -> String {
         format!("{}:reply:{id}", self.prefix)
     }
+    /// `{p}:result:{name}`: a result stored under its result key.
+    pub fn result(&self, name: &str) -> String {
+        format!("{}:result:{name}", self.prefix)
+    }
+    /// `{p}:key:{key}`: ids holding a slot of a per-key limit.
+    pub fn key_slots(&self, key: &str) -> String {
+        format!("{}:key:{key}", self.prefix)
+    }
+    /// `{p}:deferred:{key}`: ids waiting for a slot of a key, oldest first.
+    pub fn deferred(&self, key: &str) -> String {
+        format!("{}:deferred:{key}", self.prefix)
+    }
     /// `{p}:stats`: cluster-wide counters.
     pub fn stats(&self) -> String {
         format!("{}:stats", self.prefix)
@@ -80,10 +108,10 @@ impl Keys {
 
 macro_rules! lua {
     ($file:literal) => {
-        concat!(
+        Script::new(concat!(
             include_str!("lua/common.lua"),
             include_str!(concat!("lua/", $file))
-        )
+        ))
     };
 }
 
@@ -95,22 +123,32 @@ struct Scripts {
     release: Script,
     lease: Script,
     unlease: Script,
+    fire: Script,
+    occur: Script,
+    expire: Script,
+    cancel: Script,
+    retry: Script,
 }
 
 impl Scripts {
     fn new() -> Scripts {
         Scripts {
-            enqueue: Script::new(lua!("enqueue.lua")),
-            claim: Script::new(lua!("claim.lua")),
-            start: Script::new(lua!("start.lua")),
-            finish: Script::new(lua!("finish.lua")),
-            release: Script::new(lua!("release.lua")),
-            lease: Script::new(lua!("lease.lua")),
-            unlease: Script::new(lua!("unlease.lua")),
+            enqueue: lua!("enqueue.lua"),
+            claim: lua!("claim.lua"),
+            start: lua!("start.lua"),
+            finish: lua!("finish.lua"),
+            release: lua!("release.lua"),
+            lease: lua!("lease.lua"),
+            unlease: lua!("unlease.lua"),
+            fire: lua!("fire.lua"),
+            occur: lua!("occur.lua"),
+            expire: lua!("expire.lua"),
+            cancel: lua!("cancel.lua"),
+            retry: lua!("retry.lua"),
         }
     }
 
-    fn all(&self) -> [&Script; 7] {
+    fn all(&self) -> [&Script; 12] {
         [
             &self.enqueue,
             &self.claim,
@@ -119,6 +157,11 @@ impl Scripts {
             &self.release,
             &self.lease,
             &self.unlease,
+            &self.fire,
+            &self.occur,
+            &self.expire,
+            &self.cancel,
+            &self.retry,
         ]
     }
 }
@@ -139,7 +182,7 @@ pub enum WriteOp {
         /// The `started` event.
         event: String,
     },
-    /// The task finished.
+    /// The attempt ended: the task is done, retrying, dead, failed, cancelled or expired.
     Finish {
         /// Task id.
         id: String,
@@ -147,20 +190,24 @@ pub enum WriteOp {
         node: String,
         /// Epoch the node owns it under.
         epoch: u64,
-        /// Attempt that finished.
+        /// Attempt that ended.
         attempt: u32,
         /// Start time of the attempt, Unix ms.
         started: u64,
         /// End time, Unix ms.
         finished: u64,
-        /// Final state: done or failed.
+        /// The new state.
         state: TaskState,
-        /// Result JSON text (done) or error message (failed).
+        /// Result JSON text (done) or error message.
         value: String,
-        /// The final event (also the reply for a waiting caller).
+        /// When a retrying task runs again (Unix ms), else 0.
+        retry_at: u64,
+        /// The event of this transition (also the reply for a waiting caller when final).
         event: String,
         /// The `started` event when the start was folded into this write.
         started_event: Option<String>,
+        /// The `error` event of a failed attempt, published before `retry` or `dead`.
+        error_event: Option<String>,
     },
     /// Publish an event that belongs to no task write (`rejected`).
     Event {
@@ -193,13 +240,122 @@ impl WriteResult {
     }
 }
 
+/// What happened to a task handed to [`Store::enqueue_many`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Accepted {
+    /// Stored and queued for a node.
+    Queued,
+    /// Stored; waits for a slot of its key.
+    Deferred,
+    /// Stored; waits for its time (delayed or recurring).
+    Scheduled,
+    /// A task with this id exists; nothing changed.
+    Exists,
+    /// Refused: its key is at its limit and the policy is to reject. Nothing stored.
+    Refused,
+}
+
+/// What `cancel` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CancelResult {
+    /// The task was waiting and is now cancelled.
+    Cancelled,
+    /// A node holds it; the node was asked to stop it.
+    Requested,
+    /// No such task.
+    NotFound,
+    /// It had finished already.
+    Finished,
+}
+
+/// What `retry` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RetryResult {
+    /// Queued again.
+    Queued,
+    /// Waiting for a slot of its key.
+    Deferred,
+    /// No such task.
+    NotFound,
+    /// It has not finished (or is a recurring template): nothing to retry.
+    NotFinished,
+}
+
+/// A recurring template that came due.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DueTemplate {
+    /// Template id.
+    pub id: String,
+    /// The due time (Unix ms).
+    pub due: u64,
+    /// How it recurs, as stored.
+    pub every: Option<u64>,
+    /// Cron expression, as stored.
+    pub cron: Option<String>,
+}
+
+/// One line of `bgnode bg`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TaskRow {
+    /// Task id.
+    pub id: String,
+    /// Worker.
+    pub worker: String,
+    /// State.
+    pub state: String,
+    /// Priority.
+    pub priority: i32,
+    /// Owning node.
+    pub node: Option<String>,
+    /// Latest attempt.
+    pub attempt: u32,
+    /// Due time (scheduled, retrying), Unix ms.
+    pub due: Option<u64>,
+    /// Interval of a recurring template (ms).
+    pub every: Option<u64>,
+    /// Cron expression of a recurring template.
+    pub cron: Option<String>,
+    /// Latest error.
+    pub error: Option<String>,
+}
+
+/// What `bgnode bg` lists.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Overview {
+    /// Tasks waiting for a node, highest priority first.
+    pub pending: Vec<TaskRow>,
+    /// Delayed, retrying and recurring tasks, soonest first.
+    pub scheduled: Vec<TaskRow>,
+    /// Tasks running on a node.
+    pub running: Vec<TaskRow>,
+    /// Tasks whose attempts were exhausted, latest first.
+    pub dead: Vec<TaskRow>,
+    /// How many there are of each (the lists are cut at the limit).
+    pub counts: HashMap<String, u64>,
+}
+
+/// Names and limits the store's scripts need, from [`Settings`].
+#[derive(Debug, Clone)]
+struct Names {
+    channel: String,
+    events: String,
+    result_ttl: Duration,
+    dead_ttl: Duration,
+    key_limit: u32,
+    key_policy: KeyPolicy,
+}
+
 /// The Redis store. Cheap to clone: clones share one multiplexed, self-reconnecting connection.
 #[derive(Clone)]
 pub struct Store {
     client: redis::Client,
     con: ConnectionManager,
     keys: Keys,
-    scripts: std::sync::Arc<Scripts>,
+    names: Arc<Names>,
+    scripts: Arc<Scripts>,
 }
 
 impl std::fmt::Debug for Store {
@@ -208,25 +364,14 @@ impl std::fmt::Debug for Store {
     }
 }
 
-/// Where new tasks are announced.
-#[derive(Debug, Clone)]
-pub struct Publish<'a> {
-    /// The task channel to publish wake notices on; `None` publishes none (the caller wakes the
-    /// dispatcher itself).
-    pub wake: Option<&'a str>,
-    /// The events channel.
-    pub events: &'a str,
-}
-
-/// The wake notice for new pending tasks of `worker`.
-pub fn wake_message(worker: &str) -> String {
-    serde_json::json!({"op": "wake", "worker": worker}).to_string()
-}
+/// Grace a node gets to start a claimed task whose deadline just passed.
+const DEADLINE_GRACE: Duration = Duration::from_secs(1);
 
 impl Store {
-    /// Connects to `url` with keys under `prefix`. Fails when Redis cannot be reached now.
-    pub async fn connect(url: &str, prefix: &str) -> StoreResult<Store> {
-        let client = redis::Client::open(url)?;
+    /// Connects to `redis.url` with the names and limits of `settings`. Fails when Redis cannot
+    /// be reached now.
+    pub async fn connect(settings: &Settings) -> StoreResult<Store> {
+        let client = redis::Client::open(settings.redis.url.as_str())?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(2)))
             .set_response_timeout(Some(Duration::from_secs(5)))
@@ -236,8 +381,16 @@ impl Store {
         Ok(Store {
             client,
             con,
-            keys: Keys::new(prefix),
-            scripts: std::sync::Arc::new(Scripts::new()),
+            keys: Keys::new(&settings.redis.prefix),
+            names: Arc::new(Names {
+                channel: settings.redis.channel.clone(),
+                events: settings.redis.events.clone(),
+                result_ttl: settings.saver.result_ttl,
+                dead_ttl: settings.saver.dead_ttl,
+                key_limit: settings.keys.limit,
+                key_policy: settings.keys.policy,
+            }),
+            scripts: Arc::new(Scripts::new()),
         })
     }
 
@@ -256,6 +409,11 @@ impl Store {
         self.con.clone()
     }
 
+    /// The control channel of `node` (cancellations reach it there).
+    pub fn control_channel(&self, node: &str) -> String {
+        format!("{}:node:{node}", self.names.channel)
+    }
+
     /// Checks that Redis answers.
     pub async fn ping(&self) -> StoreResult<()> {
         let mut con = self.con.clone();
@@ -263,71 +421,114 @@ impl Store {
         Ok(())
     }
 
-    /// The record fields of a new task, in the order the enqueue script stores them.
-    fn record_fields(id: &str, spec: &TaskSpec, created: u64) -> Vec<(&'static str, String)> {
-        vec![
+    /// The record fields of a new task, and its due time and deadline (script arguments).
+    fn record(
+        id: &str,
+        spec: &TaskSpec,
+        now: u64,
+    ) -> (Vec<(&'static str, String)>, String, String) {
+        let ms = |d: Duration| (d.as_millis() as u64).to_string();
+        let mut fields = vec![
             (field::ID, id.to_owned()),
             (field::WORKER, spec.worker.clone()),
             (field::ARGS, spec.args.to_string()),
             (field::PRIORITY, spec.priority.to_string()),
-            (field::ATTEMPTS, spec.attempts.to_string()),
+            (field::ATTEMPTS, spec.attempts.unwrap_or(0).to_string()),
             (field::ATTEMPT, "0".into()),
-            (
-                field::TIMEOUT,
-                spec.timeout.map_or(0, |t| t.as_millis() as u64).to_string(),
-            ),
+            (field::TIMEOUT, spec.timeout.map_or("0".into(), ms)),
             (field::REPLY, if spec.reply { "1" } else { "0" }.into()),
             (field::STATE, TaskState::Queued.as_str().into()),
             (field::NODE, String::new()),
             (field::EPOCH, "0".into()),
-            (field::CREATED, created.to_string()),
-        ]
+            (field::CREATED, now.to_string()),
+        ];
+        let optional = [
+            (field::BACKOFF, spec.backoff.map(ms)),
+            (field::BACKOFF_CAP, spec.backoff_cap.map(ms)),
+            (field::KEY, spec.key.clone()),
+            (field::RESULT_KEY, spec.result_key.clone()),
+        ];
+        fields.extend(optional.into_iter().filter_map(|(k, v)| v.map(|v| (k, v))));
+        let mut due = spec.run_at.filter(|at| *at > now);
+        let mut deadline = String::new();
+        match &spec.repeat {
+            Some(rec) => {
+                match rec {
+                    Recurrence::Every(d) => fields.push((field::EVERY, ms(*d))),
+                    Recurrence::Cron(c) => fields.push((field::CRON, c.as_str().to_owned())),
+                }
+                // The first occurrence: the given time, else now for an interval, else the
+                // next match of the cron expression.
+                let first = spec.run_at.or_else(|| match rec {
+                    Recurrence::Every(_) => Some(now),
+                    Recurrence::Cron(c) => c.next_after(now),
+                });
+                due = Some(first.unwrap_or(u64::MAX / 2));
+                if let Some(d) = spec.deadline {
+                    fields.push((field::DEADLINE_IN, ms(d)));
+                }
+            }
+            None => {
+                if let Some(d) = spec.deadline {
+                    deadline = (now + d.as_millis() as u64).to_string();
+                    fields.push((field::DEADLINE, deadline.clone()));
+                }
+            }
+        }
+        if let Some(due) = due {
+            fields.push((field::RUN_AT, due.to_string()));
+        }
+        (
+            fields,
+            due.map(|d| d.to_string()).unwrap_or_default(),
+            deadline,
+        )
     }
 
-    /// One enqueue script call; `wake` is the (channel, message) to publish, if any.
-    fn enqueue_cmd(
-        &self,
-        id: &str,
-        spec: &TaskSpec,
-        wake: Option<(&str, &str)>,
-        events: &str,
-    ) -> redis::Cmd {
-        let created = now_ms();
-        let event = serde_json::json!({
-            "event": "available", "id": id, "worker": spec.worker, "ts": created,
-        })
-        .to_string();
-        let (channel, wake) = wake.unwrap_or(("", ""));
+    /// One enqueue script call; `wake` publishes a wake notice on the task channel.
+    fn enqueue_cmd(&self, id: &str, spec: &TaskSpec, wake: bool) -> redis::Cmd {
+        let now = now_ms();
+        let (fields, due, deadline) = Self::record(id, spec, now);
+        let limit = self.names.key_limit;
         let mut cmd = redis::cmd("EVALSHA");
         cmd.arg(self.scripts.enqueue.get_hash())
-            .arg(4)
+            .arg(1)
             .arg(self.keys.task(id))
-            .arg(self.keys.pending(&spec.worker))
-            .arg(self.keys.workers())
-            .arg(self.keys.stats())
+            .arg(self.keys.prefix())
             .arg(id)
             .arg(&spec.worker)
-            .arg(channel)
-            .arg(wake)
-            .arg(events)
-            .arg(event)
+            .arg(if wake {
+                self.names.channel.as_str()
+            } else {
+                ""
+            })
+            .arg(&self.names.events)
+            .arg(now)
             .arg(spec.priority)
-            .arg(created);
-        for (name, value) in Self::record_fields(id, spec, created) {
+            .arg(now)
+            .arg(due)
+            .arg(spec.key.as_deref().unwrap_or(""))
+            .arg(limit)
+            .arg(self.names.key_policy.as_str())
+            .arg(deadline);
+        if spec.key.is_some() {
+            cmd.arg(field::KEY_LIMIT).arg(limit);
+        }
+        for (name, value) in fields {
             cmd.arg(name).arg(value);
         }
         cmd
     }
 
-    /// Stores new tasks atomically each (record + pending entry + events) in one pipeline. The
-    /// last task of each worker in the batch carries the wake notice, published after the
-    /// tasks before it were stored. Returns, per spec, its id and whether it was new (false: the
-    /// id existed, nothing changed).
+    /// Stores new tasks, each atomically, in one pipeline. With `wake`, the last task of each
+    /// worker in the batch publishes the wake notice (after the tasks before it were stored),
+    /// and scheduled tasks announce themselves to the schedulers. Returns each id with what
+    /// happened to it.
     pub async fn enqueue_many(
         &self,
         specs: &[TaskSpec],
-        publish: &Publish<'_>,
-    ) -> StoreResult<Vec<(String, bool)>> {
+        wake: bool,
+    ) -> StoreResult<Vec<(String, Accepted)>> {
         if specs.is_empty() {
             return Ok(Vec::new());
         }
@@ -335,19 +536,15 @@ impl Store {
             .iter()
             .map(|s| s.id.clone().unwrap_or_else(crate::task::new_task_id))
             .collect();
-        let mut wakes: HashMap<&str, String> = HashMap::new();
+        let mut woken: std::collections::HashSet<&str> = std::collections::HashSet::new();
         let mut cmds = Vec::with_capacity(specs.len());
         for (id, spec) in ids.iter().zip(specs).rev() {
-            let wake = match publish.wake {
-                Some(channel) if !wakes.contains_key(spec.worker.as_str()) => {
-                    let msg = wakes
-                        .entry(&spec.worker)
-                        .or_insert_with(|| wake_message(&spec.worker));
-                    Some((channel, msg.as_str()))
-                }
-                _ => None,
-            };
-            cmds.push(self.enqueue_cmd(id, spec, wake, publish.events));
+            let last_of_worker = woken.insert(spec.worker.as_str());
+            cmds.push(self.enqueue_cmd(
+                id,
+                spec,
+                wake && (last_of_worker || spec.run_at.is_some() || spec.repeat.is_some()),
+            ));
         }
         let mut pipe = redis::pipe();
         for cmd in cmds.into_iter().rev() {
@@ -356,7 +553,13 @@ impl Store {
         let codes: Vec<i64> = self.run_pipeline(&pipe).await?;
         Ok(ids
             .into_iter()
-            .zip(codes.into_iter().map(|c| c == 1))
+            .zip(codes.into_iter().map(|c| match c {
+                1 => Accepted::Queued,
+                2 => Accepted::Deferred,
+                3 => Accepted::Scheduled,
+                0 => Accepted::Exists,
+                _ => Accepted::Refused,
+            }))
             .collect())
     }
 
@@ -371,12 +574,16 @@ impl Store {
             .arg(self.keys.prefix())
             .arg(node)
             .arg(n)
+            .arg(now_ms())
+            .arg(self.names.result_ttl.as_millis() as u64)
+            .arg(&self.names.channel)
+            .arg(&self.names.events)
             .invoke_async(&mut con)
             .await?;
         rows.iter().map(|r| parse_claimed(r)).collect()
     }
 
-    fn write_cmd(&self, op: &WriteOp, events: &str, ttl: Duration) -> redis::Cmd {
+    fn write_cmd(&self, op: &WriteOp) -> redis::Cmd {
         let mut cmd = redis::cmd("EVALSHA");
         match op {
             WriteOp::Start {
@@ -387,13 +594,15 @@ impl Store {
                 event,
             } => {
                 cmd.arg(self.scripts.start.get_hash())
-                    .arg(1)
+                    .arg(2)
                     .arg(self.keys.task(id))
+                    .arg(self.keys.deadlines())
                     .arg(epoch)
                     .arg(attempt)
                     .arg(at)
-                    .arg(events)
-                    .arg(event);
+                    .arg(&self.names.events)
+                    .arg(event)
+                    .arg(id);
             }
             WriteOp::Finish {
                 id,
@@ -404,54 +613,48 @@ impl Store {
                 finished,
                 state,
                 value,
+                retry_at,
                 event,
                 started_event,
+                error_event,
             } => {
-                let slot = if *state == TaskState::Done {
-                    field::RESULT
-                } else {
-                    field::ERROR
-                };
                 cmd.arg(self.scripts.finish.get_hash())
-                    .arg(4)
+                    .arg(2)
                     .arg(self.keys.task(id))
                     .arg(self.keys.owned(node))
-                    .arg(self.keys.reply(id))
-                    .arg(self.keys.stats())
                     .arg(epoch)
                     .arg(state.as_str())
-                    .arg(slot)
                     .arg(value)
                     .arg(attempt)
                     .arg(started)
                     .arg(finished)
-                    .arg(ttl.as_millis() as u64)
+                    .arg(self.names.result_ttl.as_millis() as u64)
                     .arg(id)
-                    .arg(events)
+                    .arg(&self.names.events)
                     .arg(event)
-                    .arg(started_event.as_deref().unwrap_or(""));
+                    .arg(started_event.as_deref().unwrap_or(""))
+                    .arg(error_event.as_deref().unwrap_or(""))
+                    .arg(self.keys.prefix())
+                    .arg(&self.names.channel)
+                    .arg(retry_at)
+                    .arg(self.names.dead_ttl.as_millis() as u64);
             }
             WriteOp::Event { event } => {
                 cmd = redis::cmd("PUBLISH");
-                cmd.arg(events).arg(event);
+                cmd.arg(&self.names.events).arg(event);
             }
         }
         cmd
     }
 
     /// Applies a batch of writes in one pipeline. Each write is atomic on its own.
-    pub async fn write(
-        &self,
-        ops: &[WriteOp],
-        events: &str,
-        ttl: Duration,
-    ) -> StoreResult<Vec<WriteResult>> {
+    pub async fn write(&self, ops: &[WriteOp]) -> StoreResult<Vec<WriteResult>> {
         if ops.is_empty() {
             return Ok(Vec::new());
         }
         let mut pipe = redis::pipe();
         for op in ops {
-            pipe.add_command(self.write_cmd(op, events, ttl));
+            pipe.add_command(self.write_cmd(op));
         }
         let codes: Vec<i64> = self.run_pipeline(&pipe).await?;
         Ok(ops
@@ -503,6 +706,285 @@ impl Store {
         Ok(call.invoke_async(&mut con).await?)
     }
 
+    /// Fires what is due at `now` (at most `max` entries): one-shot tasks become runnable;
+    /// recurring templates are returned for [`Store::occur`].
+    pub async fn fire_due(&self, now: u64, max: usize) -> StoreResult<Vec<DueTemplate>> {
+        let mut con = self.con.clone();
+        let rows: Vec<(String, String, String, String)> = self
+            .scripts
+            .fire
+            .key(self.keys.scheduled())
+            .arg(self.keys.prefix())
+            .arg(now)
+            .arg(max)
+            .arg(&self.names.channel)
+            .arg(&self.names.events)
+            .invoke_async(&mut con)
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(id, due, every, cron)| DueTemplate {
+                id,
+                due: due.parse::<f64>().map_or(0, |d| d as u64),
+                every: every.parse().ok(),
+                cron: Some(cron).filter(|c| !c.is_empty()),
+            })
+            .collect())
+    }
+
+    /// Creates the occurrence of template `id` due at `due` and moves the template to `next`,
+    /// if nobody did it first. Returns true when this call created it.
+    pub async fn occur(
+        &self,
+        id: &str,
+        due: u64,
+        next: Option<u64>,
+        now: u64,
+    ) -> StoreResult<bool> {
+        let mut con = self.con.clone();
+        let n: i64 = self
+            .scripts
+            .occur
+            .key(self.keys.scheduled())
+            .key(self.keys.task(id))
+            .arg(self.keys.prefix())
+            .arg(id)
+            .arg(due)
+            .arg(next.map(|n| n.to_string()).unwrap_or_default())
+            .arg(now)
+            .arg(&self.names.channel)
+            .arg(&self.names.events)
+            .invoke_async(&mut con)
+            .await?;
+        Ok(n == 1)
+    }
+
+    /// Expires tasks whose deadline passed before they started. Returns how many.
+    pub async fn expire_due(&self, now: u64, max: usize) -> StoreResult<usize> {
+        let mut con = self.con.clone();
+        Ok(self
+            .scripts
+            .expire
+            .key(self.keys.deadlines())
+            .arg(self.keys.prefix())
+            .arg(now)
+            .arg(max)
+            .arg(self.names.result_ttl.as_millis() as u64)
+            .arg(&self.names.channel)
+            .arg(&self.names.events)
+            .arg(DEADLINE_GRACE.as_millis() as u64)
+            .invoke_async(&mut con)
+            .await?)
+    }
+
+    /// The earliest time something scheduled or a deadline is due.
+    pub async fn next_due(&self) -> StoreResult<Option<u64>> {
+        let mut con = self.con.clone();
+        let mut pipe = redis::pipe();
+        for key in [self.keys.scheduled(), self.keys.deadlines()] {
+            pipe.cmd("ZRANGE").arg(key).arg(0).arg(0).arg("WITHSCORES");
+        }
+        let heads: Vec<Vec<(String, f64)>> = pipe.query_async(&mut con).await?;
+        Ok(heads
+            .into_iter()
+            .filter_map(|h| h.first().map(|(_, s)| *s as u64))
+            .min())
+    }
+
+    /// Cancels a task.
+    pub async fn cancel(&self, id: &str) -> StoreResult<CancelResult> {
+        let mut con = self.con.clone();
+        let n: i64 = self
+            .scripts
+            .cancel
+            .key(self.keys.task(id))
+            .arg(self.keys.prefix())
+            .arg(id)
+            .arg(now_ms())
+            .arg(self.names.result_ttl.as_millis() as u64)
+            .arg(&self.names.channel)
+            .arg(&self.names.events)
+            .invoke_async(&mut con)
+            .await?;
+        Ok(match n {
+            1 => CancelResult::Cancelled,
+            2 => CancelResult::Requested,
+            0 => CancelResult::NotFound,
+            _ => CancelResult::Finished,
+        })
+    }
+
+    /// Queues a finished task again.
+    pub async fn retry(&self, id: &str) -> StoreResult<RetryResult> {
+        let mut con = self.con.clone();
+        let n: i64 = self
+            .scripts
+            .retry
+            .key(self.keys.task(id))
+            .arg(self.keys.prefix())
+            .arg(id)
+            .arg(now_ms())
+            .arg(&self.names.channel)
+            .arg(&self.names.events)
+            .invoke_async(&mut con)
+            .await?;
+        Ok(match n {
+            1 => RetryResult::Queued,
+            2 => RetryResult::Deferred,
+            0 => RetryResult::NotFound,
+            _ => RetryResult::NotFinished,
+        })
+    }
+
+    /// The result stored under a result key, as JSON text.
+    pub async fn result_by_key(&self, name: &str) -> StoreResult<Option<String>> {
+        let mut con = self.con.clone();
+        Ok(redis::cmd("GET")
+            .arg(self.keys.result(name))
+            .query_async(&mut con)
+            .await?)
+    }
+
+    /// Deletes the result stored under a result key; true when there was one.
+    pub async fn reset_result_key(&self, name: &str) -> StoreResult<bool> {
+        let mut con = self.con.clone();
+        let n: i64 = redis::cmd("DEL")
+            .arg(self.keys.result(name))
+            .query_async(&mut con)
+            .await?;
+        Ok(n == 1)
+    }
+
+    /// Reads a task's record.
+    pub async fn status(&self, id: &str) -> StoreResult<Option<TaskStatus>> {
+        let mut con = self.con.clone();
+        let map: HashMap<String, String> = redis::cmd("HGETALL")
+            .arg(self.keys.task(id))
+            .query_async(&mut con)
+            .await?;
+        if map.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(parse_status(id, &map)))
+    }
+
+    async fn rows(&self, ids: &[(String, Option<u64>)]) -> StoreResult<Vec<TaskRow>> {
+        let mut con = self.con.clone();
+        let mut pipe = redis::pipe();
+        for (id, _) in ids {
+            pipe.cmd("HGETALL").arg(self.keys.task(id));
+        }
+        let maps: Vec<HashMap<String, String>> = pipe.query_async(&mut con).await?;
+        Ok(ids
+            .iter()
+            .zip(maps)
+            .filter(|(_, m)| !m.is_empty())
+            .map(|((id, due), m)| {
+                let s = parse_status(id, &m);
+                TaskRow {
+                    id: s.id,
+                    worker: s.worker,
+                    state: s.state,
+                    priority: s.priority,
+                    node: s.node,
+                    attempt: s.attempt,
+                    due: due.or(s.retry_at).or(s.run_at),
+                    every: s.every,
+                    cron: s.cron,
+                    error: s.error,
+                }
+            })
+            .collect())
+    }
+
+    /// Lists pending, scheduled, running and dead tasks, at most `limit` of each.
+    pub async fn overview(&self, limit: usize) -> StoreResult<Overview> {
+        let mut con = self.con.clone();
+        let stop = limit.max(1) as isize - 1;
+        let workers: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(self.keys.workers())
+            .query_async(&mut con)
+            .await?;
+        let mut counts = HashMap::new();
+        let mut pending_ids = Vec::new();
+        let mut pending_total = 0;
+        for w in &workers {
+            let (n, ids): (u64, Vec<String>) = redis::pipe()
+                .cmd("ZCARD")
+                .arg(self.keys.pending(w))
+                .cmd("ZRANGE")
+                .arg(self.keys.pending(w))
+                .arg(0)
+                .arg(stop)
+                .query_async(&mut con)
+                .await?;
+            pending_total += n;
+            pending_ids.extend(ids.into_iter().map(|id| (id, None)));
+        }
+        pending_ids.truncate(limit);
+        counts.insert("pending".to_owned(), pending_total);
+        let zrange = |key: String, rev: bool| {
+            let mut p = redis::pipe();
+            p.cmd("ZCARD").arg(&key);
+            p.cmd(if rev { "ZREVRANGE" } else { "ZRANGE" })
+                .arg(&key)
+                .arg(0)
+                .arg(stop)
+                .arg("WITHSCORES");
+            p
+        };
+        let (n, scheduled): (u64, Vec<(String, f64)>) = zrange(self.keys.scheduled(), false)
+            .query_async(&mut con)
+            .await?;
+        counts.insert("scheduled".to_owned(), n);
+        let (n, dead): (u64, Vec<(String, f64)>) =
+            zrange(self.keys.dead(), true).query_async(&mut con).await?;
+        counts.insert("dead".to_owned(), n);
+        // Running tasks sit in the owned sets of the nodes.
+        let mut owned_keys = Vec::new();
+        let mut cursor = 0u64;
+        loop {
+            let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(self.keys.owned("*"))
+                .arg("COUNT")
+                .arg(500)
+                .query_async(&mut con)
+                .await?;
+            owned_keys.extend(batch);
+            cursor = next;
+            if cursor == 0 {
+                break;
+            }
+        }
+        let mut owned = Vec::new();
+        for key in owned_keys {
+            let ids: Vec<String> = redis::cmd("SMEMBERS")
+                .arg(key)
+                .query_async(&mut con)
+                .await?;
+            owned.extend(ids.into_iter().map(|id| (id, None)));
+        }
+        let running: Vec<TaskRow> = self
+            .rows(&owned)
+            .await?
+            .into_iter()
+            .filter(|r| r.state == "running")
+            .collect();
+        counts.insert("running".to_owned(), running.len() as u64);
+        let with_due = |v: Vec<(String, f64)>| -> Vec<(String, Option<u64>)> {
+            v.into_iter().map(|(id, s)| (id, Some(s as u64))).collect()
+        };
+        Ok(Overview {
+            pending: self.rows(&pending_ids).await?,
+            scheduled: self.rows(&with_due(scheduled)).await?,
+            running: running.into_iter().take(limit).collect(),
+            dead: self.rows(&with_due(dead)).await?,
+            counts,
+        })
+    }
+
     /// Takes or renews the lease `key` for `holder`. Returns `Ok(None)` when held by us,
     /// `Ok(Some(other))` when someone else holds it.
     pub async fn lease(
@@ -534,19 +1016,6 @@ impl Store {
             .invoke_async(&mut con)
             .await?;
         Ok(n == 1)
-    }
-
-    /// Reads a task's record.
-    pub async fn status(&self, id: &str) -> StoreResult<Option<TaskStatus>> {
-        let mut con = self.con.clone();
-        let map: HashMap<String, String> = redis::cmd("HGETALL")
-            .arg(self.keys.task(id))
-            .query_async(&mut con)
-            .await?;
-        if map.is_empty() {
-            return Ok(None);
-        }
-        parse_status(id, &map).map(Some)
     }
 
     /// Waits up to `timeout` for the final event of a task that was enqueued with `reply`.
@@ -603,28 +1072,30 @@ impl Store {
 }
 
 fn parse_claimed(row: &[Option<String>]) -> StoreResult<Task> {
-    let get = |i: usize| row.get(i).cloned().flatten();
-    let num = |i: usize| get(i).and_then(|s| s.parse::<i64>().ok());
+    let get = |i: usize| row.get(i).cloned().flatten().filter(|s| !s.is_empty());
+    let num = |i: usize| get(i).and_then(|s| s.parse::<u64>().ok());
+    let ms = |i: usize| num(i).filter(|ms| *ms > 0).map(Duration::from_millis);
     let id = get(0).ok_or_else(|| StoreError::Corrupt("claimed task without id".into()))?;
     let worker = get(2).ok_or_else(|| StoreError::Corrupt(format!("task {id} has no worker")))?;
     Ok(Task {
-        epoch: num(1).unwrap_or(0) as u64,
+        epoch: num(1).unwrap_or(0),
         worker,
         args: get(3).unwrap_or_else(|| "null".into()),
-        priority: num(4).unwrap_or(0) as i32,
+        priority: get(4).and_then(|s| s.parse().ok()).unwrap_or(0),
         // The stored attempt is the last one that started; this run is the next.
         attempt: num(5).unwrap_or(0) as u32 + 1,
-        attempts: num(6).unwrap_or(1).max(1) as u32,
-        timeout: num(7)
-            .filter(|ms| *ms > 0)
-            .map(|ms| Duration::from_millis(ms as u64)),
-        created: num(8).unwrap_or(0) as u64,
+        attempts: num(6).filter(|a| *a > 0).map(|a| a as u32),
+        timeout: ms(7),
+        created: num(8).unwrap_or(0),
         reply: get(9).as_deref() == Some("1"),
+        deadline: num(10),
+        backoff: ms(11),
+        backoff_cap: ms(12),
         id,
     })
 }
 
-fn parse_status(id: &str, map: &HashMap<String, String>) -> StoreResult<TaskStatus> {
+fn parse_status(id: &str, map: &HashMap<String, String>) -> TaskStatus {
     let get = |k: &str| map.get(k).filter(|v| !v.is_empty()).cloned();
     let num = |k: &str| get(k).and_then(|v| v.parse::<u64>().ok());
     let state = get(field::STATE).unwrap_or_else(|| "unknown".into());
@@ -632,14 +1103,14 @@ fn parse_status(id: &str, map: &HashMap<String, String>) -> StoreResult<TaskStat
     let json = |k: &str| {
         get(k).map(|text| serde_json::from_str::<Value>(&text).unwrap_or(Value::String(text)))
     };
-    Ok(TaskStatus {
+    TaskStatus {
         id: id.to_owned(),
         worker: get(field::WORKER).unwrap_or_default(),
         state,
         progress,
         node: get(field::NODE),
         attempt: num(field::ATTEMPT).unwrap_or(0) as u32,
-        attempts: num(field::ATTEMPTS).unwrap_or(1) as u32,
+        attempts: num(field::ATTEMPTS).filter(|a| *a > 0).map(|a| a as u32),
         priority: get(field::PRIORITY)
             .and_then(|v| v.parse().ok())
             .unwrap_or(0),
@@ -650,5 +1121,13 @@ fn parse_status(id: &str, map: &HashMap<String, String>) -> StoreResult<TaskStat
         created: num(field::CREATED),
         started: num(field::STARTED),
         finished: num(field::FINISHED),
-    })
+        run_at: num(field::RUN_AT),
+        retry_at: num(field::RETRY_AT),
+        every: num(field::EVERY),
+        cron: get(field::CRON),
+        deadline: num(field::DEADLINE),
+        key: get(field::KEY),
+        result_key: get(field::RESULT_KEY),
+        template: get(field::TEMPLATE),
+    }
 }

@@ -1,7 +1,7 @@
 //! The node supervisor: the root of the actor tree.
 //!
 //! Children, started in this order: saver, dispatcher (which supervises the worker pools),
-//! ingress. The scheduler and membership join here in later versions.
+//! scheduler, ingress. Membership joins here in a later version.
 //!
 //! Restart policy (one for one): a child that fails or stops on its own is restarted after a
 //! backoff of 100 ms doubling to 5 s. More than 5 restarts of one child within 60 s means the
@@ -26,6 +26,7 @@ use crate::dispatcher::{Dispatcher, DispatcherArgs, DispatcherMsg};
 use crate::ingress::{Ingress, IngressArgs, IngressMsg};
 use crate::registry::{Registry, RunEnv};
 use crate::saver::{Saver, SaverArgs, SaverHandle};
+use crate::scheduler::{Scheduler, SchedulerArgs};
 use crate::store::Store;
 
 /// How often and how fast a child may be restarted.
@@ -145,6 +146,8 @@ pub struct NodeContext {
     pub dispatcher: Link<DispatcherMsg>,
     /// The live ingress.
     pub ingress: Link<IngressMsg>,
+    /// Wakes the scheduler: something was scheduled.
+    pub schedule: tokio::sync::Notify,
 }
 
 impl NodeContext {
@@ -161,6 +164,8 @@ pub enum Child {
     Saver,
     /// The dispatcher and, below it, the pools.
     Dispatcher,
+    /// The scheduler.
+    Scheduler,
     /// The ingress.
     Ingress,
 }
@@ -212,7 +217,12 @@ impl Actor for Supervisor {
             trackers: HashMap::new(),
             stopping: false,
         };
-        for child in [Child::Saver, Child::Dispatcher, Child::Ingress] {
+        for child in [
+            Child::Saver,
+            Child::Dispatcher,
+            Child::Scheduler,
+            Child::Ingress,
+        ] {
             state.spawn(child, myself.get_cell()).await?;
         }
         Ok(state)
@@ -274,11 +284,16 @@ impl SupervisorState {
                 let args = SaverArgs {
                     handle: ctx.saver.clone(),
                     store: ctx.store.clone(),
-                    events: ctx.settings.redis.events.clone(),
-                    result_ttl: ctx.settings.saver.result_ttl,
                     batch: ctx.settings.saver.batch as usize,
                 };
                 Actor::spawn_linked(None, Saver, args, me).await?.0.get_id()
+            }
+            Child::Scheduler => {
+                let args = SchedulerArgs { ctx: ctx.clone() };
+                Actor::spawn_linked(None, Scheduler, args, me)
+                    .await?
+                    .0
+                    .get_id()
             }
             Child::Dispatcher => {
                 let args = DispatcherArgs { ctx: ctx.clone() };
@@ -299,7 +314,7 @@ impl SupervisorState {
 
     fn unlink(&self, child: Child) {
         match child {
-            Child::Saver => {}
+            Child::Saver | Child::Scheduler => {}
             Child::Dispatcher => self.args.ctx.dispatcher.set(None),
             Child::Ingress => self.args.ctx.ingress.set(None),
         }

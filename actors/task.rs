@@ -1,8 +1,8 @@
-//! The task model: what a client submits ([`TaskSpec`]), what a node runs ([`Task`]), what a
-//! worker returns ([`Outcome`]) and what anyone can read back ([`TaskStatus`]).
+//! The task model: what a client submits ([`TaskSpec`]), what a node runs ([`Task`]), how an
+//! attempt ended ([`Outcome`]) and what anyone can read back ([`TaskStatus`]).
 //!
-//! The durable form is the Redis hash `{prefix}:task:{id}`; its field names are the `F_*`
-//! constants below and are documented in PROTOCOL.md.
+//! The durable form is the Redis hash `{prefix}:task:{id}`; its field names are in [`field`]
+//! and documented in PROTOCOL.md.
 
 use std::time::Duration;
 
@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::names::{NameError, validate_worker_name};
+use crate::schedule::Recurrence;
 
 /// Lowest accepted priority.
 pub const MIN_PRIORITY: i32 = -100;
@@ -17,8 +18,10 @@ pub const MIN_PRIORITY: i32 = -100;
 pub const MAX_PRIORITY: i32 = 100;
 /// Most attempts a task may ask for.
 pub const MAX_ATTEMPTS: u32 = 100;
-/// Longest client-chosen task id.
+/// Longest client-chosen task id, key or result key.
 pub const MAX_ID_LEN: usize = 128;
+/// Shortest interval of a recurring task.
+pub const MIN_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Field names of the task hash.
 pub mod field {
@@ -30,23 +33,27 @@ pub mod field {
     pub const ARGS: &str = "args";
     /// Priority, higher runs first.
     pub const PRIORITY: &str = "priority";
-    /// Maximum number of attempts.
+    /// Maximum number of attempts (0: the worker's default).
     pub const ATTEMPTS: &str = "attempts";
-    /// Current attempt (0 before the first run).
+    /// The latest attempt that started (0 before the first run).
     pub const ATTEMPT: &str = "attempt";
     /// Run-time limit in milliseconds (0: the worker's default).
     pub const TIMEOUT: &str = "timeout";
+    /// Retry backoff base in milliseconds (absent: the worker's default).
+    pub const BACKOFF: &str = "backoff";
+    /// Retry backoff cap in milliseconds (absent: the worker's default).
+    pub const BACKOFF_CAP: &str = "backoff_cap";
     /// `1` when a caller waits on the reply list.
     pub const REPLY: &str = "reply";
     /// Lifecycle state, see [`super::TaskState`].
     pub const STATE: &str = "state";
-    /// Owning node id (empty while pending).
+    /// Owning node id (empty while not on a node).
     pub const NODE: &str = "node";
     /// Fencing token, bumped on every change of owner.
     pub const EPOCH: &str = "epoch";
     /// Result, JSON text.
     pub const RESULT: &str = "result";
-    /// Error message.
+    /// Error message (of the latest failed attempt).
     pub const ERROR: &str = "error";
     /// Creation time, Unix milliseconds.
     pub const CREATED: &str = "created";
@@ -56,55 +63,110 @@ pub mod field {
     pub const FINISHED: &str = "finished";
     /// Completions rejected by fencing (stale duplicates).
     pub const STALE: &str = "stale";
+    /// When a delayed task is due, or a recurring template's next occurrence.
+    pub const RUN_AT: &str = "run_at";
+    /// Interval of a recurring template, in milliseconds.
+    pub const EVERY: &str = "every";
+    /// Cron expression of a recurring template.
+    pub const CRON: &str = "cron";
+    /// Must have started by this time (Unix ms), else it expires.
+    pub const DEADLINE: &str = "deadline";
+    /// Deadline of each occurrence of a template, relative to its due time (ms).
+    pub const DEADLINE_IN: &str = "deadline_in";
+    /// Per-key limit group.
+    pub const KEY: &str = "key";
+    /// The limit of that key when the task was accepted.
+    pub const KEY_LIMIT: &str = "klimit";
+    /// Name under which the result is also stored.
+    pub const RESULT_KEY: &str = "result_key";
+    /// The template an occurrence came from.
+    pub const TEMPLATE: &str = "template";
+    /// When a retrying task runs again (Unix ms).
+    pub const RETRY_AT: &str = "retry_at";
+    /// `1` when cancellation was requested while a node held the task.
+    pub const CANCEL: &str = "cancel";
 }
 
 /// The lifecycle state of a task, as stored in the `state` field.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum TaskState {
+    /// Waiting for its time (delayed), or a recurring template.
+    Scheduled,
+    /// Waiting for a free slot of its key.
+    Deferred,
     /// Accepted, waiting for a worker (pending in Redis or queued on a node).
     Queued,
     /// A worker is running it.
     Running,
+    /// An attempt failed; it runs again at `retry_at`.
+    Retrying,
     /// Finished with a result.
     Done,
-    /// Finished with an error.
+    /// Failed without retry (the worker said so).
     Failed,
+    /// Failed on every attempt; kept in the dead set until retried or expired.
+    Dead,
+    /// Cancelled.
+    Cancelled,
+    /// Its deadline passed before it started.
+    Expired,
 }
 
 impl TaskState {
+    /// Every state.
+    pub const ALL: [TaskState; 10] = [
+        TaskState::Scheduled,
+        TaskState::Deferred,
+        TaskState::Queued,
+        TaskState::Running,
+        TaskState::Retrying,
+        TaskState::Done,
+        TaskState::Failed,
+        TaskState::Dead,
+        TaskState::Cancelled,
+        TaskState::Expired,
+    ];
+
     /// The stored spelling.
     pub fn as_str(self) -> &'static str {
         match self {
+            TaskState::Scheduled => "scheduled",
+            TaskState::Deferred => "deferred",
             TaskState::Queued => "queued",
             TaskState::Running => "running",
+            TaskState::Retrying => "retrying",
             TaskState::Done => "done",
             TaskState::Failed => "failed",
+            TaskState::Dead => "dead",
+            TaskState::Cancelled => "cancelled",
+            TaskState::Expired => "expired",
         }
     }
 
     /// Reads the stored spelling.
     pub fn parse(text: &str) -> Option<TaskState> {
-        Some(match text {
-            "queued" => TaskState::Queued,
-            "running" => TaskState::Running,
-            "done" => TaskState::Done,
-            "failed" => TaskState::Failed,
-            _ => return None,
-        })
+        TaskState::ALL.into_iter().find(|s| s.as_str() == text)
     }
 
-    /// True once the task will not run again.
+    /// True once the task will not run again (unless retried by hand).
     pub fn is_finished(self) -> bool {
-        matches!(self, TaskState::Done | TaskState::Failed)
+        matches!(
+            self,
+            TaskState::Done
+                | TaskState::Failed
+                | TaskState::Dead
+                | TaskState::Cancelled
+                | TaskState::Expired
+        )
     }
 
     /// The BackgroundService-style progress code: 0 not started, 1 started, 2 finished.
     pub fn progress(self) -> u8 {
         match self {
-            TaskState::Queued => 0,
-            TaskState::Running => 1,
-            TaskState::Done | TaskState::Failed => 2,
+            TaskState::Scheduled | TaskState::Deferred | TaskState::Queued => 0,
+            TaskState::Running | TaskState::Retrying => 1,
+            _ => 2,
         }
     }
 }
@@ -120,10 +182,25 @@ pub struct TaskSpec {
     pub args: Value,
     /// Priority in `MIN_PRIORITY..=MAX_PRIORITY`, higher first; equal priorities in arrival order.
     pub priority: i32,
-    /// Maximum attempts (at least 1).
-    pub attempts: u32,
-    /// Run-time limit; `None` uses the worker's default.
+    /// Maximum attempts; `None` uses the worker's default.
+    pub attempts: Option<u32>,
+    /// Run-time limit of one attempt; `None` uses the worker's default.
     pub timeout: Option<Duration>,
+    /// Retry backoff base; `None` uses the worker's default.
+    pub backoff: Option<Duration>,
+    /// Retry backoff cap; `None` uses the worker's default.
+    pub backoff_cap: Option<Duration>,
+    /// Run at this time (Unix ms) instead of at once.
+    pub run_at: Option<u64>,
+    /// Recur: this spec is a template that fires an occurrence at each due time.
+    pub repeat: Option<Recurrence>,
+    /// Must start within this long after it is enqueued (or, for a recurring task, after each
+    /// occurrence is due), else it expires.
+    pub deadline: Option<Duration>,
+    /// Per-key limit group: at most `[keys] limit` tasks with one key pending or running.
+    pub key: Option<String>,
+    /// Also store the result under this name (`bgnode result --key`).
+    pub result_key: Option<String>,
     /// A caller waits for the result on the reply list.
     pub reply: bool,
 }
@@ -136,8 +213,15 @@ impl TaskSpec {
             worker: worker.into(),
             args,
             priority: 0,
-            attempts: 1,
+            attempts: None,
             timeout: None,
+            backoff: None,
+            backoff_cap: None,
+            run_at: None,
+            repeat: None,
+            deadline: None,
+            key: None,
+            result_key: None,
             reply: false,
         }
     }
@@ -156,7 +240,7 @@ impl TaskSpec {
 
     /// Sets the maximum number of attempts.
     pub fn attempts(mut self, attempts: u32) -> TaskSpec {
-        self.attempts = attempts;
+        self.attempts = Some(attempts);
         self
     }
 
@@ -166,32 +250,102 @@ impl TaskSpec {
         self
     }
 
+    /// Sets the retry backoff base and cap.
+    pub fn backoff(mut self, base: Duration, cap: Duration) -> TaskSpec {
+        self.backoff = Some(base);
+        self.backoff_cap = Some(cap);
+        self
+    }
+
+    /// Runs the task `delay` from now.
+    pub fn delay(mut self, delay: Duration) -> TaskSpec {
+        self.run_at = Some(now_ms() + delay.as_millis() as u64);
+        self
+    }
+
+    /// Runs the task at `at` (Unix ms).
+    pub fn at(mut self, at: u64) -> TaskSpec {
+        self.run_at = Some(at);
+        self
+    }
+
+    /// Makes this a recurring task.
+    pub fn repeat(mut self, repeat: Recurrence) -> TaskSpec {
+        self.repeat = Some(repeat);
+        self
+    }
+
+    /// Sets the deadline: it must start within `within`, else it expires.
+    pub fn deadline(mut self, within: Duration) -> TaskSpec {
+        self.deadline = Some(within);
+        self
+    }
+
+    /// Puts the task in a per-key limit group.
+    pub fn key(mut self, key: impl Into<String>) -> TaskSpec {
+        self.key = Some(key.into());
+        self
+    }
+
+    /// Also stores the result under `name`.
+    pub fn result_key(mut self, name: impl Into<String>) -> TaskSpec {
+        self.result_key = Some(name.into());
+        self
+    }
+
     /// Checks every field; the error names the field and the rule.
     pub fn validate(&self) -> Result<(), SpecError> {
+        let bad = |field: &'static str, reason: String| SpecError::Field { field, reason };
         validate_worker_name(&self.worker).map_err(SpecError::Worker)?;
         if let Some(id) = &self.id {
-            validate_task_id(id)?;
+            validate_token("id", id)?;
+        }
+        if let Some(key) = &self.key {
+            validate_token("key", key)?;
+        }
+        if let Some(rk) = &self.result_key {
+            validate_token("result_key", rk)?;
         }
         if !(MIN_PRIORITY..=MAX_PRIORITY).contains(&self.priority) {
-            return Err(SpecError::Field {
-                field: "priority",
-                reason: format!(
+            return Err(bad(
+                "priority",
+                format!(
                     "{} is outside {MIN_PRIORITY}..={MAX_PRIORITY}",
                     self.priority
                 ),
-            });
+            ));
         }
-        if self.attempts == 0 || self.attempts > MAX_ATTEMPTS {
-            return Err(SpecError::Field {
-                field: "attempts",
-                reason: format!("{} is outside 1..={MAX_ATTEMPTS}", self.attempts),
-            });
+        if let Some(a) = self.attempts
+            && (a == 0 || a > MAX_ATTEMPTS)
+        {
+            return Err(bad(
+                "attempts",
+                format!("{a} is outside 1..={MAX_ATTEMPTS}"),
+            ));
         }
-        if self.timeout == Some(Duration::ZERO) {
-            return Err(SpecError::Field {
-                field: "timeout",
-                reason: "must be longer than zero".into(),
-            });
+        for (name, d) in [
+            ("timeout", self.timeout),
+            ("backoff", self.backoff),
+            ("backoff_cap", self.backoff_cap),
+            ("deadline", self.deadline),
+        ] {
+            if d == Some(Duration::ZERO) {
+                return Err(bad(name, "must be longer than zero".into()));
+            }
+        }
+        if let Some(Recurrence::Every(d)) = &self.repeat
+            && *d < MIN_INTERVAL
+        {
+            return Err(bad(
+                "every",
+                format!("the interval must be at least {MIN_INTERVAL:?}"),
+            ));
+        }
+        if self.repeat.is_some() && self.reply {
+            return Err(bad(
+                "every",
+                "a recurring task has no single result to wait for".into(),
+            ));
         }
         Ok(())
     }
@@ -213,32 +367,34 @@ pub enum SpecError {
     },
 }
 
-/// Checks a client-chosen task id: `[A-Za-z0-9_.:-]`, 1 to 128 characters.
-pub fn validate_task_id(id: &str) -> Result<(), SpecError> {
-    let bad = |reason: String| SpecError::Field {
-        field: "id",
-        reason,
-    };
-    if id.is_empty() {
+/// Checks a client-chosen id, key or result key: `[A-Za-z0-9_.:-]`, 1 to 128 characters.
+pub fn validate_token(field: &'static str, text: &str) -> Result<(), SpecError> {
+    let bad = |reason: String| SpecError::Field { field, reason };
+    if text.is_empty() {
         return Err(bad("is empty".into()));
     }
-    if id.len() > MAX_ID_LEN {
+    if text.len() > MAX_ID_LEN {
         return Err(bad(format!(
             "is {} bytes long (at most {MAX_ID_LEN})",
-            id.len()
+            text.len()
         )));
     }
-    if let Some(ch) = id
+    if let Some(ch) = text
         .chars()
         .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | ':')))
     {
         return Err(bad(format!(
             "\"{}\" contains {:?} (letters, digits, `_`, `-`, `.`, `:` only)",
-            crate::names::shorten(id, 40),
+            crate::names::shorten(text, 40),
             ch
         )));
     }
     Ok(())
+}
+
+/// Checks a client-chosen task id.
+pub fn validate_task_id(id: &str) -> Result<(), SpecError> {
+    validate_token("id", id)
 }
 
 /// A new task id: a UUIDv7, so ids sort by creation time.
@@ -259,10 +415,16 @@ pub struct Task {
     pub priority: i32,
     /// The attempt this run is (1 for the first).
     pub attempt: u32,
-    /// Maximum attempts.
-    pub attempts: u32,
+    /// Maximum attempts given by the task (`None`: the worker's default).
+    pub attempts: Option<u32>,
     /// Run-time limit given by the task, if any.
     pub timeout: Option<Duration>,
+    /// Retry backoff base given by the task, if any.
+    pub backoff: Option<Duration>,
+    /// Retry backoff cap given by the task, if any.
+    pub backoff_cap: Option<Duration>,
+    /// Must start by this time (Unix ms).
+    pub deadline: Option<u64>,
     /// The fencing token this node owns the task under.
     pub epoch: u64,
     /// Creation time, Unix milliseconds (orders equal priorities).
@@ -271,13 +433,43 @@ pub struct Task {
     pub reply: bool,
 }
 
-/// How an attempt ended.
+/// How an attempt ended, as the worker (or the node) saw it.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
     /// Success with a result.
     Done(Value),
-    /// Failure with a message for the user.
-    Failed(String),
+    /// Failure; `retry` says whether another attempt may follow.
+    Failed {
+        /// The message for the user.
+        error: String,
+        /// What the failure asks for.
+        retry: Retry,
+    },
+    /// Stopped because cancellation was requested.
+    Cancelled,
+    /// Not started: its deadline had passed.
+    Expired,
+}
+
+impl Outcome {
+    /// A failure that may be retried with the configured backoff.
+    pub fn failed(error: impl Into<String>) -> Outcome {
+        Outcome::Failed {
+            error: error.into(),
+            retry: Retry::Backoff,
+        }
+    }
+}
+
+/// What a failed attempt asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retry {
+    /// Retry with exponential backoff while attempts remain.
+    Backoff,
+    /// Retry after this delay while attempts remain.
+    After(Duration),
+    /// Do not retry.
+    Never,
 }
 
 /// Everything stored about a task, as `bgnode status --json` prints it.
@@ -287,23 +479,23 @@ pub struct TaskStatus {
     pub id: String,
     /// Worker name.
     pub worker: String,
-    /// Lifecycle state (`queued`, `running`, `done`, `failed`).
+    /// Lifecycle state.
     pub state: String,
     /// Progress code: 0 not started, 1 started, 2 finished.
     pub progress: u8,
-    /// Owning node, `null` while pending.
+    /// Owning node, `null` when no node holds it.
     pub node: Option<String>,
-    /// Current attempt (0 before the first run).
+    /// Latest attempt (0 before the first run).
     pub attempt: u32,
-    /// Maximum attempts.
-    pub attempts: u32,
+    /// Maximum attempts (`null`: the worker's default).
+    pub attempts: Option<u32>,
     /// Priority.
     pub priority: i32,
     /// Arguments.
     pub args: Value,
     /// Result, once done.
     pub result: Option<Value>,
-    /// Error message, once failed.
+    /// Error message of the latest failure.
     pub error: Option<String>,
     /// Fencing epoch.
     pub epoch: u64,
@@ -313,6 +505,22 @@ pub struct TaskStatus {
     pub started: Option<u64>,
     /// End, Unix milliseconds.
     pub finished: Option<u64>,
+    /// When it is due (delayed task, next occurrence of a template).
+    pub run_at: Option<u64>,
+    /// When a retrying task runs again.
+    pub retry_at: Option<u64>,
+    /// Interval of a recurring template, in milliseconds.
+    pub every: Option<u64>,
+    /// Cron expression of a recurring template.
+    pub cron: Option<String>,
+    /// Must start by this time, Unix milliseconds.
+    pub deadline: Option<u64>,
+    /// Per-key limit group.
+    pub key: Option<String>,
+    /// Name under which the result is stored.
+    pub result_key: Option<String>,
+    /// The template of an occurrence.
+    pub template: Option<String>,
 }
 
 /// Milliseconds since the Unix epoch.
@@ -349,25 +557,32 @@ mod tests {
             .unwrap_err();
         assert!(e.to_string().contains("field `id`"), "{e}");
         let e = TaskSpec::new("w", json!(1))
+            .key("k/1")
+            .validate()
+            .unwrap_err();
+        assert!(e.to_string().contains("field `key`"), "{e}");
+        let e = TaskSpec::new("w", json!(1))
             .timeout(Duration::ZERO)
             .validate()
             .unwrap_err();
         assert!(e.to_string().contains("timeout"), "{e}");
+        let e = TaskSpec::new("w", json!(1))
+            .repeat(Recurrence::Every(Duration::from_millis(10)))
+            .validate()
+            .unwrap_err();
+        assert!(e.to_string().contains("at least"), "{e}");
     }
 
     #[test]
     fn states_round_trip_and_map_to_progress() {
-        for st in [
-            TaskState::Queued,
-            TaskState::Running,
-            TaskState::Done,
-            TaskState::Failed,
-        ] {
+        for st in TaskState::ALL {
             assert_eq!(TaskState::parse(st.as_str()), Some(st));
         }
         assert_eq!(TaskState::Queued.progress(), 0);
         assert_eq!(TaskState::Running.progress(), 1);
-        assert_eq!(TaskState::Failed.progress(), 2);
+        assert_eq!(TaskState::Dead.progress(), 2);
+        assert!(TaskState::Expired.is_finished());
+        assert!(!TaskState::Retrying.is_finished());
         assert!(TaskState::parse("bogus").is_none());
     }
 

@@ -1,6 +1,7 @@
 //! Rust workers: the [`Worker`] trait, the context a run gets, and how an attempt can fail.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -29,7 +30,8 @@ pub trait Worker: Send + Sync + 'static {
     ///
     /// A panic fails this attempt only ("worker crashed: …"); the node restarts the actor that
     /// ran it and the other tasks keep flowing. The run is cancelled (the future dropped) when
-    /// the task's time limit passes.
+    /// the task's time limit passes. When the task is cancelled, [`TaskContext::cancelled`]
+    /// resolves; a worker that does not return within 5 s after that is dropped.
     async fn run(&self, ctx: TaskContext) -> Result<Value, TaskError>;
 }
 
@@ -63,6 +65,25 @@ impl TaskError {
         TaskError::Fail(message.into())
     }
 
+    /// The outcome this error makes of an attempt.
+    pub fn into_outcome(self) -> crate::task::Outcome {
+        use crate::task::{Outcome, Retry};
+        match self {
+            TaskError::Retry(error) => Outcome::Failed {
+                error,
+                retry: Retry::Backoff,
+            },
+            TaskError::RetryAfter { after, message } => Outcome::Failed {
+                error: message,
+                retry: Retry::After(after),
+            },
+            TaskError::Fail(error) => Outcome::Failed {
+                error,
+                retry: Retry::Never,
+            },
+        }
+    }
+
     /// The message, without the policy.
     pub fn message(&self) -> &str {
         match self {
@@ -85,6 +106,8 @@ pub struct TaskContext {
     pub node: String,
     /// The arguments.
     pub args: Value,
+    /// Signalled when the task is cancelled.
+    pub cancel: CancelToken,
 }
 
 impl TaskContext {
@@ -92,6 +115,16 @@ impl TaskContext {
     pub fn args<T: DeserializeOwned>(&self) -> Result<T, TaskError> {
         serde_json::from_value(self.args.clone())
             .map_err(|e| TaskError::fail(format!("bad arguments: {e}")))
+    }
+
+    /// True once cancellation was requested.
+    pub fn is_cancelled(&self) -> bool {
+        self.cancel.is_cancelled()
+    }
+
+    /// Resolves when cancellation is requested: select on it to stop early.
+    pub async fn cancelled(&self) {
+        self.cancel.cancelled().await;
     }
 
     /// One named argument as a typed value.
@@ -106,6 +139,34 @@ impl TaskContext {
     }
 }
 
+/// A cancellation signal shared by a running attempt and the node.
+#[derive(Debug, Clone, Default)]
+pub struct CancelToken(Arc<(AtomicBool, tokio::sync::Notify)>);
+
+impl CancelToken {
+    /// Requests cancellation.
+    pub fn cancel(&self) {
+        self.0.0.store(true, Ordering::SeqCst);
+        self.0.1.notify_waiters();
+    }
+
+    /// True once cancellation was requested.
+    pub fn is_cancelled(&self) -> bool {
+        self.0.0.load(Ordering::SeqCst)
+    }
+
+    /// Resolves when cancellation is requested.
+    pub async fn cancelled(&self) {
+        loop {
+            let notified = self.0.1.notified();
+            if self.is_cancelled() {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
 /// Per-worker options set at registration; unset fields fall back to `[workers]`.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct WorkerOptions {
@@ -113,6 +174,10 @@ pub struct WorkerOptions {
     pub concurrency: Option<u32>,
     /// Run-time limit of one attempt.
     pub timeout: Option<Duration>,
+    /// Attempts per task.
+    pub attempts: Option<u32>,
+    /// Retry backoff base and cap.
+    pub backoff: Option<(Duration, Duration)>,
 }
 
 impl WorkerOptions {
@@ -125,6 +190,18 @@ impl WorkerOptions {
     /// Sets the run-time limit.
     pub fn timeout(mut self, timeout: Duration) -> WorkerOptions {
         self.timeout = Some(timeout);
+        self
+    }
+
+    /// Sets the attempts per task.
+    pub fn attempts(mut self, attempts: u32) -> WorkerOptions {
+        self.attempts = Some(attempts);
+        self
+    }
+
+    /// Sets the retry backoff base and cap.
+    pub fn backoff(mut self, base: Duration, cap: Duration) -> WorkerOptions {
+        self.backoff = Some((base, cap));
         self
     }
 }

@@ -6,13 +6,16 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, anyhow};
-use background::duration::{format_timestamp, parse_duration};
+use background::duration::{format_duration, format_timestamp, parse_duration};
 use background::registry::{Registry, RunEnv, run_attempt};
+use background::schedule::{Cron, Recurrence, parse_time};
+use background::store::{Accepted, CancelResult, Overview, RetryResult, TaskRow};
 use background::task::{Task, new_task_id};
+use background::worker::CancelToken;
 use background::{
     Client, ClientError, Node, Outcome, Settings, Sources, TaskResult, TaskSpec, TaskStatus,
 };
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use futures::FutureExt;
 use serde_json::{Value, json};
 
@@ -26,6 +29,8 @@ const EXIT_NOT_FOUND: u8 = 3;
 const EXIT_PENDING: u8 = 4;
 /// Exit code: `--wait` timed out.
 const EXIT_TIMEOUT: u8 = 5;
+/// Exit code: the task was refused (its key is at its limit).
+const EXIT_REFUSED: u8 = 6;
 
 #[derive(Parser)]
 #[command(
@@ -67,18 +72,8 @@ enum Command {
         worker: String,
         /// Arguments as JSON (`-` reads standard input).
         args: Option<String>,
-        /// Task id (the idempotency key); default a new UUIDv7.
-        #[arg(long)]
-        id: Option<String>,
-        /// Priority, -100..=100, higher first.
-        #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
-        priority: i32,
-        /// Maximum attempts.
-        #[arg(long, default_value_t = 1)]
-        attempts: u32,
-        /// Run-time limit of one attempt (`90s`, `10 minutes`).
-        #[arg(long, value_name = "D")]
-        timeout: Option<String>,
+        #[command(flatten)]
+        task: Box<TaskOpts>,
         /// Wait for the result and print it.
         #[arg(long)]
         wait: bool,
@@ -97,10 +92,41 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Print a task's result.
+    /// Print a task's result, or the result stored under a result key.
     Result {
+        /// Task id (or, with --key, nothing).
+        id: Option<String>,
+        /// Read the result stored under this result key instead.
+        #[arg(long, value_name = "K")]
+        key: Option<String>,
+        /// With --key: delete the stored result.
+        #[arg(long, requires = "key")]
+        reset: bool,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Cancel a task: scheduled or queued ones at once, running ones by asking their node.
+    Cancel {
         /// Task id.
         id: String,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Queue a finished task (dead, failed, cancelled, expired) again.
+    Retry {
+        /// Task id.
+        id: String,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List pending, scheduled, running and dead tasks.
+    Bg {
+        /// Most tasks listed per group.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
         /// Print one JSON object.
         #[arg(long)]
         json: bool,
@@ -115,6 +141,84 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// Options of a task, for `bgnode do`.
+#[derive(Args)]
+struct TaskOpts {
+    /// Task id (the idempotency key); default a new UUIDv7.
+    #[arg(long)]
+    id: Option<String>,
+    /// Priority, -100..=100, higher first.
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
+    priority: i32,
+    /// Maximum attempts (default: the worker's, else workers.attempts).
+    #[arg(long)]
+    attempts: Option<u32>,
+    /// Run-time limit of one attempt (`90s`, `10 minutes`).
+    #[arg(long, value_name = "D")]
+    timeout: Option<String>,
+    /// Retry backoff: first delay, doubling each attempt (`2s`).
+    #[arg(long, value_name = "D")]
+    backoff: Option<String>,
+    /// Longest retry backoff.
+    #[arg(long, value_name = "D")]
+    backoff_cap: Option<String>,
+    /// Run after this delay (`10 minutes`).
+    #[arg(long = "in", value_name = "D", conflicts_with = "at")]
+    delay: Option<String>,
+    /// Run at this time (`2014-12-31T23:59:59+01:00`, `December 31st 2014 23:59:59`; UTC unless
+    /// an offset is given).
+    #[arg(long, value_name = "T")]
+    at: Option<String>,
+    /// Run again at this interval (`day`, `4 hours`).
+    #[arg(long, value_name = "D", conflicts_with = "cron")]
+    every: Option<String>,
+    /// Run on this cron schedule, in UTC (`0 3 * * *`).
+    #[arg(long, value_name = "EXPR")]
+    cron: Option<String>,
+    /// Expire the task if it has not started this long after it was enqueued (or due).
+    #[arg(long, value_name = "D")]
+    deadline: Option<String>,
+    /// Per-key limit group (`[keys] limit` tasks with one key pending or running at once).
+    #[arg(long, value_name = "K")]
+    key: Option<String>,
+    /// Also store the result under this name (`bgnode result --key`).
+    #[arg(long, value_name = "K")]
+    result_key: Option<String>,
+}
+
+impl TaskOpts {
+    fn spec(&self, worker: &str, args: Value) -> Result<TaskSpec, Exit> {
+        let dur = |flag: &str, v: &Option<String>| -> Result<_, Exit> {
+            v.as_deref()
+                .map(|t| parse_duration(t).map_err(|e| usage(format!("--{flag}: {e}"))))
+                .transpose()
+        };
+        let mut spec = TaskSpec::new(worker, args).priority(self.priority);
+        spec.id = self.id.clone();
+        spec.attempts = self.attempts;
+        spec.timeout = dur("timeout", &self.timeout)?;
+        spec.backoff = dur("backoff", &self.backoff)?;
+        spec.backoff_cap = dur("backoff-cap", &self.backoff_cap)?;
+        spec.deadline = dur("deadline", &self.deadline)?;
+        spec.key = self.key.clone();
+        spec.result_key = self.result_key.clone();
+        if let Some(d) = dur("in", &self.delay)? {
+            spec = spec.delay(d);
+        }
+        if let Some(t) = &self.at {
+            spec.run_at = Some(parse_time(t).map_err(|e| usage(format!("--at: {e}")))?);
+        }
+        if let Some(d) = dur("every", &self.every)? {
+            spec.repeat = Some(Recurrence::Every(d));
+        }
+        if let Some(expr) = &self.cron {
+            let cron = Cron::parse(expr).map_err(|e| usage(format!("--cron: {e}")))?;
+            spec.repeat = Some(Recurrence::Cron(cron));
+        }
+        Ok(spec)
+    }
 }
 
 /// An error with the exit code it should produce.
@@ -175,6 +279,11 @@ fn settings(cli: &Cli, flags: &[(&str, Option<&String>, &str)]) -> Result<Settin
     Settings::load(&sources).map_err(|e| Exit(EXIT_USAGE, e.into()))
 }
 
+fn print_json(v: &impl serde::Serialize) -> Result<(), Exit> {
+    println!("{}", serde_json::to_string(v).map_err(anyhow::Error::from)?);
+    Ok(())
+}
+
 async fn dispatch(cli: Cli) -> Result<u8, Exit> {
     match &cli.command {
         Command::Start {
@@ -197,90 +306,118 @@ async fn dispatch(cli: Cli) -> Result<u8, Exit> {
         Command::Do {
             worker,
             args,
-            id,
-            priority,
-            attempts,
-            timeout,
+            task,
             wait,
             wait_timeout,
             json,
         } => {
             let settings = settings(&cli, &[])?;
-            let mut spec = TaskSpec::new(worker.clone(), read_args(args.as_deref(), &settings)?)
-                .priority(*priority)
-                .attempts(*attempts);
-            spec.id = id.clone();
-            if let Some(t) = timeout {
-                spec =
-                    spec.timeout(parse_duration(t).map_err(|e| usage(format!("--timeout: {e}")))?);
-            }
+            let mut spec = task.spec(worker, read_args(args.as_deref(), &settings)?)?;
+            spec.reply = *wait;
             spec.validate().map_err(|e| usage(e.to_string()))?;
             let wait_for =
                 parse_duration(wait_timeout).map_err(|e| usage(format!("--wait-timeout: {e}")))?;
             let client = connect(&settings).await?;
+            let (id, accepted) = match client.submit(vec![spec]).await {
+                Ok(mut v) => v.remove(0),
+                Err(e @ ClientError::KeyFull { .. }) => return Err(Exit(EXIT_REFUSED, e.into())),
+                Err(e) => return Err(e.into()),
+            };
+            match accepted {
+                Accepted::Deferred => {
+                    eprintln!("note: its key is at its limit; the task waits for a slot");
+                }
+                Accepted::Exists => {
+                    eprintln!("note: a task with id {id} exists; nothing was added");
+                }
+                _ => {}
+            }
             if !*wait {
-                let id = client.enqueue(spec).await?;
                 println!("{id}");
                 return Ok(0);
             }
-            spec.reply = true;
-            let id = client.enqueue(spec).await?;
             report_wait(&id, client.wait(&id, wait_for).await, *json)
         }
         Command::Status { id, json } => {
-            let settings = settings(&cli, &[])?;
-            let client = connect(&settings).await?;
+            let client = connect(&settings(&cli, &[])?).await?;
             match client.status(id).await? {
-                None => Err(Exit(
-                    EXIT_NOT_FOUND,
-                    anyhow!("no task {id} (never enqueued, or expired)"),
-                )),
+                None => Err(not_found(id)),
+                Some(status) if *json => print_json(&status).map(|()| 0),
                 Some(status) => {
-                    if *json {
-                        println!(
-                            "{}",
-                            serde_json::to_string(&status).map_err(anyhow::Error::from)?
-                        );
-                    } else {
-                        print_status(&status);
-                    }
+                    print_status(&status);
                     Ok(0)
                 }
             }
         }
-        Command::Result { id, json } => {
-            let settings = settings(&cli, &[])?;
-            let client = connect(&settings).await?;
-            let result = client.result(id).await?;
-            if *json {
-                let (state, value, error) = match &result {
-                    TaskResult::Done(v) => ("done", v.clone(), Value::Null),
-                    TaskResult::Failed(e) => ("failed", Value::Null, json!(e)),
-                    TaskResult::Pending(s) => (s.as_str(), Value::Null, Value::Null),
-                    TaskResult::NotFound => ("unknown", Value::Null, Value::Null),
-                };
-                println!(
-                    "{}",
-                    json!({"id": id, "state": state, "result": value, "error": error})
-                );
+        Command::Result {
+            id,
+            key,
+            reset,
+            json,
+        } => {
+            let client = connect(&settings(&cli, &[])?).await?;
+            match (id, key) {
+                (None, Some(key)) => result_by_key(&client, key, *reset, *json).await,
+                (Some(id), None) => result(&client, id, *json).await,
+                _ => Err(usage("give a task id, or --key K".into())),
             }
-            match result {
-                TaskResult::Done(v) => {
+        }
+        Command::Cancel { id, json } => {
+            let client = connect(&settings(&cli, &[])?).await?;
+            let outcome = client.cancel(id).await?;
+            if *json {
+                print_json(&json!({"id": id, "outcome": outcome}))?;
+            }
+            match outcome {
+                CancelResult::Cancelled => {
                     if !*json {
-                        println!("{v}");
+                        println!("cancelled {id}");
                     }
                     Ok(0)
                 }
-                TaskResult::Failed(e) => Err(Exit(EXIT_FAILED, anyhow!("task {id} failed: {e}"))),
-                TaskResult::Pending(s) => Err(Exit(
-                    EXIT_PENDING,
-                    anyhow!("task {id} has not finished (state: {s})"),
-                )),
-                TaskResult::NotFound => Err(Exit(
-                    EXIT_NOT_FOUND,
-                    anyhow!("no task {id} (never enqueued, or expired)"),
+                CancelResult::Requested => {
+                    if !*json {
+                        println!("cancellation of {id} requested from the node running it");
+                    }
+                    Ok(0)
+                }
+                CancelResult::NotFound => Err(not_found(id)),
+                CancelResult::Finished => {
+                    Err(Exit(EXIT_FAILED, anyhow!("task {id} has already finished")))
+                }
+            }
+        }
+        Command::Retry { id, json } => {
+            let client = connect(&settings(&cli, &[])?).await?;
+            let outcome = client.retry(id).await?;
+            if *json {
+                print_json(&json!({"id": id, "outcome": outcome}))?;
+            }
+            match outcome {
+                RetryResult::Queued | RetryResult::Deferred => {
+                    if !*json {
+                        println!("queued {id} again");
+                    }
+                    Ok(0)
+                }
+                RetryResult::NotFound => Err(not_found(id)),
+                RetryResult::NotFinished => Err(Exit(
+                    EXIT_FAILED,
+                    anyhow!(
+                        "task {id} has not finished (or is a recurring template): nothing to retry"
+                    ),
                 )),
             }
+        }
+        Command::Bg { limit, json } => {
+            let client = connect(&settings(&cli, &[])?).await?;
+            let overview = client.overview(*limit).await?;
+            if *json {
+                print_json(&overview)?;
+            } else {
+                print_overview(&overview);
+            }
+            Ok(0)
         }
         Command::Eval { worker, args, json } => {
             let settings = settings(&cli, &[])?;
@@ -297,6 +434,13 @@ async fn dispatch(cli: Cli) -> Result<u8, Exit> {
 
 fn usage(message: String) -> Exit {
     Exit(EXIT_USAGE, anyhow!(message))
+}
+
+fn not_found(id: &str) -> Exit {
+    Exit(
+        EXIT_NOT_FOUND,
+        anyhow!("no task {id} (never enqueued, or expired)"),
+    )
 }
 
 async fn connect(settings: &Settings) -> Result<Client, Exit> {
@@ -343,17 +487,76 @@ fn report_wait(id: &str, outcome: Result<Value, ClientError>, json: bool) -> Res
             }
             Ok(0)
         }
-        Err(ClientError::Failed { error, .. }) => {
+        Err(ClientError::Failed { state, error, .. }) => {
             if json {
                 println!(
                     "{}",
-                    json!({"id": id, "state": "failed", "result": null, "error": error})
+                    json!({"id": id, "state": state, "result": null, "error": error})
                 );
             }
-            Err(Exit(EXIT_FAILED, anyhow!("task {id} failed: {error}")))
+            Err(Exit(EXIT_FAILED, anyhow!("task {id} {state}: {error}")))
         }
         Err(e @ ClientError::Timeout { .. }) => Err(Exit(EXIT_TIMEOUT, e.into())),
         Err(e) => Err(e.into()),
+    }
+}
+
+async fn result(client: &Client, id: &str, json: bool) -> Result<u8, Exit> {
+    let result = client.result(id).await?;
+    if json {
+        let (state, value, error) = match &result {
+            TaskResult::Done(v) => ("done", v.clone(), Value::Null),
+            TaskResult::Failed { state, error } => (state.as_str(), Value::Null, json!(error)),
+            TaskResult::Pending(s) => (s.as_str(), Value::Null, Value::Null),
+            TaskResult::NotFound => ("unknown", Value::Null, Value::Null),
+        };
+        println!(
+            "{}",
+            json!({"id": id, "state": state, "result": value, "error": error})
+        );
+    }
+    match result {
+        TaskResult::Done(v) => {
+            if !json {
+                println!("{v}");
+            }
+            Ok(0)
+        }
+        TaskResult::Failed { state, error } => {
+            Err(Exit(EXIT_FAILED, anyhow!("task {id} {state}: {error}")))
+        }
+        TaskResult::Pending(s) => Err(Exit(
+            EXIT_PENDING,
+            anyhow!("task {id} has not finished (state: {s})"),
+        )),
+        TaskResult::NotFound => Err(not_found(id)),
+    }
+}
+
+async fn result_by_key(client: &Client, key: &str, reset: bool, json: bool) -> Result<u8, Exit> {
+    let value = client.result_by_key(key).await?;
+    if reset {
+        let removed = client.reset_result_key(key).await?;
+        if json {
+            print_json(&json!({"key": key, "result": value, "reset": removed}))?;
+        } else {
+            println!("reset {key}");
+        }
+        return Ok(0);
+    }
+    match value {
+        Some(v) => {
+            if json {
+                print_json(&json!({"key": key, "result": v}))?;
+            } else {
+                println!("{v}");
+            }
+            Ok(0)
+        }
+        None => Err(Exit(
+            EXIT_NOT_FOUND,
+            anyhow!("no result stored under key {key} (none finished yet, reset, or expired)"),
+        )),
     }
 }
 
@@ -363,9 +566,36 @@ fn print_status(s: &TaskStatus) {
     println!("worker:   {}", s.worker);
     println!("state:    {} ({})", s.state, s.progress);
     println!("node:     {}", s.node.as_deref().unwrap_or("-"));
-    println!("attempt:  {} of {}", s.attempt, s.attempts);
+    match s.attempts {
+        Some(n) => println!("attempt:  {} of {n}", s.attempt),
+        None => println!("attempt:  {}", s.attempt),
+    }
     println!("priority: {}", s.priority);
     println!("created:  {}", time(s.created));
+    if let Some(every) = s.every {
+        println!(
+            "every:    {}",
+            format_duration(std::time::Duration::from_millis(every))
+        );
+    }
+    if let Some(cron) = &s.cron {
+        println!("cron:     {cron}");
+    }
+    if s.run_at.is_some() {
+        println!("run at:   {}", time(s.run_at));
+    }
+    if s.retry_at.is_some() && s.state == "retrying" {
+        println!("retry at: {}", time(s.retry_at));
+    }
+    if s.deadline.is_some() {
+        println!("deadline: {}", time(s.deadline));
+    }
+    if let Some(k) = &s.key {
+        println!("key:      {k}");
+    }
+    if let Some(t) = &s.template {
+        println!("template: {t}");
+    }
     println!("started:  {}", time(s.started));
     println!("finished: {}", time(s.finished));
     if let Some(r) = &s.result {
@@ -373,6 +603,47 @@ fn print_status(s: &TaskStatus) {
     }
     if let Some(e) = &s.error {
         println!("error:    {e}");
+    }
+}
+
+fn print_overview(o: &Overview) {
+    let time = |ms: Option<u64>| ms.map_or_else(|| "-".to_owned(), format_timestamp);
+    let count = |k: &str| o.counts.get(k).copied().unwrap_or(0);
+    let groups: [(&str, &[TaskRow]); 4] = [
+        ("pending", &o.pending),
+        ("scheduled", &o.scheduled),
+        ("running", &o.running),
+        ("dead", &o.dead),
+    ];
+    for (name, rows) in groups {
+        println!("{name} ({}):", count(name));
+        for r in rows {
+            let mut line = format!("  {}  {}  {}", r.id, r.worker, r.state);
+            match name {
+                "pending" => line.push_str(&format!("  priority {}", r.priority)),
+                "scheduled" => {
+                    line.push_str(&format!("  due {}", time(r.due)));
+                    if let Some(every) = r.every {
+                        let every = format_duration(std::time::Duration::from_millis(every));
+                        line.push_str(&format!("  every {every}"));
+                    }
+                    if let Some(cron) = &r.cron {
+                        line.push_str(&format!("  cron {cron}"));
+                    }
+                }
+                "running" => line.push_str(&format!(
+                    "  on {}  attempt {}",
+                    r.node.as_deref().unwrap_or("-"),
+                    r.attempt
+                )),
+                _ => line.push_str(&format!(
+                    "  after {} attempts: {}",
+                    r.attempt,
+                    r.error.as_deref().unwrap_or("-")
+                )),
+            }
+            println!("{line}");
+        }
     }
 }
 
@@ -421,8 +692,11 @@ async fn eval(settings: &Settings, worker: &str, args: Value, json: bool) -> Res
         args: args.to_string(),
         priority: 0,
         attempt: 1,
-        attempts: 1,
+        attempts: Some(1),
         timeout: None,
+        backoff: None,
+        backoff_cap: None,
+        deadline: None,
         epoch: 0,
         created: background::task::now_ms(),
         reply: false,
@@ -435,10 +709,11 @@ async fn eval(settings: &Settings, worker: &str, args: Value, json: bool) -> Res
             .unwrap_or_else(|| settings.workers.dir.clone()),
         output_limit: settings.limits.message_bytes as usize,
     };
-    let outcome = std::panic::AssertUnwindSafe(run_attempt(entry, &task, &env))
+    let cancel = CancelToken::default();
+    let outcome = std::panic::AssertUnwindSafe(run_attempt(entry, &task, &env, &cancel))
         .catch_unwind()
         .await
-        .unwrap_or_else(|_| Outcome::Failed("worker crashed (panic)".into()));
+        .unwrap_or_else(|_| Outcome::failed("worker crashed (panic)"));
     match outcome {
         Outcome::Done(v) => {
             if json {
@@ -451,14 +726,18 @@ async fn eval(settings: &Settings, worker: &str, args: Value, json: bool) -> Res
             }
             Ok(0)
         }
-        Outcome::Failed(e) => {
+        other => {
+            let error = match other {
+                Outcome::Failed { error, .. } => error,
+                _ => "stopped".to_owned(),
+            };
             if json {
                 println!(
                     "{}",
-                    json!({"id": task.id, "state": "failed", "result": null, "error": e})
+                    json!({"id": task.id, "state": "failed", "result": null, "error": error})
                 );
             }
-            Err(Exit(EXIT_FAILED, anyhow!("{worker} failed: {e}")))
+            Err(Exit(EXIT_FAILED, anyhow!("{worker} failed: {error}")))
         }
     }
 }

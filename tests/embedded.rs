@@ -36,11 +36,8 @@ impl Worker for Picky {
 }
 
 fn settings(redis: &Redis, workers: &std::path::Path) -> Settings {
-    let mut s = Settings::defaults();
-    s.redis.url = redis.url.clone();
+    let mut s = redis.settings();
     s.node.id = "embedded".into();
-    s.node.listen = format!("127.0.0.1:{}", common::free_port());
-    s.node.cookie = "test-cookie".into();
     s.workers.dir = workers.to_path_buf();
     s
 }
@@ -74,12 +71,12 @@ async fn a_panicking_worker_fails_one_attempt_and_the_rest_keep_flowing() {
                     .status(&id)
                     .await
                     .unwrap()
-                    .filter(|s| s.state == "done" || s.state == "failed")
+                    .filter(|s| s.state == "done" || s.state == "dead")
             },
         )
         .await;
         if n % 5 == 0 {
-            assert_eq!(status.state, "failed");
+            assert_eq!(status.state, "dead", "one attempt by default");
             let error = status.error.unwrap();
             assert!(error.starts_with("worker crashed:"), "{error}");
             assert!(error.contains("boom on purpose"), "{error}");

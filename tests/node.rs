@@ -148,8 +148,14 @@ async fn a_failing_script_reports_its_stderr() {
     assert_eq!(code, 1);
     assert!(err.contains("exit code 3: the disk is on fire"), "{err}");
     let status = status_json(&redis, "f1").await;
-    assert_eq!(status["state"], "failed");
-    assert_eq!(status["error"], "exit code 3: the disk is on fire");
+    assert_eq!(
+        status["state"], "dead",
+        "one attempt by default, then the dead set"
+    );
+    assert_eq!(
+        status["error"],
+        "exit code 3: the disk is on fire (gave up after 1 attempt)"
+    );
     let (code, _, err) = cli(&redis, &["result", "f1"]).await;
     assert_eq!(code, 1);
     assert!(err.contains("the disk is on fire"), "{err}");
@@ -198,7 +204,7 @@ async fn a_script_past_its_time_limit_is_killed_with_its_children() {
         (stat.is_empty() || stat.contains(") Z ")).then_some(())
     })
     .await;
-    assert_eq!(status_json(&redis, "s1").await["state"], "failed");
+    assert_eq!(status_json(&redis, "s1").await["state"], "dead");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -3,26 +3,18 @@
 
 mod common;
 
-use std::time::Duration;
 
 use background::TaskSpec;
 use background::fencing::{CASES, Verdict};
-use background::store::{Publish, Store, WriteOp, WriteResult};
+use background::store::{Accepted, Store, WriteOp, WriteResult};
 use background::task::TaskState;
 use common::Redis;
 use serde_json::json;
 
-fn publish() -> Publish<'static> {
-    Publish {
-        wake: None,
-        events: "background:events",
-    }
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn finish_script_applies_the_fencing_table() {
     let redis = Redis::start();
-    let store = Store::connect(&redis.url, "bg").await.unwrap();
+    let store = Store::connect(&redis.settings()).await.unwrap();
     let mut con = redis.con().await;
     for (i, (epoch, state, carried, verdict)) in CASES.iter().enumerate() {
         let id = format!("fence-{i}");
@@ -46,13 +38,12 @@ async fn finish_script_applies_the_fencing_table() {
             finished: 2,
             state: TaskState::Done,
             value: "42".into(),
+            retry_at: 0,
             event: "{}".into(),
             started_event: None,
+            error_event: None,
         };
-        let got = store
-            .write(&[op], "background:events", Duration::from_secs(60))
-            .await
-            .unwrap()[0];
+        let got = store.write(&[op]).await.unwrap()[0];
         let want = match verdict {
             Verdict::Apply => WriteResult::Applied,
             Verdict::Stale => WriteResult::Stale,
@@ -77,7 +68,7 @@ async fn finish_script_applies_the_fencing_table() {
 #[tokio::test(flavor = "multi_thread")]
 async fn claims_take_the_highest_priority_then_the_oldest_and_ids_are_unique() {
     let redis = Redis::start();
-    let store = Store::connect(&redis.url, "bg").await.unwrap();
+    let store = Store::connect(&redis.settings()).await.unwrap();
     let specs = vec![
         TaskSpec::new("w", json!(1)).id("low"),
         TaskSpec::new("w", json!(2)).id("high").priority(10),
@@ -86,8 +77,8 @@ async fn claims_take_the_highest_priority_then_the_oldest_and_ids_are_unique() {
         TaskSpec::new("w", json!(5)).id("lowest").priority(-100),
         TaskSpec::new("w", json!(6)).id("low").priority(50),
     ];
-    let stored = store.enqueue_many(&specs, &publish()).await.unwrap();
-    let fresh: Vec<bool> = stored.iter().map(|(_, new)| *new).collect();
+    let stored = store.enqueue_many(&specs, false).await.unwrap();
+    let fresh: Vec<bool> = stored.iter().map(|(_, a)| *a == Accepted::Queued).collect();
     assert_eq!(
         fresh,
         [true, true, true, true, true, false],
@@ -111,9 +102,9 @@ async fn claims_take_the_highest_priority_then_the_oldest_and_ids_are_unique() {
 #[tokio::test(flavor = "multi_thread")]
 async fn scripts_are_reloaded_after_redis_forgets_them() {
     let redis = Redis::start();
-    let store = Store::connect(&redis.url, "bg").await.unwrap();
+    let store = Store::connect(&redis.settings()).await.unwrap();
     store
-        .enqueue_many(&[TaskSpec::new("w", json!(1))], &publish())
+        .enqueue_many(&[TaskSpec::new("w", json!(1))], false)
         .await
         .unwrap();
     let mut con = redis.con().await;
@@ -123,8 +114,8 @@ async fn scripts_are_reloaded_after_redis_forgets_them() {
         .await
         .unwrap();
     let stored = store
-        .enqueue_many(&[TaskSpec::new("w", json!(2))], &publish())
+        .enqueue_many(&[TaskSpec::new("w", json!(2))], false)
         .await
         .unwrap();
-    assert!(stored[0].1);
+    assert_eq!(stored[0].1, Accepted::Queued);
 }

@@ -1,7 +1,121 @@
 -- Shared by every script (prepended at build time).
+
 -- Pending sets are scored so that ZPOPMIN yields the highest priority first and, among equal
 -- priorities, the oldest task first: score = created_ms - priority * 10^13, priority in -100..100.
 -- The score is formatted as an integer: Lua's default number format would round it.
 local function pending_score(priority, created)
   return string.format('%.0f', (tonumber(created) or 0) - (tonumber(priority) or 0) * 1e13)
+end
+
+local TERMINAL = {done = true, failed = true, dead = true, cancelled = true, expired = true}
+
+local function is_terminal(state)
+  return TERMINAL[state] == true
+end
+
+local function publish_json(channel, tbl)
+  if channel ~= '' then
+    redis.call('PUBLISH', channel, cjson.encode(tbl))
+  end
+end
+
+-- Put a task on its worker's pending set and wake the cluster.
+local function make_pending(prefix, id, worker, priority, created, channel)
+  redis.call('ZADD', prefix .. ':pending:' .. worker, pending_score(priority, created), id)
+  redis.call('SADD', prefix .. ':workers', worker)
+  publish_json(channel, {op = 'wake', worker = worker})
+end
+
+-- Take a slot of `key` for `id` when one is free. Slots of tasks that finished or vanished are
+-- pruned first, so a count can never leak.
+local function take_slot(prefix, key, limit, id)
+  local set = prefix .. ':key:' .. key
+  if redis.call('SISMEMBER', set, id) == 1 then
+    return true
+  end
+  for _, member in ipairs(redis.call('SMEMBERS', set)) do
+    local st = redis.call('HGET', prefix .. ':task:' .. member, 'state')
+    if (not st) or is_terminal(st) or st == 'scheduled' or st == 'deferred' then
+      redis.call('SREM', set, member)
+    end
+  end
+  if redis.call('SCARD', set) >= (tonumber(limit) or 1) then
+    return false
+  end
+  redis.call('SADD', set, id)
+  return true
+end
+
+-- A task becomes runnable: queue it, or defer it while its key is at its limit.
+-- Returns the new state.
+local function admit(prefix, id, f, channel, events, now)
+  -- f: worker, priority, created, key, klimit
+  local tk = prefix .. ':task:' .. id
+  if f.key and f.key ~= '' and not take_slot(prefix, f.key, f.klimit, id) then
+    redis.call('HSET', tk, 'state', 'deferred')
+    redis.call('RPUSH', prefix .. ':deferred:' .. f.key, id)
+    return 'deferred'
+  end
+  redis.call('HSET', tk, 'state', 'queued', 'node', '')
+  make_pending(prefix, id, f.worker, f.priority, f.created, channel)
+  publish_json(events, {event = 'available', id = id, worker = f.worker, ts = tonumber(now)})
+  return 'queued'
+end
+
+-- Free the slot `id` held on `key` and let deferred tasks of that key in, oldest first.
+local function free_slot(prefix, key, id, channel, events, now)
+  if (not key) or key == '' then
+    return
+  end
+  redis.call('SREM', prefix .. ':key:' .. key, id)
+  local list = prefix .. ':deferred:' .. key
+  while true do
+    local next_id = redis.call('LINDEX', list, 0)
+    if not next_id then
+      return
+    end
+    local tk = prefix .. ':task:' .. next_id
+    local g = redis.call('HMGET', tk, 'state', 'worker', 'priority', 'created', 'klimit')
+    if g[1] ~= 'deferred' then
+      redis.call('LPOP', list)
+    elseif take_slot(prefix, key, g[5], next_id) then
+      redis.call('LPOP', list)
+      redis.call('HSET', tk, 'state', 'queued', 'node', '')
+      make_pending(prefix, next_id, g[2], g[3], g[4], channel)
+      publish_json(events, {event = 'available', id = next_id, worker = g[2], ts = tonumber(now)})
+    else
+      return
+    end
+  end
+end
+
+-- End a task that never ran to completion here (cancelled, expired): take it out of every
+-- waiting structure, fence out its owner, free its slot, keep the record for the result TTL,
+-- announce it and answer a waiting caller.
+local function close_unrun(prefix, id, state, message, now, ttl, channel, events)
+  local tk = prefix .. ':task:' .. id
+  local f = redis.call('HMGET', tk, 'worker', 'node', 'key', 'reply', 'attempt')
+  redis.call('ZREM', prefix .. ':pending:' .. (f[1] or ''), id)
+  redis.call('ZREM', prefix .. ':scheduled', id)
+  redis.call('ZREM', prefix .. ':deadlines', id)
+  if f[3] and f[3] ~= '' then
+    redis.call('LREM', prefix .. ':deferred:' .. f[3], 0, id)
+  end
+  if f[2] and f[2] ~= '' then
+    redis.call('SREM', prefix .. ':node:' .. f[2] .. ':owned', id)
+  end
+  redis.call('HINCRBY', tk, 'epoch', 1)
+  redis.call('HSET', tk, 'state', state, 'error', message, 'finished', now, 'node', '')
+  redis.call('HDEL', tk, 'cancel')
+  free_slot(prefix, f[3], id, channel, events, now)
+  redis.call('PEXPIRE', tk, ttl)
+  redis.call('HINCRBY', prefix .. ':stats', state, 1)
+  local event = cjson.encode({event = state, id = id, worker = f[1], error = message,
+    attempt = tonumber(f[5]) or 0, ts = tonumber(now)})
+  redis.call('PUBLISH', events, event)
+  if f[4] == '1' then
+    local reply = prefix .. ':reply:' .. id
+    redis.call('RPUSH', reply, event)
+    redis.call('PEXPIRE', reply, ttl)
+  end
 end

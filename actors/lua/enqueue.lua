@@ -1,24 +1,40 @@
--- Store a new task and put it on its worker's pending set, unless the id exists already.
--- KEYS[1] task hash, KEYS[2] pending set of the worker, KEYS[3] set of worker names, KEYS[4] stats
--- ARGV[1] task id, ARGV[2] worker, ARGV[3] wake channel ('' = do not publish),
--- ARGV[4] wake message, ARGV[5] events channel, ARGV[6] `available` event,
--- ARGV[7] priority, ARGV[8] created (ms), ARGV[9..] field, value pairs of the record
--- Returns 1 when stored, 0 when the id was taken (the id is the idempotency key). The wake is
--- published either way, so a client that retries after a broken pipeline still wakes a node.
-local stored = 0
-if redis.call('EXISTS', KEYS[1]) == 0 then
-  local fields = {}
-  for i = 9, #ARGV do
-    fields[#fields + 1] = ARGV[i]
-  end
-  redis.call('HSET', KEYS[1], unpack(fields))
-  redis.call('ZADD', KEYS[2], pending_score(ARGV[7], ARGV[8]), ARGV[1])
-  redis.call('SADD', KEYS[3], ARGV[2])
-  redis.call('HINCRBY', KEYS[4], 'accepted', 1)
-  redis.call('PUBLISH', ARGV[5], ARGV[6])
-  stored = 1
+-- Store a new task, unless the id exists already (the id is the idempotency key).
+-- KEYS[1] task hash
+-- ARGV[1] key prefix, ARGV[2] id, ARGV[3] worker, ARGV[4] task channel for wakes ('' = none),
+-- ARGV[5] events channel, ARGV[6] now (ms), ARGV[7] priority, ARGV[8] created (ms),
+-- ARGV[9] due time in ms ('' = runnable now), ARGV[10] key ('' = none), ARGV[11] key limit,
+-- ARGV[12] key policy ('reject' or 'defer'), ARGV[13] deadline in ms ('' = none),
+-- ARGV[14..] field, value pairs of the record
+-- Returns 1 queued, 2 deferred (key at its limit), 3 scheduled, 0 the id exists (a wake is
+-- still published, so a client retrying after a broken pipeline wakes a node), -1 refused
+-- (key at its limit and the policy is to reject; nothing stored).
+local prefix, id, worker, channel, events, now = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
+local due, key, limit, policy, deadline = ARGV[9], ARGV[10], ARGV[11], ARGV[12], ARGV[13]
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  publish_json(channel, {op = 'wake', worker = worker})
+  return 0
 end
-if ARGV[3] ~= '' then
-  redis.call('PUBLISH', ARGV[3], ARGV[4])
+if due == '' and key ~= '' and policy == 'reject' and not take_slot(prefix, key, limit, id) then
+  return -1
 end
-return stored
+local fields = {}
+for i = 14, #ARGV do
+  fields[#fields + 1] = ARGV[i]
+end
+redis.call('HSET', KEYS[1], unpack(fields))
+redis.call('HINCRBY', prefix .. ':stats', 'accepted', 1)
+if deadline ~= '' then
+  redis.call('ZADD', prefix .. ':deadlines', deadline, id)
+end
+if due ~= '' then
+  redis.call('HSET', KEYS[1], 'state', 'scheduled')
+  redis.call('ZADD', prefix .. ':scheduled', due, id)
+  publish_json(channel, {op = 'schedule', due = tonumber(due)})
+  return 3
+end
+local state = admit(prefix, id, {worker = worker, priority = ARGV[7], created = ARGV[8], key = key,
+  klimit = limit}, channel, events, now)
+if state == 'deferred' then
+  return 2
+end
+return 1

@@ -105,6 +105,15 @@ impl Redis {
         matches!(s.read(&mut buf), Ok(n) if buf[..n].starts_with(b"+PONG"))
     }
 
+    /// Settings pointing at this server (defaults otherwise).
+    pub fn settings(&self) -> background::Settings {
+        let mut s = background::Settings::defaults();
+        s.redis.url = self.url.clone();
+        s.node.cookie = "test-cookie".into();
+        s.node.listen = format!("127.0.0.1:{}", free_port());
+        s
+    }
+
     /// The server log.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("redis.log")).unwrap_or_default()

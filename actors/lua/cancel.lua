@@ -1,0 +1,23 @@
+-- Cancel a task. Waiting tasks (scheduled, retrying, deferred, pending) are closed here; for a
+-- task a node holds (queued there or running) the record is flagged and the node is told on its
+-- control channel; it stops the task and writes `cancelled` itself (a node that died meanwhile:
+-- whoever claims the task next closes it instead).
+-- KEYS[1] task hash
+-- ARGV[1] key prefix, ARGV[2] task id, ARGV[3] now, ARGV[4] result ttl (ms),
+-- ARGV[5] task channel, ARGV[6] events channel
+-- Returns 1 cancelled, 2 requested from the owning node, 0 no such task, -1 already finished.
+local prefix, id = ARGV[1], ARGV[2]
+local f = redis.call('HMGET', KEYS[1], 'state', 'node')
+if not f[1] then
+  return 0
+end
+if is_terminal(f[1]) then
+  return -1
+end
+if f[1] == 'running' or (f[1] == 'queued' and f[2] and f[2] ~= '') then
+  redis.call('HSET', KEYS[1], 'cancel', '1')
+  publish_json(ARGV[5] .. ':node:' .. f[2], {op = 'cancel', id = id})
+  return 2
+end
+close_unrun(prefix, id, 'cancelled', 'cancelled', ARGV[3], ARGV[4], ARGV[5], ARGV[6])
+return 1

@@ -1,0 +1,208 @@
+//! The scheduler: fires delayed, retrying and recurring tasks when they are due, and expires
+//! tasks whose deadline passed before they started.
+//!
+//! Every node runs one; they never fire anything twice because every step is an atomic script:
+//! `fire.lua` makes due one-shot tasks runnable (removing them from the scheduled set in the
+//! same step), and for each due recurring template the next time is computed here
+//! ([`crate::schedule::advance`], which coalesces missed occurrences by default) and set by
+//! `occur.lua` only if the template is still due at the time this node read (compare-and-set);
+//! the occurrence id `template@due` is the same on every node.
+//!
+//! It sleeps until the earliest due time or deadline, at most [`MAX_SLEEP`], and wakes early
+//! when told something was scheduled (`{"op":"schedule"}` on the task channel). It does not
+//! poll in a tight loop.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+
+use crate::schedule::{Cron, Recurrence, advance};
+use crate::store::DueTemplate;
+use crate::supervisor::{NodeContext, watch_task};
+use crate::task::now_ms;
+
+/// Longest sleep when nothing is due: a safety net for a wake that was lost.
+pub const MAX_SLEEP: Duration = Duration::from_secs(5);
+
+/// Entries handled per script call.
+const BATCH: usize = 256;
+
+/// The scheduler actor.
+pub struct Scheduler;
+
+/// What the scheduler needs.
+pub struct SchedulerArgs {
+    /// Shared node state; `ctx.schedule` wakes the loop.
+    pub ctx: Arc<NodeContext>,
+}
+
+/// The scheduler's state: its loop.
+pub struct SchedulerState {
+    task: JoinHandle<()>,
+}
+
+/// Messages to the scheduler.
+pub enum SchedulerMsg {
+    /// The loop ended unexpectedly.
+    LoopDied(String),
+}
+
+impl ractor::Message for SchedulerMsg {}
+
+impl Actor for Scheduler {
+    type Msg = SchedulerMsg;
+    type State = SchedulerState;
+    type Arguments = SchedulerArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<SchedulerMsg>,
+        args: SchedulerArgs,
+    ) -> Result<SchedulerState, ActorProcessingErr> {
+        let task = watch_task(run(args.ctx), myself, SchedulerMsg::LoopDied);
+        Ok(SchedulerState { task })
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<SchedulerMsg>,
+        state: &mut SchedulerState,
+    ) -> Result<(), ActorProcessingErr> {
+        state.task.abort();
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<SchedulerMsg>,
+        msg: SchedulerMsg,
+        _state: &mut SchedulerState,
+    ) -> Result<(), ActorProcessingErr> {
+        let SchedulerMsg::LoopDied(why) = msg;
+        Err(format!("scheduler loop died: {why}").into())
+    }
+}
+
+async fn run(ctx: Arc<NodeContext>) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match tick(&ctx).await {
+            Ok(wait) => {
+                backoff = Duration::from_millis(100);
+                sleep_or_wake(wait, &ctx.schedule).await;
+            }
+            Err(e) => {
+                tracing::warn!("scheduler cannot reach redis ({e}); retrying in {backoff:?}");
+                sleep_or_wake(backoff, &ctx.schedule).await;
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+            }
+        }
+    }
+}
+
+/// One pass: fire what is due, expire what is late; returns how long to sleep.
+async fn tick(ctx: &NodeContext) -> Result<Duration, crate::store::StoreError> {
+    let store = &ctx.store;
+    loop {
+        let now = now_ms();
+        let templates = store.fire_due(now, BATCH).await?;
+        for t in &templates {
+            occur(ctx, t, now).await?;
+        }
+        let expired = store.expire_due(now, BATCH).await?;
+        if expired > 0 {
+            tracing::info!(expired, "tasks expired before they could start");
+        }
+        if templates.len() < BATCH && expired < BATCH {
+            break;
+        }
+    }
+    Ok(wait_for(store.next_due().await?, now_ms()))
+}
+
+async fn occur(
+    ctx: &NodeContext,
+    t: &DueTemplate,
+    now: u64,
+) -> Result<(), crate::store::StoreError> {
+    let rec = match (&t.every, &t.cron) {
+        (Some(ms), _) => Recurrence::Every(Duration::from_millis(*ms)),
+        (None, Some(expr)) => match Cron::parse(expr) {
+            Ok(c) => Recurrence::Cron(c),
+            Err(e) => {
+                tracing::error!(template = %t.id, "stored cron expression is invalid ({e}); stopping it");
+                ctx.store.occur(&t.id, t.due, None, now).await?;
+                return Ok(());
+            }
+        },
+        (None, None) => return Ok(()),
+    };
+    let next = advance(&rec, t.due, now, ctx.settings.scheduler.missed);
+    if ctx.store.occur(&t.id, t.due, next, now).await? {
+        tracing::debug!(template = %t.id, due = t.due, ?next, "fired an occurrence");
+    }
+    Ok(())
+}
+
+/// How long to sleep until `next_due` (Unix ms), at most [`MAX_SLEEP`].
+pub fn wait_for(next_due: Option<u64>, now: u64) -> Duration {
+    match next_due {
+        Some(due) if due <= now => Duration::ZERO,
+        Some(due) => Duration::from_millis(due - now).min(MAX_SLEEP),
+        None => MAX_SLEEP,
+    }
+}
+
+/// Sleeps `wait`, or less when `wake` is notified. Returns true when woken early.
+pub async fn sleep_or_wake(wait: Duration, wake: &Notify) -> bool {
+    tokio::select! {
+        () = tokio::time::sleep(wait) => false,
+        () = wake.notified() => true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sleeps_until_the_earliest_due_time_capped() {
+        assert_eq!(wait_for(Some(1_500), 1_000), Duration::from_millis(500));
+        assert_eq!(wait_for(Some(900), 1_000), Duration::ZERO);
+        assert_eq!(wait_for(Some(1_000_000), 1_000), MAX_SLEEP);
+        assert_eq!(wait_for(None, 1_000), MAX_SLEEP);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_wake_cuts_the_sleep_short() {
+        let wake = Arc::new(Notify::new());
+        let start = tokio::time::Instant::now();
+        let waker = wake.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(700)).await;
+            waker.notify_one();
+        });
+        assert!(sleep_or_wake(Duration::from_secs(5), &wake).await);
+        assert_eq!(start.elapsed(), Duration::from_millis(700));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn without_a_wake_it_sleeps_exactly_until_due() {
+        let wake = Notify::new();
+        let start = tokio::time::Instant::now();
+        assert!(!sleep_or_wake(wait_for(Some(3_250), 1_000), &wake).await);
+        assert_eq!(start.elapsed(), Duration::from_millis(2_250));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_wake_sent_before_the_sleep_is_not_lost() {
+        let wake = Notify::new();
+        wake.notify_one();
+        let start = tokio::time::Instant::now();
+        assert!(sleep_or_wake(MAX_SLEEP, &wake).await);
+        assert_eq!(start.elapsed(), Duration::ZERO);
+    }
+}
