@@ -449,7 +449,10 @@ impl Store {
             (field::RESULT_KEY, spec.result_key.clone()),
         ];
         fields.extend(optional.into_iter().filter_map(|(k, v)| v.map(|v| (k, v))));
-        let mut due = spec.run_at.filter(|at| *at > now);
+        let run_at = spec
+            .run_at
+            .or_else(|| spec.delay.map(|d| now + d.as_millis() as u64));
+        let mut due = run_at.filter(|at| *at > now);
         let mut deadline = String::new();
         match &spec.repeat {
             Some(rec) => {
@@ -459,7 +462,7 @@ impl Store {
                 }
                 // The first occurrence: the given time, else now for an interval, else the
                 // next match of the cron expression.
-                let first = spec.run_at.or_else(|| match rec {
+                let first = run_at.or_else(|| match rec {
                     Recurrence::Every(_) => Some(now),
                     Recurrence::Cron(c) => c.next_after(now),
                 });
@@ -540,11 +543,8 @@ impl Store {
         let mut cmds = Vec::with_capacity(specs.len());
         for (id, spec) in ids.iter().zip(specs).rev() {
             let last_of_worker = woken.insert(spec.worker.as_str());
-            cmds.push(self.enqueue_cmd(
-                id,
-                spec,
-                wake && (last_of_worker || spec.run_at.is_some() || spec.repeat.is_some()),
-            ));
+            let scheduled = spec.run_at.is_some() || spec.delay.is_some() || spec.repeat.is_some();
+            cmds.push(self.enqueue_cmd(id, spec, wake && (last_of_worker || scheduled)));
         }
         let mut pipe = redis::pipe();
         for cmd in cmds.into_iter().rev() {
@@ -869,6 +869,9 @@ impl Store {
     }
 
     async fn rows(&self, ids: &[(String, Option<u64>)]) -> StoreResult<Vec<TaskRow>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
         let mut con = self.con.clone();
         let mut pipe = redis::pipe();
         for (id, _) in ids {

@@ -192,6 +192,8 @@ pub struct TaskSpec {
     pub backoff_cap: Option<Duration>,
     /// Run at this time (Unix ms) instead of at once.
     pub run_at: Option<u64>,
+    /// Run this long after it is stored instead of at once.
+    pub delay: Option<Duration>,
     /// Recur: this spec is a template that fires an occurrence at each due time.
     pub repeat: Option<Recurrence>,
     /// Must start within this long after it is enqueued (or, for a recurring task, after each
@@ -218,6 +220,7 @@ impl TaskSpec {
             backoff: None,
             backoff_cap: None,
             run_at: None,
+            delay: None,
             repeat: None,
             deadline: None,
             key: None,
@@ -257,9 +260,9 @@ impl TaskSpec {
         self
     }
 
-    /// Runs the task `delay` from now.
+    /// Runs the task `delay` after it is stored.
     pub fn delay(mut self, delay: Duration) -> TaskSpec {
-        self.run_at = Some(now_ms() + delay.as_millis() as u64);
+        self.delay = Some(delay);
         self
     }
 
@@ -339,6 +342,12 @@ impl TaskSpec {
             return Err(bad(
                 "every",
                 format!("the interval must be at least {MIN_INTERVAL:?}"),
+            ));
+        }
+        if self.delay.is_some() && self.run_at.is_some() {
+            return Err(bad(
+                "in",
+                "a delay and a time (`at`) exclude each other".into(),
             ));
         }
         if self.repeat.is_some() && self.reply {

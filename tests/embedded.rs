@@ -166,3 +166,105 @@ async fn a_bad_worker_name_is_refused_at_registration() {
         "{err}"
     );
 }
+
+struct Patient;
+
+#[async_trait::async_trait]
+impl Worker for Patient {
+    async fn run(&self, ctx: TaskContext) -> Result<Value, TaskError> {
+        tokio::select! {
+            () = ctx.cancelled() => Err(TaskError::fail("stopped on request")),
+            () = tokio::time::sleep(Duration::from_secs(60)) => Ok(json!("slept")),
+        }
+    }
+}
+
+struct Busy;
+
+#[async_trait::async_trait]
+impl Worker for Busy {
+    async fn run(&self, ctx: TaskContext) -> Result<Value, TaskError> {
+        if ctx.attempt == 1 {
+            return Err(TaskError::RetryAfter {
+                after: Duration::from_millis(400),
+                message: "rate limited".into(),
+            });
+        }
+        Ok(json!({"attempt": ctx.attempt}))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_running_rust_worker_sees_its_cancellation_token() {
+    let redis = Redis::start();
+    let workers = tempfile::tempdir().unwrap();
+    let node = Node::builder(settings(&redis, workers.path()))
+        .worker("patient", Patient)
+        .start()
+        .await
+        .unwrap();
+    let client = Client::connect(&redis.url).await.unwrap();
+    client
+        .enqueue(TaskSpec::new("patient", json!({})).id("p1"))
+        .await
+        .unwrap();
+    eventually(Duration::from_secs(10), "p1 to run", || async {
+        client
+            .status("p1")
+            .await
+            .unwrap()
+            .filter(|s| s.state == "running")
+    })
+    .await;
+    let started = std::time::Instant::now();
+    assert_eq!(
+        client.cancel("p1").await.unwrap(),
+        background::store::CancelResult::Requested
+    );
+    let status = eventually(Duration::from_secs(10), "p1 to be cancelled", || async {
+        client
+            .status("p1")
+            .await
+            .unwrap()
+            .filter(|s| s.state == "cancelled")
+    })
+    .await;
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "the worker stopped at once, not after the grace"
+    );
+    assert_eq!(status.error.as_deref(), Some("cancelled"));
+    node.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn retry_after_waits_the_delay_the_worker_asked_for() {
+    let redis = Redis::start();
+    let workers = tempfile::tempdir().unwrap();
+    let node = Node::builder(settings(&redis, workers.path()))
+        .worker_with("busy", Busy, WorkerOptions::default().attempts(3))
+        .start()
+        .await
+        .unwrap();
+    let client = Client::connect(&redis.url).await.unwrap();
+    let v = client
+        .call(
+            TaskSpec::new("busy", json!({})).id("b1"),
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        v,
+        json!({"attempt": 2}),
+        "the worker's attempts option allowed a retry"
+    );
+    let status = client.status("b1").await.unwrap().unwrap();
+    let retry_at = status.retry_at.unwrap();
+    assert!(
+        status.started.unwrap() >= retry_at,
+        "the second attempt waited for retry_at"
+    );
+    assert!(retry_at >= status.created.unwrap() + 400);
+    node.shutdown().await.unwrap();
+}

@@ -3,7 +3,6 @@
 
 mod common;
 
-
 use background::TaskSpec;
 use background::fencing::{CASES, Verdict};
 use background::store::{Accepted, Store, WriteOp, WriteResult};

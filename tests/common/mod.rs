@@ -348,9 +348,37 @@ pub fn write_script(dir: &Path, name: &str, body: &str) -> PathBuf {
     path
 }
 
+/// A script that appends `<task id> <node> <attempt> <unix ms>` to `runs.log` in the workers
+/// folder, sleeps `{"s": N}` seconds when asked, then echoes its arguments: a record of every
+/// execution kept outside the system's own bookkeeping.
+pub const RECORD_SH: &str = concat!(
+    "#!/bin/sh\nargs=$(cat)\n",
+    "printf '%s %s %s %s\\n' \"$BG_TASK_ID\" \"$BG_NODE\" \"$BG_ATTEMPT\" \"$(date +%s%3N)\" >> \"$BG_DIR/runs.log\"\n",
+    "s=$(printf '%s' \"$args\" | sed -n 's/.*\"s\"[[:space:]]*:[[:space:]]*\\([0-9.]*\\).*/\\1/p')\n",
+    "if [ -n \"$s\" ]; then sleep \"$s\"; fi\n",
+    "printf '%s' \"$args\"\n",
+);
+
+/// The executions recorded by [`RECORD_SH`]: (task id, node, attempt, unix ms).
+pub fn runs(workers: &Path) -> Vec<(String, String, u32, u64)> {
+    std::fs::read_to_string(workers.join("runs.log"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let mut it = l.split_whitespace();
+            Some((
+                it.next()?.to_owned(),
+                it.next()?.to_owned(),
+                it.next()?.parse().ok()?,
+                it.next()?.parse().ok()?,
+            ))
+        })
+        .collect()
+}
+
 /// A workers folder with scripts used across tests:
 /// `echo` (returns its args), `fail` (stderr + exit 3), `nap` (sleeps {"s": N} then echoes),
-/// `forever` (sleeps an hour, with a child process).
+/// `forever` (sleeps an hour, with a child process), `record` ([`RECORD_SH`]).
 pub fn test_workers() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
@@ -366,15 +394,22 @@ pub fn test_workers() -> tempfile::TempDir {
         "#!/bin/sh\nargs=$(cat)\ns=$(printf '%s' \"$args\" | sed -n 's/.*\"s\"[[:space:]]*:[[:space:]]*\\([0-9.]*\\).*/\\1/p')\nsleep \"${s:-1}\"\nprintf '%s' \"$args\"\n",
     );
     write_script(d, "forever.sh", "#!/bin/sh\nsleep 3600 &\nwait\n");
+    write_script(d, "record.sh", RECORD_SH);
     dir
 }
 
 /// Runs the `bgnode` CLI with `args` against `redis`; returns (exit code, stdout, stderr).
 pub async fn cli(redis: &Redis, args: &[&str]) -> (i32, String, String) {
+    cli_env(redis, &[], args).await
+}
+
+/// Runs the `bgnode` CLI with extra environment variables.
+pub async fn cli_env(redis: &Redis, env: &[(&str, &str)], args: &[&str]) -> (i32, String, String) {
     let out = tokio::process::Command::new(bgnode_bin())
         .args(args)
         .env_remove("BGNODE_CONFIG")
         .env("BGNODE_REDIS__URL", &redis.url)
+        .envs(env.iter().copied())
         .current_dir(std::env::temp_dir())
         .output()
         .await
