@@ -4,14 +4,18 @@
 //! publishes a wake notice on the task channel: once it returns, the task exists and will run
 //! even if no node heard the notice (nodes sweep the pending sets on start and reconnect).
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::config::Settings;
 use crate::events::{Ending, ending_of};
+use crate::placement::Load;
 use crate::store::{Accepted, CancelResult, Overview, RetryResult, Store, StoreError};
 use crate::task::{SpecError, TaskSpec, TaskStatus};
+use crate::wire::ControlOp;
 
 /// A client error.
 #[derive(Debug, thiserror::Error)]
@@ -32,6 +36,9 @@ pub enum ClientError {
     /// Redis failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// No node holds the ingress lease: nobody heard the request.
+    #[error("no node is listening on the task channel: is the cluster running?")]
+    NoCluster,
     /// The task ended without a result: `state` is `failed`, `dead`, `cancelled` or `expired`.
     #[error("task {id} {state}: {error}")]
     Failed {
@@ -70,11 +77,47 @@ pub enum TaskResult {
     NotFound,
 }
 
+/// One live node, as `bgnode info` shows it (BackgrounDRb's `all_worker_info`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct MemberInfo {
+    /// Node id.
+    pub id: String,
+    /// `up`, `leaving`, or `starting` (alive but no report yet).
+    pub state: String,
+    /// Incarnation (start time, Unix ms).
+    pub generation: Option<u64>,
+    /// Cluster address.
+    pub addr: Option<String>,
+    /// Per worker type: capacity, running, queued.
+    pub workers: BTreeMap<String, Load>,
+    /// Slots, over all worker types.
+    pub capacity: u32,
+    /// Tasks running.
+    pub running: u32,
+    /// Tasks claimed and waiting for a slot.
+    pub queued: u32,
+    /// The peers this node reaches.
+    pub peers: Vec<String>,
+}
+
+/// A node's answer to `stop` or `reload`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ControlAnswer {
+    /// The node.
+    pub node: String,
+    /// Done.
+    pub ok: bool,
+    /// What happened.
+    pub message: String,
+}
+
 /// A connection to a bgnode cluster's Redis.
 #[derive(Debug, Clone)]
 pub struct Client {
     store: Store,
     key_limit: u32,
+    local_node: String,
+    channel: String,
 }
 
 impl Client {
@@ -90,6 +133,8 @@ impl Client {
         Ok(Client {
             store: Store::connect(settings).await?,
             key_limit: settings.keys.limit,
+            local_node: settings.node.id.clone(),
+            channel: settings.redis.channel.clone(),
         })
     }
 
@@ -121,6 +166,8 @@ impl Client {
         let mut specs = specs;
         for spec in &mut specs {
             spec.id.get_or_insert_with(crate::task::new_task_id);
+            // `local` is the node this client's configuration names.
+            spec.target = std::mem::take(&mut spec.target).resolve(&self.local_node);
         }
         let stored = self.store.enqueue_many(&specs, true).await?;
         if let Some((i, _)) = stored
@@ -214,6 +261,91 @@ impl Client {
     /// Pending, scheduled, running and dead tasks, at most `limit` of each.
     pub async fn overview(&self, limit: usize) -> Result<Overview, ClientError> {
         Ok(self.store.overview(limit).await?)
+    }
+
+    /// The live nodes with their workers and load.
+    pub async fn info(&self) -> Result<Vec<MemberInfo>, ClientError> {
+        let members = self.store.members().await?;
+        let alive = self.store.alive(&members).await?;
+        let live: Vec<String> = members
+            .into_iter()
+            .zip(alive)
+            .filter_map(|(m, a)| a.then_some(m))
+            .collect();
+        let reports = self.store.infos(&live).await?;
+        Ok(live
+            .into_iter()
+            .zip(reports)
+            .map(|(id, report)| {
+                let v: Value = report
+                    .and_then(|r| serde_json::from_str(&r).ok())
+                    .unwrap_or(Value::Null);
+                let workers: BTreeMap<String, Load> =
+                    serde_json::from_value(v["workers"].clone()).unwrap_or_default();
+                let state = if v.is_null() {
+                    "starting"
+                } else if v["leaving"] == true {
+                    "leaving"
+                } else {
+                    "up"
+                };
+                MemberInfo {
+                    capacity: workers.values().map(|l| l.capacity).sum(),
+                    running: workers.values().map(|l| l.running).sum(),
+                    queued: workers.values().map(|l| l.queued).sum(),
+                    generation: v["generation"].as_u64(),
+                    addr: v["addr"].as_str().map(str::to_owned),
+                    peers: serde_json::from_value(v["peers"].clone()).unwrap_or_default(),
+                    state: state.to_owned(),
+                    workers,
+                    id,
+                }
+            })
+            .collect())
+    }
+
+    /// Asks one node (`Some`) or every node (`None`) to stop or to reload its workers, through
+    /// the node holding the ingress lease and the cluster link. Returns each node's answer.
+    pub async fn control(
+        &self,
+        op: ControlOp,
+        node: Option<&str>,
+        timeout: Duration,
+    ) -> Result<Vec<ControlAnswer>, ClientError> {
+        let expected = match node {
+            Some(_) => 1,
+            None => self.info().await?.len().max(1),
+        };
+        let reply = format!("{}:reply:{}", self.channel, crate::task::new_task_id());
+        let mut pubsub = self
+            .store
+            .client()
+            .get_async_pubsub()
+            .await
+            .map_err(StoreError::from)?;
+        pubsub.subscribe(&reply).await.map_err(StoreError::from)?;
+        let op_name = match op {
+            ControlOp::Stop => "stop",
+            ControlOp::Reload => "reload",
+        };
+        let msg = serde_json::json!({"op": op_name, "node": node, "reply": reply}).to_string();
+        if self.store.publish(&self.channel, &msg).await? == 0 {
+            return Err(ClientError::NoCluster);
+        }
+        let mut answers = Vec::new();
+        let mut stream = pubsub.into_on_message();
+        let deadline = tokio::time::Instant::now() + timeout;
+        while answers.len() < expected {
+            match tokio::time::timeout_at(deadline, futures::StreamExt::next(&mut stream)).await {
+                Ok(Some(m)) => {
+                    if let Ok(a) = serde_json::from_slice::<ControlAnswer>(m.get_payload_bytes()) {
+                        answers.push(a);
+                    }
+                }
+                _ => break,
+            }
+        }
+        Ok(answers)
     }
 
     /// The store, for tools that need raw access.

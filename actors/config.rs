@@ -54,6 +54,8 @@ pub struct NodeSettings {
     pub id: String,
     /// Cluster listener address.
     pub listen: String,
+    /// Address peers use to reach this node; empty: `listen`.
+    pub advertise: String,
     /// Seed nodes, `host:port`.
     pub seeds: Vec<String>,
     /// Cluster secret.
@@ -64,6 +66,12 @@ pub struct NodeSettings {
     /// Liveness lease time to live.
     #[serde(with = "serde_human")]
     pub lease_ttl: Duration,
+    /// TLS certificate chain (PEM); empty: no TLS.
+    pub tls_cert: PathBuf,
+    /// TLS private key (PEM).
+    pub tls_key: PathBuf,
+    /// CA certificates (PEM) that peers' certificates must chain to.
+    pub tls_ca: PathBuf,
 }
 
 /// `[redis]`
@@ -355,6 +363,34 @@ impl Settings {
                 format!("`{}` is not host:port ({e})", self.node.listen),
             )
         })?;
+        if !self.node.advertise.is_empty() {
+            self.node.advertise.parse::<SocketAddr>().map_err(|e| {
+                bad(
+                    "node.advertise",
+                    format!("`{}` is not host:port ({e})", self.node.advertise),
+                )
+            })?;
+        } else if self
+            .listen_addr()
+            .map(|a| a.ip().is_unspecified())
+            .unwrap_or(false)
+        {
+            return Err(bad(
+                "node.advertise",
+                format!(
+                    "must be set when node.listen is {} (peers need a reachable address)",
+                    self.node.listen
+                ),
+            ));
+        }
+        let tls = [&self.node.tls_cert, &self.node.tls_key, &self.node.tls_ca];
+        let set = tls.iter().filter(|p| !p.as_os_str().is_empty()).count();
+        if set != 0 && set != 3 {
+            return Err(bad(
+                "node.tls_cert",
+                "set tls_cert, tls_key and tls_ca together, or none of them".into(),
+            ));
+        }
         for seed in &self.node.seeds {
             if seed
                 .rsplit_once(':')
@@ -428,6 +464,25 @@ impl Settings {
             return Err(bad("limits.message_bytes", "must be at least 1024".into()));
         }
         Ok(())
+    }
+
+    /// The cluster listen address.
+    pub fn listen_addr(&self) -> Option<SocketAddr> {
+        self.node.listen.parse().ok()
+    }
+
+    /// The address peers reach this node at.
+    pub fn advertise_addr(&self) -> Option<SocketAddr> {
+        if self.node.advertise.is_empty() {
+            self.listen_addr()
+        } else {
+            self.node.advertise.parse().ok()
+        }
+    }
+
+    /// True when the cluster link uses TLS.
+    pub fn tls(&self) -> bool {
+        !self.node.tls_cert.as_os_str().is_empty()
     }
 
     /// The node-local queue length for one worker type.

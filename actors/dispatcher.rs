@@ -11,6 +11,12 @@
 //! pending sets with a new epoch (the work of a previous incarnation, or of pools that died with
 //! the old dispatcher), and only then claims. Restart policy for pools: see [`RestartTracker`];
 //! past the limit the dispatcher fails and its own supervisor takes over.
+//!
+//! In a cluster, every [`TICK`] a lane with free slots and nothing queued asks a loaded peer for
+//! queued tasks ([`crate::placement::steal_from`]); the peer hands them over and this node adopts
+//! them with an atomic script (a hand-off that is not acknowledged leaves the sender as owner,
+//! and the sender queues them again). A lane with room also probes its pending set once a second,
+//! so a wake that went elsewhere never strands a task. Tasks pinned to this node never move.
 
 use std::cmp::Ordering;
 use std::collections::{BinaryHeap, HashMap};
@@ -19,11 +25,13 @@ use std::time::{Duration, Instant};
 
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 
+use crate::placement::{Load, Target as Place, XorShift, place, steal_from};
 use crate::policy::Settle;
 use crate::pool::{Pool, PoolArgs, PoolMsg, finish_op};
 use crate::registry::WorkerEntry;
 use crate::supervisor::{NodeContext, RestartDecision, RestartPolicy, RestartTracker};
 use crate::task::{Task, now_ms};
+use crate::wire::{Body, Handed};
 
 /// The dispatcher actor.
 pub struct Dispatcher;
@@ -80,15 +88,37 @@ pub enum DispatcherMsg {
         /// Task id.
         id: String,
     },
-    /// Stop claiming and starting tasks; answer once no task is running (the caller bounds
-    /// the wait).
-    Drain(RpcReplyPort<()>),
+    /// Stop claiming and starting tasks; answer with the queued (not started) tasks, which are
+    /// taken out of the lanes for the caller to hand back.
+    StopIntake(RpcReplyPort<Vec<Task>>),
+    /// Answer once no task is running (the caller bounds the wait).
+    Idle(RpcReplyPort<()>),
     /// Load per worker type.
     Stats(RpcReplyPort<Vec<LaneStats>>),
     /// Restart a pool after its backoff.
     RestartPool(String),
     /// Cancel a task this node holds (queued here or running).
     Cancel(String),
+    /// Tasks adopted from a peer (or taken back after a hand-off failed): queue them.
+    Push(Vec<Task>),
+    /// A peer is idle for `worker`: hand it up to `n` queued tasks.
+    Steal {
+        /// Worker.
+        worker: String,
+        /// Most tasks.
+        n: usize,
+        /// The idle peer.
+        thief: String,
+    },
+    /// The worker registry changed: add lanes for new worker types.
+    Reload,
+    /// Periodic work: probe pending sets, steal when idle.
+    Tick,
+    /// This node's liveness lease had lapsed: drop the tasks it lost to a failover.
+    Lapsed,
+    /// The result of the ownership check after a lapse: drop these queued tasks, stop these
+    /// running ones.
+    Lost(Vec<String>),
 }
 
 impl ractor::Message for DispatcherMsg {}
@@ -121,6 +151,11 @@ impl Ord for Queued {
     }
 }
 
+/// How often the dispatcher probes and steals.
+pub const TICK: Duration = Duration::from_millis(250);
+/// How often an idle lane probes its pending set even without a wake.
+const PROBE_EVERY: Duration = Duration::from_secs(1);
+
 /// The queueing rules of one worker type, without I/O.
 #[derive(Debug)]
 pub struct Lane {
@@ -137,6 +172,10 @@ pub struct Lane {
     woken: bool,
     /// Delay before the next claim after a failure.
     pub backoff: Duration,
+    /// When the pending set was last looked at.
+    last_claim: Option<Instant>,
+    /// When this lane last asked a peer for work.
+    last_steal: Option<Instant>,
 }
 
 impl Lane {
@@ -152,6 +191,8 @@ impl Lane {
             claiming: false,
             woken: false,
             backoff: Duration::ZERO,
+            last_claim: None,
+            last_steal: None,
         }
     }
 
@@ -229,6 +270,49 @@ impl Lane {
         self.running.contains_key(id)
     }
 
+    /// Takes up to `n` queued tasks that may move to another node (not pinned), most urgent
+    /// first.
+    pub fn take_for_peer(&mut self, n: usize) -> Vec<Task> {
+        let mut kept = Vec::new();
+        let mut taken = Vec::new();
+        while taken.len() < n {
+            let Some(q) = self.queue.pop() else {
+                break;
+            };
+            if q.task.pinned {
+                kept.push(q);
+            } else {
+                taken.push(q.task);
+            }
+        }
+        self.queue.extend(kept);
+        taken
+    }
+
+    /// Takes every queued task.
+    pub fn take_queued(&mut self) -> Vec<Task> {
+        self.queue.drain().map(|q| q.task).collect()
+    }
+
+    /// The ids and epochs of every task held (queued or running).
+    pub fn held(&self) -> Vec<(String, u64)> {
+        self.queue
+            .iter()
+            .map(|q| &q.task)
+            .chain(self.running.values())
+            .map(|t| (t.id.clone(), t.epoch))
+            .collect()
+    }
+
+    /// Load, as placement sees it.
+    pub fn load(&self) -> Load {
+        Load {
+            capacity: self.capacity as u32,
+            running: self.running.len() as u32,
+            queued: self.queue.len() as u32,
+        }
+    }
+
     /// Takes the running tasks (their pool died); they will be queued again.
     pub fn take_running(&mut self) -> Vec<Task> {
         self.running.drain().map(|(_, t)| t).collect()
@@ -253,7 +337,10 @@ pub struct DispatcherState {
     trackers: HashMap<String, RestartTracker>,
     recovered: bool,
     draining: bool,
-    drain_waiters: Vec<RpcReplyPort<()>>,
+    idle_waiters: Vec<RpcReplyPort<()>>,
+    rng: XorShift,
+    /// A lapse of the liveness lease is being checked: start nothing meanwhile.
+    verifying: bool,
 }
 
 impl Actor for Dispatcher {
@@ -273,15 +360,12 @@ impl Actor for Dispatcher {
             trackers: HashMap::new(),
             recovered: false,
             draining: false,
-            drain_waiters: Vec::new(),
+            idle_waiters: Vec::new(),
+            verifying: false,
+            rng: XorShift::new(ctx.generation ^ 0x9e37_79b9_7f4a_7c15),
             ctx: ctx.clone(),
         };
-        let queue_cap = ctx.settings.queue_len();
-        for entry in ctx.registry.entries() {
-            let lane = Lane::new(entry.concurrency as usize, queue_cap);
-            state.lanes.insert(entry.name.clone(), (lane, None));
-            state.spawn_pool(&myself, entry).await?;
-        }
+        state.add_lanes(&myself).await?;
         Ok(state)
     }
 
@@ -291,10 +375,12 @@ impl Actor for Dispatcher {
         state: &mut DispatcherState,
     ) -> Result<(), ActorProcessingErr> {
         let ctx = state.ctx.clone();
+        let me = myself.clone();
         tokio::spawn(async move {
             recover(&ctx).await;
-            let _ = myself.cast(DispatcherMsg::Recovered);
+            let _ = me.cast(DispatcherMsg::Recovered);
         });
+        myself.send_interval(TICK, || DispatcherMsg::Tick);
         Ok(())
     }
 
@@ -325,7 +411,11 @@ impl Actor for Dispatcher {
                     return Ok(());
                 };
                 lane.claimed(tasks, asked);
+                let more = lane.more;
                 state.pump(&worker);
+                if more {
+                    state.spread(&worker);
+                }
                 state.claim(&myself, &worker);
             }
             DispatcherMsg::ClaimFailed { worker, error } => {
@@ -350,12 +440,20 @@ impl Actor for Dispatcher {
                 }
                 state.pump(&worker);
                 state.claim(&myself, &worker);
-                state.answer_drain();
+                state.answer_idle();
             }
-            DispatcherMsg::Drain(reply) => {
+            DispatcherMsg::StopIntake(reply) => {
                 state.draining = true;
-                state.drain_waiters.push(reply);
-                state.answer_drain();
+                let queued: Vec<Task> = state
+                    .lanes
+                    .values_mut()
+                    .flat_map(|(lane, _)| lane.take_queued())
+                    .collect();
+                let _ = reply.send(queued);
+            }
+            DispatcherMsg::Idle(reply) => {
+                state.idle_waiters.push(reply);
+                state.answer_idle();
             }
             DispatcherMsg::Stats(reply) => {
                 let mut stats: Vec<LaneStats> = state
@@ -368,10 +466,43 @@ impl Actor for Dispatcher {
             }
             DispatcherMsg::Cancel(id) => state.cancel(&id),
             DispatcherMsg::RestartPool(worker) => {
-                if let Some(entry) = state.ctx.registry.get(&worker).cloned() {
+                if let Some(entry) = state.ctx.registry().get(&worker).cloned() {
                     state.spawn_pool(&myself, &entry).await?;
                     state.pump(&worker);
                 }
+            }
+            DispatcherMsg::Push(tasks) => {
+                let mut workers = Vec::new();
+                for task in tasks {
+                    match state.lanes.get_mut(&task.worker) {
+                        Some((lane, _)) => {
+                            workers.push(task.worker.clone());
+                            lane.push([task]);
+                        }
+                        None => {
+                            tracing::warn!(task = %task.id, "adopted a task of a worker this node lacks");
+                        }
+                    }
+                }
+                workers.dedup();
+                for w in workers {
+                    state.pump(&w);
+                }
+            }
+            DispatcherMsg::Steal { worker, n, thief } => state.give(&myself, &worker, n, thief),
+            DispatcherMsg::Reload => state.add_lanes(&myself).await?,
+            DispatcherMsg::Tick => {
+                state.pump_all();
+                state.tick(&myself);
+            }
+            DispatcherMsg::Lapsed => {
+                state.verifying = true;
+                state.verify_ownership(&myself);
+            }
+            DispatcherMsg::Lost(ids) => {
+                state.drop_lost(&ids);
+                state.verifying = false;
+                state.pump_all();
             }
         }
         Ok(())
@@ -426,6 +557,27 @@ impl Actor for Dispatcher {
 }
 
 impl DispatcherState {
+    /// Adds a lane and a pool for every worker type of the registry that has none.
+    async fn add_lanes(
+        &mut self,
+        myself: &ActorRef<DispatcherMsg>,
+    ) -> Result<(), ActorProcessingErr> {
+        let queue_cap = self.ctx.settings.queue_len();
+        let registry = self.ctx.registry();
+        for entry in registry.entries() {
+            if self.lanes.contains_key(&entry.name) {
+                continue;
+            }
+            let lane = Lane::new(entry.concurrency as usize, queue_cap);
+            self.lanes.insert(entry.name.clone(), (lane, None));
+            self.spawn_pool(myself, entry).await?;
+            if self.recovered {
+                self.claim(myself, &entry.name);
+            }
+        }
+        Ok(())
+    }
+
     async fn spawn_pool(
         &mut self,
         myself: &ActorRef<DispatcherMsg>,
@@ -433,8 +585,7 @@ impl DispatcherState {
     ) -> Result<(), ActorProcessingErr> {
         let args = PoolArgs {
             entry: entry.clone(),
-            env: self.ctx.env.clone(),
-            saver: self.ctx.saver.clone(),
+            ctx: self.ctx.clone(),
             dispatcher: myself.clone(),
         };
         let (pool, _) = Actor::spawn_linked(None, Pool, args, myself.get_cell()).await?;
@@ -468,6 +619,7 @@ impl DispatcherState {
             return;
         }
         lane.claiming = true;
+        lane.last_claim = Some(Instant::now());
         let store = self.ctx.store.clone();
         let node = self.ctx.node.clone();
         let worker = worker.to_owned();
@@ -498,7 +650,9 @@ impl DispatcherState {
 
     /// Starts queued tasks of `worker` on free slots.
     fn pump(&mut self, worker: &str) {
-        if self.draining {
+        // Never start a task this node may no longer own: not while draining, not while the
+        // liveness lease may have lapsed, not until a lapse has been checked.
+        if self.draining || self.verifying || !self.ctx.lease_fresh() {
             return;
         }
         let Some((lane, Some(pool))) = self.lanes.get_mut(worker) else {
@@ -513,6 +667,13 @@ impl DispatcherState {
                 lane.push([task]);
                 return;
             }
+        }
+    }
+
+    fn pump_all(&mut self) {
+        let workers: Vec<String> = self.lanes.keys().cloned().collect();
+        for w in workers {
+            self.pump(&w);
         }
     }
 
@@ -535,14 +696,190 @@ impl DispatcherState {
         tracing::debug!(task = id, "cancel for a task this node does not hold");
     }
 
-    fn answer_drain(&mut self) {
-        if !self.draining {
-            return;
-        }
+    fn answer_idle(&mut self) {
         let running: usize = self.lanes.values().map(|(l, _)| l.running.len()).sum();
         if running == 0 {
-            for reply in self.drain_waiters.drain(..) {
+            for reply in self.idle_waiters.drain(..) {
                 let _ = reply.send(());
+            }
+        }
+    }
+
+    /// Periodic: lanes with room look at their pending set now and then (a wake may have gone
+    /// to another node), and idle lanes ask a loaded peer for queued work.
+    fn tick(&mut self, myself: &ActorRef<DispatcherMsg>) {
+        if !self.recovered || self.draining {
+            return;
+        }
+        let now = Instant::now();
+        let workers: Vec<String> = self.lanes.keys().cloned().collect();
+        for worker in workers {
+            let Some((lane, _)) = self.lanes.get_mut(&worker) else {
+                continue;
+            };
+            if !lane.more
+                && lane
+                    .last_claim
+                    .is_none_or(|t| now.duration_since(t) >= PROBE_EVERY)
+            {
+                lane.more = true;
+                self.claim(myself, &worker);
+            }
+            let Some((lane, _)) = self.lanes.get_mut(&worker) else {
+                continue;
+            };
+            if lane
+                .last_steal
+                .is_some_and(|t| now.duration_since(t) < TICK * 2)
+            {
+                continue;
+            }
+            let peers = self.ctx.cluster.peers_offering(&worker);
+            if let Some((victim, n)) = steal_from(lane.load(), &peers, &mut self.rng) {
+                lane.last_steal = Some(now);
+                tracing::debug!(worker, %victim, n, "idle: asking a peer for work");
+                self.ctx.cluster.send(
+                    &victim,
+                    Body::Steal {
+                        worker: worker.clone(),
+                        n,
+                    },
+                );
+            }
+        }
+    }
+
+    /// The pending set had more than this node took: when this node is now busier than its
+    /// peers, wake the less busy of two of them too (local first, else power of two choices).
+    fn spread(&mut self, worker: &str) {
+        let Some((lane, _)) = self.lanes.get(worker) else {
+            return;
+        };
+        let peers = self.ctx.cluster.peers_offering(worker);
+        if let Place::Peer(peer) = place(Some(lane.load()), &peers, &mut self.rng) {
+            self.ctx.cluster.send(
+                &peer,
+                Body::Wake {
+                    worker: worker.to_owned(),
+                },
+            );
+        }
+    }
+
+    /// Hands up to `n` queued tasks of `worker` to the idle peer `thief`. The thief adopts them
+    /// atomically in Redis; those it did not adopt come back here if this node still owns them.
+    fn give(&mut self, myself: &ActorRef<DispatcherMsg>, worker: &str, n: usize, thief: String) {
+        if self.draining {
+            return;
+        }
+        let Some((lane, _)) = self.lanes.get_mut(worker) else {
+            return;
+        };
+        let tasks = lane.take_for_peer(n);
+        if tasks.is_empty() {
+            return;
+        }
+        let ctx = self.ctx.clone();
+        let me = myself.clone();
+        tokio::spawn(async move {
+            let handed = tasks
+                .iter()
+                .map(|t| Handed {
+                    id: t.id.clone(),
+                    epoch: t.epoch,
+                })
+                .collect();
+            let adopted = match ctx
+                .cluster
+                .call(
+                    &thief,
+                    Body::Handoff { tasks: handed },
+                    crate::cluster::CALL_TIMEOUT,
+                )
+                .await
+            {
+                Ok(Body::Adopted { ids }) => ids,
+                Ok(other) => {
+                    tracing::warn!(%thief, "unexpected answer to a hand-off: {other:?}");
+                    Vec::new()
+                }
+                Err(e) => {
+                    tracing::debug!(%thief, "hand-off not acknowledged: {e}");
+                    Vec::new()
+                }
+            };
+            let rest: Vec<Task> = tasks
+                .into_iter()
+                .filter(|t| !adopted.contains(&t.id))
+                .collect();
+            tracing::debug!(%thief, adopted = adopted.len(), kept = rest.len(), "handed tasks to an idle peer");
+            if rest.is_empty() {
+                return;
+            }
+            let check: Vec<(String, u64)> = rest.iter().map(|t| (t.id.clone(), t.epoch)).collect();
+            let owned = ctx
+                .store
+                .still_owned(&ctx.node, &check)
+                .await
+                .unwrap_or_else(|e| {
+                    tracing::warn!(
+                        "cannot check ownership after a hand-off ({e}); keeping the tasks"
+                    );
+                    vec![true; check.len()]
+                });
+            let back: Vec<Task> = rest
+                .into_iter()
+                .zip(owned)
+                .filter_map(|(t, own)| own.then_some(t))
+                .collect();
+            let _ = me.cast(DispatcherMsg::Push(back));
+        });
+    }
+
+    /// After a lapse of the liveness lease, finds which held tasks this node no longer owns.
+    fn verify_ownership(&mut self, myself: &ActorRef<DispatcherMsg>) {
+        let held: Vec<(String, u64)> = self.lanes.values().flat_map(|(l, _)| l.held()).collect();
+        let ctx = self.ctx.clone();
+        let me = myself.clone();
+        tokio::spawn(async move {
+            match ctx.store.still_owned(&ctx.node, &held).await {
+                Ok(owned) => {
+                    let lost: Vec<String> = held
+                        .into_iter()
+                        .zip(owned)
+                        .filter_map(|((id, _), own)| (!own).then_some(id))
+                        .collect();
+                    if !lost.is_empty() {
+                        tracing::warn!(
+                            lost = lost.len(),
+                            "this node was failed over while it could not renew its lease; dropping the tasks it lost"
+                        );
+                    }
+                    let _ = me.cast(DispatcherMsg::Lost(lost));
+                }
+                Err(e) => {
+                    tracing::warn!("cannot check ownership after a lease lapse ({e}); retrying");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    let _ = me.cast(DispatcherMsg::Lapsed);
+                }
+            }
+            let _ = me.cast(DispatcherMsg::Sweep);
+        });
+    }
+
+    /// Drops queued tasks this node lost, and stops the running ones (their results would be
+    /// fenced out anyway).
+    fn drop_lost(&mut self, ids: &[String]) {
+        for (lane, pool) in self.lanes.values_mut() {
+            for id in ids {
+                if lane.remove_queued(id).is_some() {
+                    continue;
+                }
+                if lane.is_running(id)
+                    && let Some(pool) = pool
+                {
+                    let _ = pool.cast(PoolMsg::Cancel(id.clone()));
+                }
             }
         }
     }
@@ -591,6 +928,7 @@ mod tests {
             epoch: 1,
             created,
             reply: false,
+            pinned: false,
         }
     }
 
@@ -678,6 +1016,18 @@ mod tests {
         assert_eq!(first.id, "a");
         assert!(lane.is_running("a"));
         assert_eq!(lane.stats("w").queued, 1);
+    }
+
+    #[test]
+    fn pinned_tasks_are_never_given_away() {
+        let mut lane = Lane::new(1, 8);
+        let mut pinned = task("pinned", 9, 1);
+        pinned.pinned = true;
+        lane.push([pinned, task("a", 5, 2), task("b", 0, 3)]);
+        let given: Vec<String> = lane.take_for_peer(5).into_iter().map(|t| t.id).collect();
+        assert_eq!(given, ["a", "b"]);
+        assert_eq!(lane.stats("w").queued, 1);
+        assert_eq!(lane.held(), vec![("pinned".to_string(), 1)]);
     }
 
     #[test]

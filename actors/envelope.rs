@@ -12,7 +12,8 @@ use serde_json::{Map, Value};
 use crate::duration::parse_duration;
 use crate::names::shorten;
 use crate::schedule::{Cron, Recurrence, parse_time};
-use crate::task::{SpecError, TaskSpec};
+use crate::task::{SpecError, Target, TaskSpec};
+use crate::wire::ControlOp;
 
 /// Fields a task envelope may carry.
 pub const ENVELOPE_FIELDS: &[&str] = &[
@@ -31,6 +32,7 @@ pub const ENVELOPE_FIELDS: &[&str] = &[
     "deadline",
     "key",
     "result_key",
+    "target",
 ];
 
 /// A message read from the task channel.
@@ -42,6 +44,18 @@ pub enum ChannelMessage {
     Wake {
         /// The worker whose pending set grew.
         worker: String,
+        /// Set when the task is pinned to that node.
+        node: Option<String>,
+    },
+    /// `bgnode stop` / `bgnode reload`: carry `op` to `node` (all nodes when `None`) and publish
+    /// each node's answer on `reply`.
+    Control {
+        /// The operation.
+        op: ControlOp,
+        /// The node, or every node.
+        node: Option<String>,
+        /// The channel the caller listens on for answers.
+        reply: String,
     },
     /// Something was added to the scheduled set: schedulers should look again.
     Schedule,
@@ -116,8 +130,29 @@ fn read_object(obj: &Map<String, Value>) -> Result<ChannelMessage, String> {
             Some("wake") => {
                 let worker = str_field(obj, "worker")?.ok_or("wake message without `worker`")?;
                 crate::names::validate_worker_name(worker).map_err(|e| e.to_string())?;
+                let node = str_field(obj, "node")?.map(str::to_owned);
+                if let Some(n) = &node {
+                    crate::task::validate_token("node", n).map_err(|e| e.to_string())?;
+                }
                 Ok(ChannelMessage::Wake {
                     worker: worker.to_owned(),
+                    node,
+                })
+            }
+            Some(op @ ("stop" | "reload")) => {
+                let node = str_field(obj, "node")?.map(str::to_owned);
+                if let Some(n) = &node {
+                    crate::task::validate_token("node", n).map_err(|e| e.to_string())?;
+                }
+                let reply = str_field(obj, "reply")?.ok_or("control message without `reply`")?;
+                Ok(ChannelMessage::Control {
+                    op: if op == "stop" {
+                        ControlOp::Stop
+                    } else {
+                        ControlOp::Reload
+                    },
+                    node,
+                    reply: reply.to_owned(),
                 })
             }
             Some("schedule") => Ok(ChannelMessage::Schedule),
@@ -126,7 +161,7 @@ fn read_object(obj: &Map<String, Value>) -> Result<ChannelMessage, String> {
                 Ok(ChannelMessage::Cancel { id: id.to_owned() })
             }
             _ => Err(format!(
-                "field `op`: unknown operation {} (\"wake\", \"schedule\" or \"cancel\")",
+                "field `op`: unknown operation {} (wake, schedule, cancel, stop or reload)",
                 shorten(&op.to_string(), 40)
             )),
         };
@@ -155,6 +190,9 @@ fn read_object(obj: &Map<String, Value>) -> Result<ChannelMessage, String> {
     spec.deadline = duration_field(obj, "deadline")?;
     spec.key = str_field(obj, "key")?.map(str::to_owned);
     spec.result_key = str_field(obj, "result_key")?.map(str::to_owned);
+    if let Some(t) = str_field(obj, "target")? {
+        spec.target = Target::parse(t).map_err(|e| format!("field `target`: {e}"))?;
+    }
     if let Some(delay) = duration_field(obj, "in")? {
         spec = spec.delay(delay);
     }
@@ -302,6 +340,23 @@ mod tests {
             ChannelMessage::Cancel { id: "t1".into() }
         );
         assert!(reason(br#"{"op":"cancel"}"#).contains("without `id`"));
+        assert_eq!(
+            parse_message(br#"{"op":"wake","worker":"w","node":"n2"}"#, LIMIT).unwrap(),
+            ChannelMessage::Wake {
+                worker: "w".into(),
+                node: Some("n2".into())
+            }
+        );
+        assert_eq!(
+            parse_message(br#"{"op":"reload","reply":"r1"}"#, LIMIT).unwrap(),
+            ChannelMessage::Control {
+                op: ControlOp::Reload,
+                node: None,
+                reply: "r1".into()
+            }
+        );
+        assert!(reason(br#"{"op":"stop","node":"n1"}"#).contains("without `reply`"));
+        assert!(reason(br#"{"worker":"w","target":"mars"}"#).contains("field `target`"));
     }
 
     #[test]
@@ -317,7 +372,8 @@ mod tests {
         assert_eq!(
             parse_message(br#"{"op":"wake","worker":"email"}"#, LIMIT).unwrap(),
             ChannelMessage::Wake {
-                worker: "email".into()
+                worker: "email".into(),
+                node: None
             }
         );
         assert!(reason(br#"{"op":"explode"}"#).contains("unknown operation"));

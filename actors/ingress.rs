@@ -29,9 +29,12 @@ use tokio::task::JoinHandle;
 use crate::dispatcher::DispatcherMsg;
 use crate::envelope::{ChannelMessage, Rejection, parse_message};
 use crate::events;
-use crate::store::{Accepted, WriteOp};
+use crate::placement::{Target as Place, XorShift, place};
+use crate::store::{Accepted, Lease, WriteOp};
 use crate::supervisor::{NodeContext, watch_task};
+use crate::task::Target;
 use crate::task::TaskSpec;
+use crate::wire::{Body, ControlOp};
 
 /// Most messages handled in one batch.
 pub const BATCH: usize = 512;
@@ -129,8 +132,8 @@ async fn listen(ctx: Arc<NodeContext>, mut stop: watch::Receiver<bool>) {
     let mut warned = false;
     while !*stop.borrow() {
         match ctx.store.lease(&key, &holder, ttl).await {
-            Ok(None) => {}
-            Ok(Some(other)) => {
+            Ok(Lease::Renewed | Lease::Taken) => {}
+            Ok(Lease::HeldBy(other)) => {
                 tracing::debug!("ingress lease held by {other}");
                 if wait_or_stop(&mut stop, ttl / 3).await {
                     break;
@@ -189,8 +192,8 @@ async fn listen(ctx: Arc<NodeContext>, mut stop: watch::Receiver<bool>) {
                 }
                 _ = renew.tick() => {
                     match ctx.store.lease(&key, &holder, ttl).await {
-                        Ok(None) => renewed = Instant::now(),
-                        Ok(Some(other)) => {
+                        Ok(Lease::Renewed | Lease::Taken) => renewed = Instant::now(),
+                        Ok(Lease::HeldBy(other)) => {
                             tracing::warn!("lost the ingress lease to {other}; unsubscribing");
                             break;
                         }
@@ -254,22 +257,38 @@ async fn wait_or_stop(stop: &mut watch::Receiver<bool>, d: Duration) -> bool {
 }
 
 /// Validates, stores and announces one batch of channel messages.
-async fn handle_batch(ctx: &NodeContext, batch: &[Vec<u8>]) {
+async fn handle_batch(ctx: &Arc<NodeContext>, batch: &[Vec<u8>]) {
     let limit = ctx.settings.limits.message_bytes as usize;
     let mut specs: Vec<TaskSpec> = Vec::new();
     let mut wakes: BTreeSet<String> = BTreeSet::new();
+    let mut pinned: BTreeSet<(String, String)> = BTreeSet::new();
+    let mut everywhere: BTreeSet<String> = BTreeSet::new();
     for payload in batch {
         match parse_message(payload, limit) {
-            Ok(ChannelMessage::Wake { worker }) => {
+            Ok(ChannelMessage::Wake { worker, node: None }) => {
                 wakes.insert(worker);
+            }
+            Ok(ChannelMessage::Wake {
+                worker,
+                node: Some(node),
+            }) => {
+                pinned.insert((worker, node));
+            }
+            Ok(ChannelMessage::Control { op, node, reply }) => {
+                tokio::spawn(relay_control(ctx.clone(), op, node, reply));
             }
             Ok(ChannelMessage::Schedule) => ctx.schedule.notify_one(),
             Ok(ChannelMessage::Cancel { id }) => {
                 ctx.dispatcher.cast(DispatcherMsg::Cancel(id));
             }
             Ok(ChannelMessage::Task(spec)) => {
-                if ctx.registry.get(&spec.worker).is_some() {
-                    specs.push(*spec);
+                let mut spec = *spec;
+                // `local` means the node that took the message: this one.
+                spec.target = spec.target.resolve(&ctx.node);
+                if ctx.registry().get(&spec.worker).is_some()
+                    || ctx.cluster.offered_by_peer(&spec.worker)
+                {
+                    specs.push(spec);
                 } else {
                     reject(
                         ctx,
@@ -277,7 +296,7 @@ async fn handle_batch(ctx: &NodeContext, batch: &[Vec<u8>]) {
                             reason: format!(
                                 "unknown worker `{}` (offered: {})",
                                 spec.worker,
-                                ctx.registry.names().join(", ")
+                                offered(ctx).join(", ")
                             ),
                             id: spec.id.clone(),
                             worker: Some(spec.worker.clone()),
@@ -301,9 +320,17 @@ async fn handle_batch(ctx: &NodeContext, batch: &[Vec<u8>]) {
                 Ok(stored) => {
                     for ((id, accepted), spec) in stored.iter().zip(&specs) {
                         match accepted {
-                            Accepted::Queued => {
-                                wakes.insert(spec.worker.clone());
-                            }
+                            Accepted::Queued => match &spec.target {
+                                Target::Node(node) => {
+                                    pinned.insert((spec.worker.clone(), node.clone()));
+                                }
+                                Target::All => {
+                                    everywhere.insert(spec.worker.clone());
+                                }
+                                _ => {
+                                    wakes.insert(spec.worker.clone());
+                                }
+                            },
                             Accepted::Scheduled => ctx.schedule.notify_one(),
                             Accepted::Deferred => {
                                 tracing::debug!(task = %id, "deferred: its key is at its limit");
@@ -340,7 +367,89 @@ async fn handle_batch(ctx: &NodeContext, batch: &[Vec<u8>]) {
         }
     }
     for worker in wakes {
+        route_wake(ctx, &worker);
+    }
+    for (worker, node) in pinned {
+        if node == ctx.node {
+            ctx.dispatcher.cast(DispatcherMsg::Wake(worker));
+        } else if !ctx.cluster.send(&node, Body::Wake { worker }) {
+            tracing::debug!(%node, "a task waits for its node, which is not reachable now");
+        }
+    }
+    for worker in everywhere {
+        ctx.cluster.broadcast(&Body::Wake {
+            worker: worker.clone(),
+        });
         ctx.dispatcher.cast(DispatcherMsg::Wake(worker));
+    }
+}
+
+/// Worker names this node or a reachable peer offers.
+fn offered(ctx: &NodeContext) -> Vec<String> {
+    let mut names: BTreeSet<String> = ctx.registry().names().into_iter().collect();
+    for peer in ctx.cluster.view().peers.values() {
+        names.extend(peer.load.keys().cloned());
+    }
+    names.into_iter().collect()
+}
+
+/// Sends a wake where placement says: here when this node is not busier than the peers that
+/// offer the worker, else the less busy of two random peers.
+fn route_wake(ctx: &NodeContext, worker: &str) {
+    let local = ctx.registry().get(worker).and(ctx.local_load(worker));
+    let peers = ctx.cluster.peers_offering(worker);
+    let mut rng = XorShift::new(crate::task::now_ms() ^ worker.len() as u64);
+    match place(local, &peers, &mut rng) {
+        Place::Local => {
+            ctx.dispatcher.cast(DispatcherMsg::Wake(worker.to_owned()));
+        }
+        Place::Peer(peer) => {
+            if !ctx.cluster.send(
+                &peer,
+                Body::Wake {
+                    worker: worker.to_owned(),
+                },
+            ) {
+                ctx.dispatcher.cast(DispatcherMsg::Wake(worker.to_owned()));
+            }
+        }
+        Place::Nowhere => tracing::debug!(worker, "no node offers this worker now; tasks wait"),
+    }
+}
+
+/// Carries a `bgnode stop`/`reload` to its nodes through the cluster and publishes each node's
+/// answer on the caller's reply channel.
+async fn relay_control(ctx: Arc<NodeContext>, op: ControlOp, node: Option<String>, reply: String) {
+    let targets: Vec<String> = match node {
+        Some(n) => vec![n],
+        None => std::iter::once(ctx.node.clone())
+            .chain(ctx.cluster.view().peers.into_keys())
+            .collect(),
+    };
+    for target in targets {
+        let answer = if target == ctx.node {
+            crate::cluster::control(&ctx, op, "bgnode").await
+        } else {
+            match ctx
+                .cluster
+                .call(&target, Body::Control { op }, crate::cluster::CALL_TIMEOUT)
+                .await
+            {
+                Ok(body) => body,
+                Err(e) => Body::Ack {
+                    ok: false,
+                    message: e,
+                },
+            }
+        };
+        let (ok, message) = match answer {
+            Body::Ack { ok, message } => (ok, message),
+            other => (false, format!("unexpected answer {other:?}")),
+        };
+        let msg = serde_json::json!({"node": target, "ok": ok, "message": message}).to_string();
+        if let Err(e) = ctx.store.publish(&reply, &msg).await {
+            tracing::warn!("cannot publish the answer of {target}: {e}");
+        }
     }
 }
 

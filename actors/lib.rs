@@ -43,11 +43,17 @@
 //! - [`scheduler`]: fires due delayed, retrying and recurring tasks; expires late ones.
 //! - [`dispatcher`]: claiming and the node-local priority queues.
 //! - [`pool`]: per-worker pools of slot actors.
-//! - [`ingress`]: the lease-holding subscriber of the task channel.
+//! - [`ingress`]: the lease-holding subscriber of the task channel; routes wakes by placement.
+//! - [`cluster`]: gossip membership, the cluster link, heartbeats, failover, the peer actor.
+//! - [`placement`]: where a wake goes and whom an idle node steals from (pure).
+//! - [`wire`]: the messages nodes exchange, versioned; [`codec`]: their encoding (bincode).
+//! - [`tls`]: TLS for the cluster link.
 //! - [`node`]: start-up, liveness lease, graceful shutdown; the entry point.
 //! - [`client`]: the Rust client.
 
 pub mod client;
+pub mod cluster;
+pub mod codec;
 pub mod config;
 pub mod dispatcher;
 pub mod duration;
@@ -57,6 +63,7 @@ pub mod fencing;
 pub mod ingress;
 pub mod names;
 pub mod node;
+pub mod placement;
 pub mod policy;
 pub mod pool;
 pub mod registry;
@@ -67,6 +74,8 @@ pub mod script;
 pub mod store;
 pub mod supervisor;
 pub mod task;
+pub mod tls;
+pub mod wire;
 pub mod worker;
 
 pub use client::{Client, ClientError, TaskResult};

@@ -3,39 +3,45 @@
 //! [`NodeBuilder::run`] is the single entry point: `bgnode start` and the tests call it, and a
 //! Rust program embedding a node does the same (or [`NodeBuilder::start`] for a handle).
 //!
-//! Start-up: connect to Redis; take this node id's liveness lease (`{prefix}:node:{id}:alive`),
-//! waiting out a previous incarnation's lease and refusing to start when another live process
-//! renews it; build the worker registry; start the supervisor and its actors.
+//! Start-up: connect to Redis; check the cluster cookie against the hash recorded for this key
+//! prefix; take this node id's liveness lease (`{prefix}:node:{id}:alive`), waiting out a
+//! previous incarnation's lease and refusing to start when another live process renews it;
+//! build the worker registry; start the supervisor and its actors; join the members.
 //!
-//! Shutdown ([`NodeHandle::shutdown`]), one sequence:
-//! 1. stop intake: the ingress unsubscribes and drops its lease, the dispatcher stops claiming
-//!    and starting tasks;
-//! 2. let running tasks finish, at most `node.shutdown_timeout`; then stop the dispatcher, which
+//! Shutdown ([`NodeHandle::shutdown`]), one sequence (a graceful leave):
+//! 1. stop intake: tell the peers this node is leaving, the ingress unsubscribes and drops its
+//!    lease, the dispatcher stops claiming and starting tasks;
+//! 2. hand the queued (not started) tasks back to the pending sets at once and wake the peers,
+//!    so they run them while this node finishes its own;
+//! 3. let running tasks finish, at most `node.shutdown_timeout`; then stop the dispatcher, which
 //!    interrupts what still runs (script process groups are killed);
-//! 3. flush the saver, so every result reached Redis;
-//! 4. hand every task the node still owns (queued, or interrupted) back to the pending sets with
-//!    a new epoch, so another node, or this one after a restart, runs it;
-//! 5. stop the actor tree and drop the liveness lease.
+//! 4. flush the saver, so every result reached Redis;
+//! 5. hand every task the node still owns (interrupted ones) back with a new epoch, leave the
+//!    members, stop the actor tree and drop the liveness lease.
 
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use ractor::{Actor, ActorRef};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+use crate::cluster::{ClusterHandle, MembershipMsg};
 use crate::config::Settings;
 use crate::dispatcher::{DispatcherMsg, LaneStats};
 use crate::ingress::IngressMsg;
 use crate::names::validate_worker_name;
 use crate::registry::{Registry, RunEnv};
 use crate::saver::SaverHandle;
+use crate::store::Lease;
 use crate::store::{Store, StoreError};
 use crate::supervisor::{
-    Link, NodeContext, RestartPolicy, Supervisor, SupervisorArgs, SupervisorMsg,
+    Link, NodeContext, RestartPolicy, StopReason, Supervisor, SupervisorArgs, SupervisorMsg,
 };
 use crate::task::now_ms;
+use crate::wire::Body;
 use crate::worker::{SharedWorker, Worker, WorkerOptions};
 
 /// Why a node could not start or stopped on its own.
@@ -48,6 +54,14 @@ pub enum NodeError {
         url: String,
         /// The error.
         source: StoreError,
+    },
+    /// This node's cookie is not the cluster's.
+    #[error(
+        "the cluster using redis prefix `{prefix}` has another cookie; set node.cookie to the cluster's (or use another redis.prefix)"
+    )]
+    CookieMismatch {
+        /// The key prefix.
+        prefix: String,
     },
     /// Another live process uses this node id.
     #[error(
@@ -136,6 +150,19 @@ impl NodeBuilder {
         let node = settings.node.id.clone();
         let generation = now_ms();
         let holder = format!("{node}:{generation}");
+        let cookie = crate::cluster::cookie_hash(&settings.node.cookie);
+        if !store
+            .check_cookie(&cookie)
+            .await
+            .map_err(|source| NodeError::Redis {
+                url: settings.redis.url.clone(),
+                source,
+            })?
+        {
+            return Err(NodeError::CookieMismatch {
+                prefix: settings.redis.prefix.clone(),
+            });
+        }
         take_identity(&store, &settings, &holder).await?;
         if settings.uses_development_cookie() {
             tracing::warn!(
@@ -161,31 +188,44 @@ impl NodeBuilder {
             workers = %registry.names().join(", "),
             "node starting"
         );
+        let (stop, stopped) = mpsc::unbounded_channel();
         let ctx = Arc::new(NodeContext {
             settings,
             store,
-            registry: Arc::new(registry),
+            registry: RwLock::new(Arc::new(registry)),
+            rust_workers: workers,
+            cluster: ClusterHandle::new(&node),
             node,
             generation,
             env,
             saver: SaverHandle::default(),
             dispatcher: Link::default(),
             ingress: Link::default(),
+            membership: Link::default(),
             schedule: tokio::sync::Notify::new(),
+            load: RwLock::new(Default::default()),
+            leaving: AtomicBool::new(false),
+            stop,
+            lease_renewed: AtomicU64::new(now_ms()),
         });
-        let (give_up, stopped) = mpsc::unbounded_channel();
-        let keep_alive = tokio::spawn(keep_alive(ctx.clone(), give_up.clone()));
+        let keep_alive = tokio::spawn(keep_alive(ctx.clone()));
         let (supervisor, _) = Actor::spawn(
             None,
             Supervisor,
             SupervisorArgs {
                 ctx: ctx.clone(),
-                give_up,
                 policy,
             },
         )
         .await
         .map_err(|e| NodeError::Spawn(e.to_string()))?;
+        match ctx.store.join(&ctx.node).await {
+            Ok(n) if n > 0 => tracing::info!(broadcasts = n, "joined running broadcasts"),
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!("cannot join the members yet ({e}); retried when the lease renews");
+            }
+        }
         Ok(NodeHandle {
             ctx,
             supervisor,
@@ -204,8 +244,11 @@ impl NodeBuilder {
         tokio::select! {
             () = shutdown => handle.shutdown().await,
             reason = handle.stopped() => {
-                handle.shutdown().await?;
-                Err(NodeError::Stopped(reason))
+                let report = handle.shutdown().await?;
+                match reason {
+                    StopReason::Requested(_) => Ok(report),
+                    other => Err(NodeError::Stopped(other.to_string())),
+                }
             }
         }
     }
@@ -215,7 +258,7 @@ impl NodeBuilder {
 pub struct NodeHandle {
     ctx: Arc<NodeContext>,
     supervisor: ActorRef<SupervisorMsg>,
-    stopped: mpsc::UnboundedReceiver<String>,
+    stopped: mpsc::UnboundedReceiver<StopReason>,
     keep_alive: JoinHandle<()>,
 }
 
@@ -249,12 +292,18 @@ impl NodeHandle {
         ractor::call_t!(d, DispatcherMsg::Stats, 2_000).unwrap_or_default()
     }
 
-    /// Resolves when the node stops on its own (its supervisor gave up, or it lost its id).
-    pub async fn stopped(&mut self) -> String {
+    /// Resolves when the node must stop on its own: asked to (`bgnode stop`), its supervisor
+    /// gave up, or it lost its id.
+    pub async fn stopped(&mut self) -> StopReason {
         self.stopped
             .recv()
             .await
-            .unwrap_or_else(|| "supervisor gone".into())
+            .unwrap_or_else(|| StopReason::GaveUp("supervisor gone".into()))
+    }
+
+    /// A client for this node's cluster whose `local` target means this node.
+    pub async fn client(&self) -> Result<crate::Client, crate::ClientError> {
+        crate::Client::from_settings(&self.ctx.settings).await
     }
 
     /// Shuts the node down gracefully; see the module documentation for the sequence.
@@ -263,12 +312,31 @@ impl NodeHandle {
         let grace = ctx.settings.node.shutdown_timeout;
         let began = Instant::now();
         tracing::info!("shutting down: stopping intake");
+        ctx.leaving.store(true, Ordering::SeqCst);
         let _ = ractor::call_t!(self.supervisor, SupervisorMsg::Stopping, 2_000);
+        if let Some(membership) = ctx.membership.get() {
+            let _ = ractor::call_t!(membership, MembershipMsg::Leaving, 2_000);
+        }
         if let Some(ingress) = ctx.ingress.get() {
             let _ = ractor::call_t!(ingress, IngressMsg::Stop, 6_000);
         }
         let mut drained = true;
+        let mut handed_back = 0;
         if let Some(dispatcher) = ctx.dispatcher.get() {
+            // Queued tasks go to the peers now, while running ones finish here.
+            let queued =
+                ractor::call_t!(dispatcher, DispatcherMsg::StopIntake, 2_000).unwrap_or_default();
+            if !queued.is_empty() {
+                let ids: Vec<String> = queued.iter().map(|t| t.id.clone()).collect();
+                match ctx.store.release_ids(&ctx.node, &ids).await {
+                    Ok(n) => {
+                        handed_back += n;
+                        tracing::info!(tasks = n, "handed queued tasks to the peers");
+                        ctx.cluster.broadcast(&Body::Sweep);
+                    }
+                    Err(e) => tracing::warn!("cannot hand back queued tasks yet ({e})"),
+                }
+            }
             let running: usize = ractor::call_t!(dispatcher, DispatcherMsg::Stats, 2_000)
                 .map(|s| s.iter().map(|l| l.running).sum())
                 .unwrap_or(0);
@@ -276,7 +344,7 @@ impl NodeHandle {
                 tracing::info!(running, "waiting up to {grace:?} for running tasks");
             }
             drained =
-                ractor::call_t!(dispatcher, DispatcherMsg::Drain, grace.as_millis() as u64).is_ok();
+                ractor::call_t!(dispatcher, DispatcherMsg::Idle, grace.as_millis() as u64).is_ok();
             if !drained {
                 tracing::warn!("running tasks did not finish within {grace:?}; interrupting them");
             }
@@ -292,8 +360,13 @@ impl NodeHandle {
                 "could not write every result to redis before exiting"
             );
         }
-        let handed_back = match ctx.store.release_owned(&ctx.node).await {
-            Ok(n) => n,
+        handed_back += match ctx.store.release_owned(&ctx.node).await {
+            Ok(n) => {
+                if n > 0 {
+                    ctx.cluster.broadcast(&Body::Sweep);
+                }
+                n
+            }
             Err(e) => {
                 tracing::error!(
                     "could not hand back this node's tasks ({e}); they run again when node `{}` restarts",
@@ -302,6 +375,9 @@ impl NodeHandle {
                 0
             }
         };
+        if let Err(e) = ctx.store.leave(&ctx.node).await {
+            tracing::warn!("cannot leave the members ({e}); peers will fail this node over");
+        }
         self.supervisor
             .stop_and_wait(None, Some(Duration::from_secs(10)))
             .await
@@ -362,14 +438,14 @@ async fn take_identity(store: &Store, settings: &Settings, holder: &str) -> Resu
     let deadline = Instant::now() + ttl * 2 + Duration::from_millis(500);
     let mut logged = false;
     loop {
-        let held = store
+        let lease = store
             .lease(&key, holder, ttl)
             .await
             .map_err(|source| NodeError::Redis {
                 url: settings.redis.url.clone(),
                 source,
             })?;
-        let Some(other) = held else {
+        let Lease::HeldBy(other) = lease else {
             return Ok(());
         };
         if Instant::now() >= deadline {
@@ -386,22 +462,36 @@ async fn take_identity(store: &Store, settings: &Settings, holder: &str) -> Resu
     }
 }
 
-/// Renews the liveness lease at a third of its TTL. Losing it to another holder means another
-/// process took this id: the node must stop. Redis being away is not a reason to stop.
-async fn keep_alive(ctx: Arc<NodeContext>, give_up: mpsc::UnboundedSender<String>) {
+/// Renews the liveness lease four times per TTL. Losing it to another holder means another
+/// process took this id: the node must stop. Finding it expired (this process was paused, or
+/// could not reach Redis) means the cluster may have failed this node over: the dispatcher
+/// drops what it lost and the node joins the members again. Redis being away is not a reason to
+/// stop.
+async fn keep_alive(ctx: Arc<NodeContext>) {
     let key = ctx.store.keys().alive(&ctx.node);
     let holder = ctx.holder();
     let ttl = ctx.settings.node.lease_ttl;
-    let mut tick = tokio::time::interval(ttl / 3);
+    let mut tick = tokio::time::interval(ttl / 4);
+    tick.tick().await;
     loop {
         tick.tick().await;
         match ctx.store.lease(&key, &holder, ttl).await {
-            Ok(None) => {}
-            Ok(Some(other)) => {
-                let _ = give_up.send(format!(
+            Ok(Lease::Renewed) => ctx.lease_renewed_now(),
+            Ok(Lease::Taken) => {
+                ctx.lease_renewed_now();
+                tracing::warn!(
+                    "this node's liveness lease had expired; checking what it still owns"
+                );
+                ctx.dispatcher.cast(DispatcherMsg::Lapsed);
+                if let Err(e) = ctx.store.join(&ctx.node).await {
+                    tracing::warn!("cannot rejoin the members ({e})");
+                }
+            }
+            Ok(Lease::HeldBy(other)) => {
+                let _ = ctx.stop.send(StopReason::LostIdentity(format!(
                     "the liveness lease of node `{}` is now held by {other}: another process took this id",
                     ctx.node
-                ));
+                )));
                 return;
             }
             Err(e) => tracing::debug!("cannot renew the liveness lease ({e}); retrying"),

@@ -11,16 +11,17 @@
 //! failed, cancelled, expired) and [`finish_op`] turns that into the one fenced write.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
 
 use crate::dispatcher::DispatcherMsg;
 use crate::events;
 use crate::policy::{Settle, settle};
-use crate::registry::{RunEnv, WorkerEntry, run_attempt};
-use crate::saver::SaverHandle;
+use crate::registry::{WorkerEntry, run_attempt};
 use crate::schedule::jitter;
 use crate::store::WriteOp;
+use crate::supervisor::NodeContext;
 use crate::task::{Outcome, Task, now_ms};
 use crate::worker::CancelToken;
 
@@ -29,12 +30,10 @@ pub struct Pool;
 
 /// What a pool needs.
 pub struct PoolArgs {
-    /// The worker it runs.
+    /// The worker it runs (its concurrency sizes the pool).
     pub entry: WorkerEntry,
-    /// Node id, folder and limits for runs.
-    pub env: RunEnv,
-    /// Where writes go.
-    pub saver: SaverHandle,
+    /// Shared node state: run environment, saver, the current registry.
+    pub ctx: Arc<NodeContext>,
     /// The dispatcher, told when a slot frees up.
     pub dispatcher: ActorRef<DispatcherMsg>,
 }
@@ -117,8 +116,8 @@ impl Actor for Pool {
                 if let Some(pos) = state.waiting.iter().position(|t| t.id == id) {
                     if let Some(task) = state.waiting.remove(pos) {
                         let now = now_ms();
-                        let op = finish_op(&task, &state.args.env.node, &Settle::Cancelled, 0, now);
-                        state.args.saver.write(op);
+                        let op = finish_op(&task, &state.args.ctx.node, &Settle::Cancelled, 0, now);
+                        state.args.ctx.saver.write(op);
                         state.done(&task);
                     }
                 } else if let Some(run) = state
@@ -157,8 +156,8 @@ impl Actor for Pool {
             let now = now_ms();
             let policy = state.args.entry.retry_policy(&task);
             let next = settle(outcome, task.attempt, &policy, now, jitter(&task.id));
-            let op = finish_op(&task, &state.args.env.node, &next, run.started, now);
-            state.args.saver.write(op);
+            let op = finish_op(&task, &state.args.ctx.node, &next, run.started, now);
+            state.args.ctx.saver.write(op);
             state.done(&task);
         }
         state.slots[index].actor = spawn_slot(&myself, &state.args, index).await?;
@@ -219,8 +218,7 @@ async fn spawn_slot(
         SlotArgs {
             index,
             entry: args.entry.clone(),
-            env: args.env.clone(),
-            saver: args.saver.clone(),
+            ctx: args.ctx.clone(),
             pool: pool.clone(),
         },
         pool.get_cell(),
@@ -236,8 +234,7 @@ pub struct Slot;
 pub struct SlotArgs {
     index: usize,
     entry: WorkerEntry,
-    env: RunEnv,
-    saver: SaverHandle,
+    ctx: Arc<NodeContext>,
     pool: ActorRef<PoolMsg>,
 }
 
@@ -269,7 +266,14 @@ impl Actor for Slot {
         state: &mut SlotArgs,
     ) -> Result<(), ActorProcessingErr> {
         let SlotMsg::Run(task, cancel) = msg;
-        let node = &state.env.node;
+        let ctx = &state.ctx;
+        let node = &ctx.node;
+        // The current version of the worker: a reload applies to the next task it runs.
+        let entry = ctx
+            .registry()
+            .get(&task.worker)
+            .cloned()
+            .unwrap_or_else(|| state.entry.clone());
         let now = now_ms();
         let before_start = if task.deadline.is_some_and(|d| now > d) {
             Some(Settle::Expired)
@@ -281,22 +285,22 @@ impl Actor for Slot {
         let op = match before_start {
             Some(end) => finish_op(&task, node, &end, 0, now),
             None => {
-                state.saver.write(WriteOp::Start {
+                ctx.saver.write(WriteOp::Start {
                     id: task.id.clone(),
                     epoch: task.epoch,
                     attempt: task.attempt,
                     at: now,
                     event: events::started(&task, node, now),
                 });
-                let outcome = run_attempt(&state.entry, &task, &state.env, &cancel).await;
+                let outcome = run_attempt(&entry, &task, &ctx.env, &cancel).await;
                 let finished = now_ms();
-                let policy = state.entry.retry_policy(&task);
+                let policy = entry.retry_policy(&task);
                 let unit = jitter(&format!("{}:{}", task.id, task.attempt));
                 let next = settle(outcome, task.attempt, &policy, finished, unit);
                 finish_op(&task, node, &next, now, finished)
             }
         };
-        state.saver.write(op);
+        ctx.saver.write(op);
         let _ = state.pool.cast(PoolMsg::SlotIdle { slot: state.index });
         Ok(())
     }

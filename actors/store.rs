@@ -104,6 +104,26 @@ impl Keys {
     pub fn stats(&self) -> String {
         format!("{}:stats", self.prefix)
     }
+    /// `{p}:pending:{worker}@{node}`: tasks pinned to one node.
+    pub fn node_pending(&self, worker: &str, node: &str) -> String {
+        format!("{}:pending:{worker}@{node}", self.prefix)
+    }
+    /// `{p}:members`: ids of the nodes in the cluster (joined, not yet left or failed over).
+    pub fn members(&self) -> String {
+        format!("{}:members", self.prefix)
+    }
+    /// `{p}:broadcasts`: ids of running broadcasts (target `all`).
+    pub fn broadcasts(&self) -> String {
+        format!("{}:broadcasts", self.prefix)
+    }
+    /// `{p}:node:{node}:info`: what a node reports about itself for `bgnode info`.
+    pub fn info(&self, node: &str) -> String {
+        format!("{}:node:{node}:info", self.prefix)
+    }
+    /// `{p}:cluster`: the hash of the cluster cookie; nodes with another cookie refuse to start.
+    pub fn cluster(&self) -> String {
+        format!("{}:cluster", self.prefix)
+    }
 }
 
 macro_rules! lua {
@@ -128,6 +148,9 @@ struct Scripts {
     expire: Script,
     cancel: Script,
     retry: Script,
+    adopt: Script,
+    join: Script,
+    leave: Script,
 }
 
 impl Scripts {
@@ -145,10 +168,13 @@ impl Scripts {
             expire: lua!("expire.lua"),
             cancel: lua!("cancel.lua"),
             retry: lua!("retry.lua"),
+            adopt: lua!("adopt.lua"),
+            join: lua!("join.lua"),
+            leave: lua!("leave.lua"),
         }
     }
 
-    fn all(&self) -> [&Script; 12] {
+    fn all(&self) -> [&Script; 15] {
         [
             &self.enqueue,
             &self.claim,
@@ -162,6 +188,9 @@ impl Scripts {
             &self.expire,
             &self.cancel,
             &self.retry,
+            &self.adopt,
+            &self.join,
+            &self.leave,
         ]
     }
 }
@@ -254,6 +283,24 @@ pub enum Accepted {
     Exists,
     /// Refused: its key is at its limit and the policy is to reject. Nothing stored.
     Refused,
+}
+
+/// The answer to a lease request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Lease {
+    /// We held it and renewed it.
+    Renewed,
+    /// It was free (expired, or never taken) and is ours now.
+    Taken,
+    /// Someone else holds it.
+    HeldBy(String),
+}
+
+impl Lease {
+    /// True when we hold it now.
+    pub fn ours(&self) -> bool {
+        !matches!(self, Lease::HeldBy(_))
+    }
 }
 
 /// What `cancel` did.
@@ -447,6 +494,7 @@ impl Store {
             (field::BACKOFF_CAP, spec.backoff_cap.map(ms)),
             (field::KEY, spec.key.clone()),
             (field::RESULT_KEY, spec.result_key.clone()),
+            (field::TARGET, spec.target.as_field()),
         ];
         fields.extend(optional.into_iter().filter_map(|(k, v)| v.map(|v| (k, v))));
         let run_at = spec
@@ -571,6 +619,7 @@ impl Store {
             .claim
             .key(self.keys.pending(worker))
             .key(self.keys.owned(node))
+            .key(self.keys.node_pending(worker, node))
             .arg(self.keys.prefix())
             .arg(node)
             .arg(n)
@@ -704,6 +753,178 @@ impl Store {
             call.arg(id);
         }
         Ok(call.invoke_async(&mut con).await?)
+    }
+
+    /// Fails over a dead node: hands its owned tasks back to the pending sets with new epochs,
+    /// unless its liveness lease exists. Returns `None` when the lease exists (it is alive),
+    /// else how many tasks were moved.
+    pub async fn failover(&self, dead: &str) -> StoreResult<Option<usize>> {
+        let mut total = 0;
+        loop {
+            let mut con = self.con.clone();
+            let n: i64 = self
+                .scripts
+                .release
+                .key(self.keys.owned(dead))
+                .key(self.keys.workers())
+                .key(self.keys.alive(dead))
+                .arg(self.keys.prefix())
+                .arg(200)
+                .invoke_async(&mut con)
+                .await?;
+            match n {
+                -1 if total == 0 => return Ok(None),
+                n if n <= 0 => return Ok(Some(total)),
+                n => total += n as usize,
+            }
+        }
+    }
+
+    /// Adopts tasks `from` hands over to `to` (only those `from` still owns under the given
+    /// epochs). Returns them, owned by `to` under new epochs.
+    pub async fn adopt(
+        &self,
+        from: &str,
+        to: &str,
+        tasks: &[(String, u64)],
+    ) -> StoreResult<Vec<Task>> {
+        if tasks.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut con = self.con.clone();
+        let mut call = self.scripts.adopt.key(self.keys.owned(from));
+        call.key(self.keys.owned(to))
+            .arg(self.keys.prefix())
+            .arg(to);
+        for (id, epoch) in tasks {
+            call.arg(id).arg(epoch);
+        }
+        let rows: Vec<Vec<Option<String>>> = call.invoke_async(&mut con).await?;
+        rows.iter().map(|r| parse_claimed(r)).collect()
+    }
+
+    /// Which of `tasks` `node` still owns under the given epochs.
+    pub async fn still_owned(&self, node: &str, tasks: &[(String, u64)]) -> StoreResult<Vec<bool>> {
+        if tasks.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut con = self.con.clone();
+        let mut pipe = redis::pipe();
+        for (id, _) in tasks {
+            pipe.cmd("HMGET")
+                .arg(self.keys.task(id))
+                .arg(field::NODE)
+                .arg(field::EPOCH);
+        }
+        let rows: Vec<(Option<String>, Option<String>)> = pipe.query_async(&mut con).await?;
+        Ok(tasks
+            .iter()
+            .zip(rows)
+            .map(|((_, epoch), (n, e))| {
+                n.as_deref() == Some(node) && e.and_then(|e| e.parse::<u64>().ok()) == Some(*epoch)
+            })
+            .collect())
+    }
+
+    /// Makes `node` a member; it gets its occurrence of every running broadcast.
+    pub async fn join(&self, node: &str) -> StoreResult<usize> {
+        let mut con = self.con.clone();
+        Ok(self
+            .scripts
+            .join
+            .arg(self.keys.prefix())
+            .arg(node)
+            .arg(now_ms())
+            .arg(&self.names.channel)
+            .arg(&self.names.events)
+            .invoke_async(&mut con)
+            .await?)
+    }
+
+    /// Removes `node` from the members; its unfinished broadcast occurrences are cancelled.
+    pub async fn leave(&self, node: &str) -> StoreResult<bool> {
+        let mut con = self.con.clone();
+        let n: i64 = self
+            .scripts
+            .leave
+            .arg(self.keys.prefix())
+            .arg(node)
+            .arg(now_ms())
+            .arg(self.names.result_ttl.as_millis() as u64)
+            .arg(&self.names.channel)
+            .arg(&self.names.events)
+            .invoke_async(&mut con)
+            .await?;
+        Ok(n == 1)
+    }
+
+    /// The member node ids.
+    pub async fn members(&self) -> StoreResult<Vec<String>> {
+        let mut con = self.con.clone();
+        let mut members: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(self.keys.members())
+            .query_async(&mut con)
+            .await?;
+        members.sort();
+        Ok(members)
+    }
+
+    /// Which of `nodes` hold their liveness lease.
+    pub async fn alive(&self, nodes: &[String]) -> StoreResult<Vec<bool>> {
+        if nodes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut con = self.con.clone();
+        let mut pipe = redis::pipe();
+        for n in nodes {
+            pipe.cmd("EXISTS").arg(self.keys.alive(n));
+        }
+        let found: Vec<i64> = pipe.query_async(&mut con).await?;
+        Ok(found.into_iter().map(|n| n == 1).collect())
+    }
+
+    /// Stores what a node reports about itself, for `ttl`.
+    pub async fn write_info(&self, node: &str, info: &str, ttl: Duration) -> StoreResult<()> {
+        let mut con = self.con.clone();
+        redis::cmd("SET")
+            .arg(self.keys.info(node))
+            .arg(info)
+            .arg("PX")
+            .arg(ttl.as_millis() as u64)
+            .query_async::<()>(&mut con)
+            .await?;
+        Ok(())
+    }
+
+    /// The reports of `nodes` (`None` for a node that has none: down, or not started yet).
+    pub async fn infos(&self, nodes: &[String]) -> StoreResult<Vec<Option<String>>> {
+        if nodes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut con = self.con.clone();
+        let mut pipe = redis::pipe();
+        for n in nodes {
+            pipe.cmd("GET").arg(self.keys.info(n));
+        }
+        Ok(pipe.query_async(&mut con).await?)
+    }
+
+    /// Records the cookie hash for this key prefix, or checks it against the recorded one.
+    /// Returns false when another cookie is recorded.
+    pub async fn check_cookie(&self, hash: &str) -> StoreResult<bool> {
+        let mut con = self.con.clone();
+        let (_, stored): ((), String) = redis::pipe()
+            .cmd("SET")
+            .arg(self.keys.cluster())
+            .arg(hash)
+            .arg("NX")
+            .ignore()
+            .cmd("GET")
+            .arg(self.keys.cluster())
+            .query_async(&mut con)
+            .await
+            .map(|(stored,): (String,)| ((), stored))?;
+        Ok(stored == hash)
     }
 
     /// Fires what is due at `now` (at most `max` entries): one-shot tasks become runnable;
@@ -988,16 +1209,10 @@ impl Store {
         })
     }
 
-    /// Takes or renews the lease `key` for `holder`. Returns `Ok(None)` when held by us,
-    /// `Ok(Some(other))` when someone else holds it.
-    pub async fn lease(
-        &self,
-        key: &str,
-        holder: &str,
-        ttl: Duration,
-    ) -> StoreResult<Option<String>> {
+    /// Takes or renews the lease `key` for `holder`.
+    pub async fn lease(&self, key: &str, holder: &str, ttl: Duration) -> StoreResult<Lease> {
         let mut con = self.con.clone();
-        let (ok, who): (i64, String) = self
+        let (code, who): (i64, String) = self
             .scripts
             .lease
             .key(key)
@@ -1005,7 +1220,11 @@ impl Store {
             .arg(ttl.as_millis() as u64)
             .invoke_async(&mut con)
             .await?;
-        Ok(if ok == 1 { None } else { Some(who) })
+        Ok(match code {
+            1 => Lease::Renewed,
+            2 => Lease::Taken,
+            _ => Lease::HeldBy(who),
+        })
     }
 
     /// Drops the lease `key` if `holder` has it.
@@ -1094,6 +1313,7 @@ fn parse_claimed(row: &[Option<String>]) -> StoreResult<Task> {
         deadline: num(10),
         backoff: ms(11),
         backoff_cap: ms(12),
+        pinned: get(13).is_some_and(|t| t.starts_with("node:")),
         id,
     })
 }
@@ -1132,5 +1352,7 @@ fn parse_status(id: &str, map: &HashMap<String, String>) -> TaskStatus {
         key: get(field::KEY),
         result_key: get(field::RESULT_KEY),
         template: get(field::TEMPLATE),
+        target: get(field::TARGET),
+        parent: get(field::PARENT),
     }
 }

@@ -1,7 +1,7 @@
 //! The node supervisor: the root of the actor tree.
 //!
 //! Children, started in this order: saver, dispatcher (which supervises the worker pools),
-//! scheduler, ingress. Membership joins here in a later version.
+//! scheduler, membership (the cluster link and gossip), ingress.
 //!
 //! Restart policy (one for one): a child that fails or stops on its own is restarted after a
 //! backoff of 100 ms doubling to 5 s. More than 5 restarts of one child within 60 s means the
@@ -13,6 +13,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -21,13 +22,16 @@ use ractor::{Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, Supervisio
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+use crate::cluster::{ClusterHandle, Membership, MembershipArgs, MembershipMsg};
 use crate::config::Settings;
 use crate::dispatcher::{Dispatcher, DispatcherArgs, DispatcherMsg};
 use crate::ingress::{Ingress, IngressArgs, IngressMsg};
+use crate::placement::{Load, NodeLoad};
 use crate::registry::{Registry, RunEnv};
 use crate::saver::{Saver, SaverArgs, SaverHandle};
 use crate::scheduler::{Scheduler, SchedulerArgs};
 use crate::store::Store;
+use crate::worker::{SharedWorker, WorkerOptions};
 
 /// How often and how fast a child may be restarted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -126,14 +130,37 @@ impl<M: ractor::Message> Link<M> {
     }
 }
 
+/// Why a node stops on its own.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StopReason {
+    /// Asked to (`bgnode stop`): a graceful shutdown, not an error.
+    Requested(String),
+    /// The supervisor gave up on a child.
+    GaveUp(String),
+    /// Another process took this node's id.
+    LostIdentity(String),
+}
+
+impl std::fmt::Display for StopReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StopReason::Requested(why)
+            | StopReason::GaveUp(why)
+            | StopReason::LostIdentity(why) => f.write_str(why),
+        }
+    }
+}
+
 /// What every actor of a node shares.
 pub struct NodeContext {
     /// Settings.
     pub settings: Settings,
     /// The store.
     pub store: Store,
-    /// Worker types offered.
-    pub registry: Arc<Registry>,
+    /// Worker types offered (replaced by a reload).
+    pub registry: RwLock<Arc<Registry>>,
+    /// The Rust workers given to the builder (a reload keeps them).
+    pub rust_workers: Vec<(String, SharedWorker, WorkerOptions)>,
     /// This node's id.
     pub node: String,
     /// This incarnation (start time in ms); a restarted node is a new generation.
@@ -146,11 +173,62 @@ pub struct NodeContext {
     pub dispatcher: Link<DispatcherMsg>,
     /// The live ingress.
     pub ingress: Link<IngressMsg>,
+    /// The live membership actor.
+    pub membership: Link<MembershipMsg>,
     /// Wakes the scheduler: something was scheduled.
     pub schedule: tokio::sync::Notify,
+    /// The cluster view and the way to peers.
+    pub cluster: ClusterHandle,
+    /// This node's load per worker type, as last measured.
+    pub load: RwLock<NodeLoad>,
+    /// The node is shutting down.
+    pub leaving: AtomicBool,
+    /// Tells the node to stop, and why.
+    pub stop: mpsc::UnboundedSender<StopReason>,
+    /// When the liveness lease was last renewed (Unix ms).
+    pub lease_renewed: AtomicU64,
 }
 
 impl NodeContext {
+    /// True while the liveness lease is surely held (renewed within its time to live): a node
+    /// starts tasks only then, since a node whose lease lapsed may have been failed over.
+    pub fn lease_fresh(&self) -> bool {
+        let renewed = self.lease_renewed.load(Ordering::SeqCst);
+        crate::task::now_ms().saturating_sub(renewed)
+            < self.settings.node.lease_ttl.as_millis() as u64
+    }
+
+    /// Notes a successful renewal of the liveness lease.
+    pub fn lease_renewed_now(&self) {
+        self.lease_renewed
+            .store(crate::task::now_ms(), Ordering::SeqCst);
+    }
+
+    /// The worker types offered now.
+    pub fn registry(&self) -> Arc<Registry> {
+        self.registry
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Replaces the worker types (a reload).
+    pub fn set_registry(&self, registry: Registry) {
+        *self.registry.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(registry);
+    }
+
+    /// This node's load of `worker`, if it offers it.
+    pub fn local_load(&self, worker: &str) -> Option<Load> {
+        let load = self.load.read().unwrap_or_else(|e| e.into_inner());
+        load.get(worker).copied().or_else(|| {
+            self.registry().get(worker).map(|e| Load {
+                capacity: e.concurrency,
+                running: 0,
+                queued: 0,
+            })
+        })
+    }
+
     /// `node:generation`, the holder name used for leases.
     pub fn holder(&self) -> String {
         format!("{}:{}", self.node, self.generation)
@@ -166,6 +244,8 @@ pub enum Child {
     Dispatcher,
     /// The scheduler.
     Scheduler,
+    /// The membership: cluster link, gossip, heartbeats, failover.
+    Membership,
     /// The ingress.
     Ingress,
 }
@@ -177,8 +257,6 @@ pub struct Supervisor;
 pub struct SupervisorArgs {
     /// Shared node state.
     pub ctx: Arc<NodeContext>,
-    /// Told why, when the supervisor gives up and the node must stop.
-    pub give_up: mpsc::UnboundedSender<String>,
     /// Restart policy of the children.
     pub policy: RestartPolicy,
 }
@@ -221,6 +299,7 @@ impl Actor for Supervisor {
             Child::Saver,
             Child::Dispatcher,
             Child::Scheduler,
+            Child::Membership,
             Child::Ingress,
         ] {
             state.spawn(child, myself.get_cell()).await?;
@@ -301,6 +380,12 @@ impl SupervisorState {
                 ctx.dispatcher.set(Some(actor.clone()));
                 actor.get_id()
             }
+            Child::Membership => {
+                let args = MembershipArgs { ctx: ctx.clone() };
+                let (actor, _) = Actor::spawn_linked(None, Membership, args, me).await?;
+                ctx.membership.set(Some(actor.clone()));
+                actor.get_id()
+            }
             Child::Ingress => {
                 let args = IngressArgs { ctx: ctx.clone() };
                 let (actor, _) = Actor::spawn_linked(None, Ingress, args, me).await?;
@@ -315,6 +400,7 @@ impl SupervisorState {
     fn unlink(&self, child: Child) {
         match child {
             Child::Saver | Child::Scheduler => {}
+            Child::Membership => self.args.ctx.membership.set(None),
             Child::Dispatcher => self.args.ctx.dispatcher.set(None),
             Child::Ingress => self.args.ctx.ingress.set(None),
         }
@@ -337,7 +423,7 @@ impl SupervisorState {
                 );
                 tracing::error!("{reason}");
                 self.stopping = true;
-                let _ = self.args.give_up.send(reason);
+                let _ = self.args.ctx.stop.send(StopReason::GaveUp(reason));
             }
         }
     }

@@ -85,6 +85,63 @@ pub mod field {
     pub const RETRY_AT: &str = "retry_at";
     /// `1` when cancellation was requested while a node held the task.
     pub const CANCEL: &str = "cancel";
+    /// Where the task may run: absent or `any`, `all`, `node:<id>`.
+    pub const TARGET: &str = "target";
+    /// The broadcast an occurrence belongs to.
+    pub const PARENT: &str = "parent";
+}
+
+/// Where a task may run (BackgrounDRb's `:host`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Target {
+    /// Any node that offers the worker, chosen by load (the default).
+    #[default]
+    Any,
+    /// Once on every live node, including nodes that join while it runs.
+    All,
+    /// The local node: for a client, the node id its configuration gives (`node.id`, or the
+    /// host name); for a raw publish, the node that took the message.
+    Local,
+    /// This node only; waits for it when it is down.
+    Node(String),
+}
+
+impl Target {
+    /// Reads `any`, `all`, `local` or `node:<id>`.
+    pub fn parse(text: &str) -> Result<Target, String> {
+        match text {
+            "any" | "" => Ok(Target::Any),
+            "all" => Ok(Target::All),
+            "local" => Ok(Target::Local),
+            other => match other.strip_prefix("node:") {
+                Some(id) => {
+                    validate_token("target", id).map_err(|e| e.to_string())?;
+                    Ok(Target::Node(id.to_owned()))
+                }
+                None => Err(format!(
+                    "target `{}` is not any, all, local or node:<id>",
+                    crate::names::shorten(other, 40)
+                )),
+            },
+        }
+    }
+
+    /// The stored spelling (`local` must have been resolved to a node first).
+    pub fn as_field(&self) -> Option<String> {
+        match self {
+            Target::Any | Target::Local => None,
+            Target::All => Some("all".into()),
+            Target::Node(id) => Some(format!("node:{id}")),
+        }
+    }
+
+    /// `Local` made concrete for the node `here`.
+    pub fn resolve(self, here: &str) -> Target {
+        match self {
+            Target::Local => Target::Node(here.to_owned()),
+            other => other,
+        }
+    }
 }
 
 /// The lifecycle state of a task, as stored in the `state` field.
@@ -203,6 +260,8 @@ pub struct TaskSpec {
     pub key: Option<String>,
     /// Also store the result under this name (`bgnode result --key`).
     pub result_key: Option<String>,
+    /// Where it may run.
+    pub target: Target,
     /// A caller waits for the result on the reply list.
     pub reply: bool,
 }
@@ -225,6 +284,7 @@ impl TaskSpec {
             deadline: None,
             key: None,
             result_key: None,
+            target: Target::Any,
             reply: false,
         }
     }
@@ -296,6 +356,12 @@ impl TaskSpec {
         self
     }
 
+    /// Sets where the task may run.
+    pub fn target(mut self, target: Target) -> TaskSpec {
+        self.target = target;
+        self
+    }
+
     /// Checks every field; the error names the field and the rule.
     pub fn validate(&self) -> Result<(), SpecError> {
         let bad = |field: &'static str, reason: String| SpecError::Field { field, reason };
@@ -349,6 +415,15 @@ impl TaskSpec {
                 "in",
                 "a delay and a time (`at`) exclude each other".into(),
             ));
+        }
+        if self.target == Target::All && (self.repeat.is_some() || self.key.is_some()) {
+            return Err(bad(
+                "target",
+                "`all` cannot be combined with a recurrence or a key".into(),
+            ));
+        }
+        if let Target::Node(id) = &self.target {
+            validate_token("target", id)?;
         }
         if self.repeat.is_some() && self.reply {
             return Err(bad(
@@ -440,6 +515,8 @@ pub struct Task {
     pub created: u64,
     /// A caller waits for the result.
     pub reply: bool,
+    /// Pinned to this node (target `node:<id>`): never handed to another.
+    pub pinned: bool,
 }
 
 /// How an attempt ended, as the worker (or the node) saw it.
@@ -530,6 +607,10 @@ pub struct TaskStatus {
     pub result_key: Option<String>,
     /// The template of an occurrence.
     pub template: Option<String>,
+    /// Where it may run: `null` (any), `all`, `node:<id>`.
+    pub target: Option<String>,
+    /// The broadcast an occurrence belongs to.
+    pub parent: Option<String>,
 }
 
 /// Milliseconds since the Unix epoch.
@@ -593,6 +674,30 @@ mod tests {
         assert!(TaskState::Expired.is_finished());
         assert!(!TaskState::Retrying.is_finished());
         assert!(TaskState::parse("bogus").is_none());
+    }
+
+    #[test]
+    fn targets_parse_and_resolve() {
+        assert_eq!(Target::parse("any"), Ok(Target::Any));
+        assert_eq!(Target::parse("all"), Ok(Target::All));
+        assert_eq!(Target::parse("node:n2"), Ok(Target::Node("n2".into())));
+        assert_eq!(
+            Target::parse("local").unwrap().resolve("n1"),
+            Target::Node("n1".into())
+        );
+        assert!(Target::parse("node:a b").is_err());
+        assert!(
+            Target::parse("elsewhere")
+                .unwrap_err()
+                .contains("any, all, local")
+        );
+        assert_eq!(Target::All.as_field().as_deref(), Some("all"));
+        let e = TaskSpec::new("w", json!(1))
+            .target(Target::All)
+            .key("k")
+            .validate()
+            .unwrap_err();
+        assert!(e.to_string().contains("target"), "{e}");
     }
 
     #[test]

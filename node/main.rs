@@ -10,7 +10,8 @@ use background::duration::{format_duration, format_timestamp, parse_duration};
 use background::registry::{Registry, RunEnv, run_attempt};
 use background::schedule::{Cron, Recurrence, parse_time};
 use background::store::{Accepted, CancelResult, Overview, RetryResult, TaskRow};
-use background::task::{Task, new_task_id};
+use background::task::{Target, Task, new_task_id};
+use background::wire::ControlOp;
 use background::worker::CancelToken;
 use background::{
     Client, ClientError, Node, Outcome, Settings, Sources, TaskResult, TaskSpec, TaskStatus,
@@ -122,6 +123,36 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// List the live nodes: state, workers, capacity, running and queued.
+    Info {
+        /// Print one JSON object: `{"members": [...]}`.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop a node (or every node) gracefully, through the cluster.
+    Stop {
+        /// The node.
+        #[arg(long, conflicts_with = "all", required_unless_present = "all")]
+        node: Option<String>,
+        /// Every node.
+        #[arg(long)]
+        all: bool,
+        /// Print the answers as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Make a node (or every node) rescan its workers folder, through the cluster.
+    Reload {
+        /// The node.
+        #[arg(long, conflicts_with = "all", required_unless_present = "all")]
+        node: Option<String>,
+        /// Every node.
+        #[arg(long)]
+        all: bool,
+        /// Print the answers as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// List pending, scheduled, running and dead tasks.
     Bg {
         /// Most tasks listed per group.
@@ -186,6 +217,10 @@ struct TaskOpts {
     /// Also store the result under this name (`bgnode result --key`).
     #[arg(long, value_name = "K")]
     result_key: Option<String>,
+    /// Where it runs: any (by load), all (once per live node), local (the node this
+    /// configuration names), node:<id>.
+    #[arg(long, value_name = "T", default_value = "any")]
+    target: String,
 }
 
 impl TaskOpts {
@@ -204,6 +239,7 @@ impl TaskOpts {
         spec.deadline = dur("deadline", &self.deadline)?;
         spec.key = self.key.clone();
         spec.result_key = self.result_key.clone();
+        spec.target = Target::parse(&self.target).map_err(|e| usage(format!("--target: {e}")))?;
         if let Some(d) = dur("in", &self.delay)? {
             spec = spec.delay(d);
         }
@@ -409,6 +445,22 @@ async fn dispatch(cli: Cli) -> Result<u8, Exit> {
                 )),
             }
         }
+        Command::Info { json } => {
+            let client = connect(&settings(&cli, &[])?).await?;
+            let members = client.info().await?;
+            if *json {
+                print_json(&json!({ "members": members }))?;
+            } else {
+                print_info(&members);
+            }
+            Ok(0)
+        }
+        Command::Stop { node, all: _, json } => {
+            control(&cli, ControlOp::Stop, node.as_deref(), *json).await
+        }
+        Command::Reload { node, all: _, json } => {
+            control(&cli, ControlOp::Reload, node.as_deref(), *json).await
+        }
         Command::Bg { limit, json } => {
             let client = connect(&settings(&cli, &[])?).await?;
             let overview = client.overview(*limit).await?;
@@ -428,6 +480,49 @@ async fn dispatch(cli: Cli) -> Result<u8, Exit> {
                 *json,
             )
             .await
+        }
+    }
+}
+
+async fn control(cli: &Cli, op: ControlOp, node: Option<&str>, json: bool) -> Result<u8, Exit> {
+    let client = connect(&settings(cli, &[])?).await?;
+    let answers = client
+        .control(op, node, std::time::Duration::from_secs(10))
+        .await?;
+    if json {
+        print_json(&answers)?;
+    } else {
+        for a in &answers {
+            println!("{}: {}", a.node, a.message);
+        }
+    }
+    match (node, answers.iter().all(|a| a.ok), answers.is_empty()) {
+        (_, _, true) => Err(Exit(EXIT_FAILED, anyhow!("no node answered within 10s"))),
+        (_, false, _) => Ok(EXIT_FAILED),
+        _ => Ok(0),
+    }
+}
+
+fn print_info(members: &[background::client::MemberInfo]) {
+    if members.is_empty() {
+        println!("no live node");
+    }
+    for m in members {
+        println!(
+            "{}  {}  {}  capacity {}  running {}  queued {}  peers [{}]",
+            m.id,
+            m.state,
+            m.addr.as_deref().unwrap_or("-"),
+            m.capacity,
+            m.running,
+            m.queued,
+            m.peers.join(", ")
+        );
+        for (w, l) in &m.workers {
+            println!(
+                "    {w}: {}/{} running, {} queued",
+                l.running, l.capacity, l.queued
+            );
         }
     }
 }
@@ -700,6 +795,7 @@ async fn eval(settings: &Settings, worker: &str, args: Value, json: bool) -> Res
         epoch: 0,
         created: background::task::now_ms(),
         reply: false,
+        pinned: false,
     };
     let env = RunEnv {
         node: format!("eval@{}", settings.node.id),

@@ -1,18 +1,26 @@
 -- Claim up to N pending tasks of one worker for a node: pop them, bump their epoch, record the
 -- owner, add them to the node's owned set. Entries whose record is gone or not queued are
 -- dropped; a task cancelled while it waited is closed as cancelled instead of handed out.
--- KEYS[1] pending set, KEYS[2] owned set of the node
+-- Tasks pinned to this node are taken first.
+-- KEYS[1] pending set, KEYS[2] owned set of the node, KEYS[3] this node's own pending set
 -- ARGV[1] key prefix, ARGV[2] node id, ARGV[3] N, ARGV[4] now, ARGV[5] result ttl (ms),
 -- ARGV[6] task channel, ARGV[7] events channel
 -- Returns {id, epoch, worker, args, priority, attempt, attempts, timeout, created, reply,
--- deadline, backoff, backoff_cap, result_key} per task.
-local popped = redis.call('ZPOPMIN', KEYS[1], ARGV[3])
+-- deadline, backoff, backoff_cap, target} per task.
+local want = tonumber(ARGV[3])
+local popped = redis.call('ZPOPMIN', KEYS[3], want)
+if #popped / 2 < want then
+  local shared = redis.call('ZPOPMIN', KEYS[1], want - #popped / 2)
+  for _, v in ipairs(shared) do
+    popped[#popped + 1] = v
+  end
+end
 local out = {}
 for i = 1, #popped, 2 do
   local id = popped[i]
   local tk = ARGV[1] .. ':task:' .. id
   local f = redis.call('HMGET', tk, 'state', 'worker', 'args', 'priority', 'attempt', 'attempts',
-    'timeout', 'created', 'reply', 'deadline', 'backoff', 'backoff_cap', 'result_key', 'cancel')
+    'timeout', 'created', 'reply', 'deadline', 'backoff', 'backoff_cap', 'target', 'cancel')
   if f[1] == 'queued' and f[14] == '1' then
     close_unrun(ARGV[1], id, 'cancelled', 'cancelled before it started', ARGV[4], ARGV[5], ARGV[6],
       ARGV[7])

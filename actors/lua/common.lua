@@ -19,11 +19,25 @@ local function publish_json(channel, tbl)
   end
 end
 
--- Put a task on its worker's pending set and wake the cluster.
+-- The pending set a task waits in: its worker's, or, for a task pinned to a node (target
+-- `node:<id>`), that node's own set for the worker.
+local function pending_key(prefix, worker, target)
+  if target and string.sub(target, 1, 5) == 'node:' then
+    return prefix .. ':pending:' .. worker .. '@' .. string.sub(target, 6)
+  end
+  return prefix .. ':pending:' .. worker
+end
+
+-- Put a task on its pending set and wake the cluster.
 local function make_pending(prefix, id, worker, priority, created, channel)
-  redis.call('ZADD', prefix .. ':pending:' .. worker, pending_score(priority, created), id)
+  local target = redis.call('HGET', prefix .. ':task:' .. id, 'target')
+  redis.call('ZADD', pending_key(prefix, worker, target), pending_score(priority, created), id)
   redis.call('SADD', prefix .. ':workers', worker)
-  publish_json(channel, {op = 'wake', worker = worker})
+  local wake = {op = 'wake', worker = worker}
+  if target and string.sub(target, 1, 5) == 'node:' then
+    wake.node = string.sub(target, 6)
+  end
+  publish_json(channel, wake)
 end
 
 -- Take a slot of `key` for `id` when one is free. Slots of tasks that finished or vanished are
@@ -89,13 +103,89 @@ local function free_slot(prefix, key, id, channel, events, now)
   end
 end
 
+-- The occurrence of broadcast `parent` (target `all`) for node `member`: created once, pinned to
+-- that node.
+local function spawn_occurrence(prefix, parent, member, now, channel, events)
+  local oid = parent .. '@' .. member
+  local ok = prefix .. ':task:' .. oid
+  if redis.call('EXISTS', ok) == 1 then
+    return
+  end
+  local p = redis.call('HMGET', prefix .. ':task:' .. parent, 'worker', 'args', 'priority',
+    'attempts', 'timeout', 'backoff', 'backoff_cap', 'deadline')
+  if not p[1] then
+    return
+  end
+  redis.call('HSET', ok, 'id', oid, 'worker', p[1], 'args', p[2] or 'null', 'priority', p[3] or '0',
+    'attempts', p[4] or '0', 'attempt', '0', 'timeout', p[5] or '0', 'reply', '0', 'state', 'queued',
+    'node', '', 'epoch', '0', 'created', now, 'target', 'node:' .. member, 'parent', parent)
+  for i, name in ipairs({'backoff', 'backoff_cap', 'deadline'}) do
+    if p[5 + i] and p[5 + i] ~= '' then
+      redis.call('HSET', ok, name, p[5 + i])
+    end
+  end
+  if p[8] and p[8] ~= '' then
+    redis.call('ZADD', prefix .. ':deadlines', p[8], oid)
+  end
+  make_pending(prefix, oid, p[1], p[3], now, channel)
+  publish_json(events, {event = 'available', id = oid, worker = p[1], ts = tonumber(now)})
+end
+
+-- A broadcast is done when every member's occurrence has finished: its result maps each node
+-- to how its occurrence ended. A member without an occurrence gets one now.
+local function broadcast_check(prefix, parent, now, ttl, channel, events)
+  local pk = prefix .. ':task:' .. parent
+  local p = redis.call('HMGET', pk, 'state', 'worker', 'reply')
+  if (not p[1]) or is_terminal(p[1]) then
+    redis.call('SREM', prefix .. ':broadcasts', parent)
+    return
+  end
+  local results = {}
+  local members = redis.call('SMEMBERS', prefix .. ':members')
+  if #members == 0 then
+    return
+  end
+  for _, m in ipairs(members) do
+    local f = redis.call('HMGET', prefix .. ':task:' .. parent .. '@' .. m, 'state', 'result', 'error')
+    if not f[1] then
+      spawn_occurrence(prefix, parent, m, now, channel, events)
+      return
+    end
+    if not is_terminal(f[1]) then
+      return
+    end
+    local entry = {state = f[1]}
+    if f[2] then
+      local decoded, value = pcall(cjson.decode, f[2])
+      entry.result = decoded and value or f[2]
+    end
+    if f[3] then
+      entry.error = f[3]
+    end
+    results[m] = entry
+  end
+  local value = cjson.encode(results)
+  redis.call('HSET', pk, 'state', 'done', 'result', value, 'finished', now)
+  redis.call('SREM', prefix .. ':broadcasts', parent)
+  redis.call('PEXPIRE', pk, ttl)
+  redis.call('HINCRBY', prefix .. ':stats', 'done', 1)
+  local event = cjson.encode({event = 'done', id = parent, worker = p[2], result = results,
+    ts = tonumber(now)})
+  redis.call('PUBLISH', events, event)
+  if p[3] == '1' then
+    local reply = prefix .. ':reply:' .. parent
+    redis.call('RPUSH', reply, event)
+    redis.call('PEXPIRE', reply, ttl)
+  end
+end
+
 -- End a task that never ran to completion here (cancelled, expired): take it out of every
 -- waiting structure, fence out its owner, free its slot, keep the record for the result TTL,
 -- announce it and answer a waiting caller.
 local function close_unrun(prefix, id, state, message, now, ttl, channel, events)
   local tk = prefix .. ':task:' .. id
-  local f = redis.call('HMGET', tk, 'worker', 'node', 'key', 'reply', 'attempt')
-  redis.call('ZREM', prefix .. ':pending:' .. (f[1] or ''), id)
+  local f = redis.call('HMGET', tk, 'worker', 'node', 'key', 'reply', 'attempt', 'target', 'parent')
+  redis.call('ZREM', pending_key(prefix, f[1] or '', f[6]), id)
   redis.call('ZREM', prefix .. ':scheduled', id)
   redis.call('ZREM', prefix .. ':deadlines', id)
   if f[3] and f[3] ~= '' then
@@ -117,5 +207,8 @@ local function close_unrun(prefix, id, state, message, now, ttl, channel, events
     local reply = prefix .. ':reply:' .. id
     redis.call('RPUSH', reply, event)
     redis.call('PEXPIRE', reply, ttl)
+  end
+  if f[7] and f[7] ~= '' then
+    broadcast_check(prefix, f[7], now, ttl, channel, events)
   end
 end

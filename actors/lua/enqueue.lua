@@ -23,6 +23,15 @@ for i = 14, #ARGV do
 end
 redis.call('HSET', KEYS[1], unpack(fields))
 redis.call('HINCRBY', prefix .. ':stats', 'accepted', 1)
+local target = redis.call('HGET', KEYS[1], 'target')
+if target == 'all' then
+  -- A broadcast: one occurrence per member now, and per node that joins while it runs.
+  redis.call('SADD', prefix .. ':broadcasts', id)
+  for _, m in ipairs(redis.call('SMEMBERS', prefix .. ':members')) do
+    spawn_occurrence(prefix, id, m, now, channel, events)
+  end
+  return 1
+end
 if deadline ~= '' then
   redis.call('ZADD', prefix .. ':deadlines', deadline, id)
 end

@@ -11,7 +11,7 @@
 -- Returns 1 written, 0 stale (fenced out, counted), 2 already finished, 3 record gone.
 local prefix, id, now = ARGV[13], ARGV[8], ARGV[6]
 local state = ARGV[2]
-local cur = redis.call('HMGET', KEYS[1], 'epoch', 'state', 'reply', 'key', 'result_key')
+local cur = redis.call('HMGET', KEYS[1], 'epoch', 'state', 'reply', 'key', 'result_key', 'parent')
 if not cur[1] then
   redis.call('SREM', KEYS[2], id)
   return 3
@@ -68,5 +68,8 @@ if cur[3] == '1' then
   local reply = prefix .. ':reply:' .. id
   redis.call('RPUSH', reply, ARGV[10])
   redis.call('PEXPIRE', reply, ttl)
+end
+if cur[6] and cur[6] ~= '' then
+  broadcast_check(prefix, cur[6], now, ARGV[7], ARGV[14], ARGV[9])
 end
 return 1

@@ -1,0 +1,17 @@
+-- A node joins: it becomes a member, and gets its occurrence of every broadcast still running
+-- (target `all` reaches nodes that join while it is pending).
+-- ARGV[1] key prefix, ARGV[2] node id, ARGV[3] now, ARGV[4] task channel, ARGV[5] events channel
+-- Returns the number of broadcasts this node joined.
+local prefix, node, now = ARGV[1], ARGV[2], ARGV[3]
+redis.call('SADD', prefix .. ':members', node)
+local n = 0
+for _, parent in ipairs(redis.call('SMEMBERS', prefix .. ':broadcasts')) do
+  local st = redis.call('HGET', prefix .. ':task:' .. parent, 'state')
+  if (not st) or is_terminal(st) then
+    redis.call('SREM', prefix .. ':broadcasts', parent)
+  else
+    spawn_occurrence(prefix, parent, node, now, ARGV[4], ARGV[5])
+    n = n + 1
+  end
+end
+return n

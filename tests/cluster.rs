@@ -1,0 +1,831 @@
+//! Cluster and chaos scenarios: a real `redis-server` and several real `bgnode` processes, load
+//! from a worker that records every execution outside the cluster's own bookkeeping, faults
+//! injected with signals. Each scenario prints a summary (accepted, completed, lost, duplicated,
+//! in flight at the fault, time to detection and to reassignment, each node's share) and asserts
+//! its figures.
+//!
+//! The scenarios run one at a time (they measure time on a small machine). A longer soak runs
+//! when `BGNODE_SOAK=1`.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::sync::LazyLock;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use background::{Client, TaskSpec};
+use common::{NodeProc, Redis, cli, eventually, free_port, write_script};
+use rustix::process::Signal;
+use serde_json::{Value, json};
+
+static SERIAL: LazyLock<tokio::sync::Mutex<()>> = LazyLock::new(|| tokio::sync::Mutex::new(()));
+
+/// The load worker: records `<id> <node> <attempt> start|end <unix µs>` around a sleep of
+/// `{"ms": N}` milliseconds.
+const CHAOS_SH: &str = r#"#!/bin/bash
+read -r args
+ms=20
+[[ $args =~ \"ms\":([0-9]+) ]] && ms=${BASH_REMATCH[1]}
+echo "$BG_TASK_ID $BG_NODE $BG_ATTEMPT start ${EPOCHREALTIME/./}" >> "$BG_DIR/runs.log"
+sleep "$((ms / 1000)).$(printf '%03d' $((ms % 1000)))"
+echo "$BG_TASK_ID $BG_NODE $BG_ATTEMPT end ${EPOCHREALTIME/./}" >> "$BG_DIR/runs.log"
+echo "{\"node\":\"$BG_NODE\"}"
+"#;
+
+fn now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as u64
+}
+
+/// A fault injected into one node.
+#[derive(Debug, Clone)]
+struct Fault {
+    node: String,
+    at: u64,
+    /// Tasks running there by the cluster's record at the fault.
+    running: usize,
+    /// Tasks it owned at the fault (claimed, running, or finished but not yet written).
+    owned: BTreeSet<String>,
+}
+
+/// One line of the execution record.
+#[derive(Debug, Clone)]
+struct Run {
+    id: String,
+    node: String,
+    start: bool,
+    at: u64,
+}
+
+/// A cluster under test.
+struct Scenario {
+    redis: Redis,
+    workers: tempfile::TempDir,
+    nodes: BTreeMap<String, NodeProc>,
+    ports: BTreeMap<String, u16>,
+    env: Vec<(String, String)>,
+    client: Client,
+}
+
+impl Scenario {
+    async fn start(ids: &[&str], env: &[(&str, &str)]) -> Scenario {
+        let redis = Redis::start();
+        let workers = tempfile::tempdir().unwrap();
+        write_script(workers.path(), "chaos.sh", CHAOS_SH);
+        let client = Client::connect(&redis.url).await.unwrap();
+        let mut s = Scenario {
+            redis,
+            workers,
+            nodes: BTreeMap::new(),
+            ports: ids.iter().map(|id| (id.to_string(), free_port())).collect(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            client,
+        };
+        for id in ids {
+            s.launch(id);
+        }
+        s.wait_mesh(ids).await;
+        s
+    }
+
+    /// Starts (or restarts) node `id`, seeded with every other known node.
+    fn launch(&mut self, id: &str) {
+        let port = *self.ports.entry(id.to_owned()).or_insert_with(free_port);
+        let seeds: Vec<String> = self
+            .ports
+            .iter()
+            .filter(|(n, _)| n.as_str() != id)
+            .map(|(_, p)| format!("127.0.0.1:{p}"))
+            .collect();
+        let listen = format!("127.0.0.1:{port}");
+        let seeds = seeds.join(",");
+        let mut env: Vec<(&str, &str)> = vec![
+            ("BGNODE_NODE__LISTEN", &listen),
+            ("BGNODE_NODE__SEEDS", &seeds),
+            ("BGNODE_WORKERS__CONCURRENCY", "8"),
+        ];
+        env.extend(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        let node = NodeProc::start(&self.redis, id, self.workers.path(), &env);
+        if let Some(mut old) = self.nodes.insert(id.to_owned(), node) {
+            let _ = old.try_exit();
+        }
+    }
+
+    /// Waits until every node of `ids` reports the others as its reachable peers.
+    async fn wait_mesh(&self, ids: &[&str]) {
+        let want: BTreeSet<String> = ids.iter().map(|s| s.to_string()).collect();
+        eventually(
+            Duration::from_secs(30),
+            &format!("a full mesh of {ids:?}"),
+            || async {
+                let info = self.client.info().await.ok()?;
+                let ok = want.iter().all(|id| {
+                    info.iter().any(|m| {
+                        m.id == *id && m.state == "up" && {
+                            let peers: BTreeSet<String> = m.peers.iter().cloned().collect();
+                            let others: BTreeSet<String> =
+                                want.iter().filter(|o| *o != id).cloned().collect();
+                            others.is_subset(&peers)
+                        }
+                    })
+                });
+                ok.then_some(())
+            },
+        )
+        .await;
+    }
+
+    fn signal(&self, id: &str, sig: Signal) -> u64 {
+        let at = now_us();
+        self.nodes[id].signal(sig);
+        at
+    }
+
+    /// Injects a fault and notes what the node owned then (tasks whose completion was not yet
+    /// durable).
+    async fn fault(&self, id: &str, sig: Signal) -> Fault {
+        let at = self.signal(id, sig);
+        let mut con = self.redis.con().await;
+        let owned: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(format!("bg:node:{id}:owned"))
+            .query_async(&mut con)
+            .await
+            .unwrap();
+        let mut pipe = redis::pipe();
+        for t in &owned {
+            pipe.cmd("HGET").arg(format!("bg:task:{t}")).arg("state");
+        }
+        let states: Vec<Option<String>> = if owned.is_empty() {
+            Vec::new()
+        } else {
+            pipe.query_async(&mut con).await.unwrap()
+        };
+        let running = states
+            .iter()
+            .filter(|s| s.as_deref() == Some("running"))
+            .count();
+        Fault {
+            node: id.to_owned(),
+            at,
+            running,
+            owned: owned.into_iter().collect(),
+        }
+    }
+
+    async fn enqueue(&self, prefix: &str, n: usize, ms: u64) -> Vec<String> {
+        let specs: Vec<TaskSpec> = (0..n)
+            .map(|i| TaskSpec::new("chaos", json!({"ms": ms})).id(format!("{prefix}{i}")))
+            .collect();
+        let mut ids = Vec::new();
+        for chunk in specs.chunks(500) {
+            ids.extend(self.client.enqueue_all(chunk.to_vec()).await.unwrap());
+        }
+        ids
+    }
+
+    async fn wait_done(&self, ids: &[String], timeout: Duration) {
+        eventually(
+            timeout,
+            &format!("{} tasks to finish", ids.len()),
+            || async {
+                let mut con = self.redis.con().await;
+                let mut pipe = redis::pipe();
+                for id in ids {
+                    pipe.cmd("HGET").arg(format!("bg:task:{id}")).arg("state");
+                }
+                let states: Vec<Option<String>> = pipe.query_async(&mut con).await.ok()?;
+                states
+                    .iter()
+                    .all(|s| s.as_deref() == Some("done"))
+                    .then_some(())
+            },
+        )
+        .await;
+    }
+
+    fn runs(&self) -> Vec<Run> {
+        std::fs::read_to_string(self.workers.path().join("runs.log"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                Some(Run {
+                    id: f.first()?.to_string(),
+                    node: f.get(1)?.to_string(),
+                    start: *f.get(3)? == "start",
+                    at: f.get(4)?.parse().ok()?,
+                })
+            })
+            .collect()
+    }
+
+    /// Log lines of the nodes other than `except`, with their time in µs.
+    fn log_lines(&self, except: &str) -> Vec<(u64, String)> {
+        self.nodes
+            .iter()
+            .filter(|(id, _)| id.as_str() != except)
+            .flat_map(|(_, n)| n.log().lines().map(str::to_owned).collect::<Vec<_>>())
+            .filter_map(|l| {
+                let stamp = l.split_whitespace().next()?;
+                let ms = background::schedule::parse_time(stamp).ok()?;
+                Some((ms * 1000, l))
+            })
+            .collect()
+    }
+
+    async fn stat(&self, name: &str) -> u64 {
+        let mut con = self.redis.con().await;
+        let v: Option<u64> = redis::cmd("HGET")
+            .arg("bg:stats")
+            .arg(name)
+            .query_async(&mut con)
+            .await
+            .unwrap();
+        v.unwrap_or(0)
+    }
+
+    /// Counts what happened to `ids`, around `fault`, and prints it.
+    async fn summary(&self, name: &str, ids: &[String], fault: Option<&Fault>) -> Summary {
+        let runs = self.runs();
+        let wanted: BTreeSet<&str> = ids.iter().map(String::as_str).collect();
+        let mut starts: BTreeMap<&str, Vec<&Run>> = BTreeMap::new();
+        let mut ends: BTreeMap<&str, Vec<&Run>> = BTreeMap::new();
+        for r in runs.iter().filter(|r| wanted.contains(r.id.as_str())) {
+            if r.start {
+                starts.entry(&r.id).or_default().push(r);
+            } else {
+                ends.entry(&r.id).or_default().push(r);
+            }
+        }
+        let mut con = self.redis.con().await;
+        let mut pipe = redis::pipe();
+        for id in ids {
+            pipe.cmd("HMGET")
+                .arg(format!("bg:task:{id}"))
+                .arg("state")
+                .arg("node");
+        }
+        let states: Vec<(Option<String>, Option<String>)> =
+            pipe.query_async(&mut con).await.unwrap();
+        let completed = states
+            .iter()
+            .filter(|(s, _)| s.as_deref() == Some("done"))
+            .count();
+        let mut share: BTreeMap<String, usize> = BTreeMap::new();
+        for (_, node) in states.iter().filter(|(s, _)| s.as_deref() == Some("done")) {
+            *share.entry(node.clone().unwrap_or_default()).or_default() += 1;
+        }
+        let duplicated = starts.values().filter(|v| v.len() > 1).count();
+        for (id, v) in starts.iter().filter(|(_, v)| v.len() > 1).take(3) {
+            let at = fault.map_or(0, |f| f.at);
+            let show: Vec<String> = v
+                .iter()
+                .chain(ends.get(id).into_iter().flatten())
+                .map(|r| {
+                    format!(
+                        "{} {} {:+}ms",
+                        r.node,
+                        if r.start { "start" } else { "end" },
+                        (r.at as i64 - at as i64) / 1000
+                    )
+                })
+                .collect();
+            println!("   ran twice: {id}: {}", show.join(", "));
+        }
+        let mut s = Summary {
+            accepted: ids.len(),
+            completed,
+            lost: ids.len() - completed,
+            duplicated,
+            share: share
+                .into_iter()
+                .map(|(n, c)| (n, c as f64 / completed.max(1) as f64))
+                .collect(),
+            ..Summary::default()
+        };
+        if let Some(f) = fault {
+            let (node, at) = (f.node.as_str(), f.at);
+            let orphans: Vec<&str> = starts
+                .iter()
+                .filter(|(id, v)| {
+                    v.iter().any(|r| r.node == node && r.at < at)
+                        && !ends
+                            .get(*id)
+                            .is_some_and(|e| e.iter().any(|r| r.node == node && r.at < at))
+                })
+                .map(|(id, _)| *id)
+                .collect();
+            // In flight: its completion was not durable at the fault (the node still owned it)
+            // and its work had begun on the node. A process the node spawned just before a kill
+            // may write its first record just after it, so the record's time is not compared.
+            s.in_flight = starts
+                .iter()
+                .filter(|(id, v)| f.owned.contains(**id) && v.iter().any(|r| r.node == node))
+                .count();
+            s.started_not_ended = orphans.len();
+            s.running_by_record = f.running;
+            let mut latest = 0u64;
+            for id in &orphans {
+                if let Some(again) = starts[id]
+                    .iter()
+                    .filter(|r| r.at > at && r.node != node)
+                    .map(|r| r.at)
+                    .min()
+                {
+                    latest = latest.max(again - at);
+                }
+            }
+            s.reassignment_ms = (!orphans.is_empty()).then_some(latest as f64 / 1000.0);
+            let logs = self.log_lines(node);
+            let detected = logs
+                .iter()
+                .filter(|(t, l)| *t + 1_000 >= at && l.contains(&format!("peer={node}")))
+                .filter(|(_, l)| l.contains("session closed") || l.contains("no heartbeat"))
+                .map(|(t, _)| t.saturating_sub(at))
+                .min();
+            s.detection_ms = detected.map(|d| d as f64 / 1000.0);
+            s.failover_ms = logs
+                .iter()
+                .filter(|(t, l)| {
+                    *t + 1_000 >= at && l.contains(&format!("failed over node {node}"))
+                })
+                .map(|(t, _)| t.saturating_sub(at) as f64 / 1000.0)
+                .reduce(f64::min);
+        }
+        println!("== {name}: {s}");
+        s
+    }
+}
+
+#[derive(Debug, Default)]
+struct Summary {
+    accepted: usize,
+    completed: usize,
+    lost: usize,
+    duplicated: usize,
+    in_flight: usize,
+    started_not_ended: usize,
+    running_by_record: usize,
+    detection_ms: Option<f64>,
+    failover_ms: Option<f64>,
+    reassignment_ms: Option<f64>,
+    share: BTreeMap<String, f64>,
+}
+
+impl std::fmt::Display for Summary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ms = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.0} ms"));
+        let share: Vec<String> = self
+            .share
+            .iter()
+            .map(|(n, s)| format!("{n} {:.0}%", s * 100.0))
+            .collect();
+        write!(
+            f,
+            "accepted {} completed {} lost {} duplicated {} in flight at the fault {} ({} running by the cluster's record, {} started and not ended by the worker's); detection {}, failover {}, every orphan running again after {}; share {}",
+            self.accepted,
+            self.completed,
+            self.lost,
+            self.duplicated,
+            self.in_flight,
+            self.running_by_record,
+            self.started_not_ended,
+            ms(self.detection_ms),
+            ms(self.failover_ms),
+            ms(self.reassignment_ms),
+            share.join(", ")
+        )
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn three_nodes_share_the_load_fairly() {
+    let _serial = SERIAL.lock().await;
+    let s = Scenario::start(&["n1", "n2", "n3"], &[]).await;
+    let ids = s.enqueue("b", 2_000, 20).await;
+    s.wait_done(&ids, Duration::from_secs(120)).await;
+    let sum = s
+        .summary("balance: 3 nodes, 2,000 tasks of 20 ms", &ids, None)
+        .await;
+    assert_eq!(sum.lost, 0);
+    assert_eq!(sum.duplicated, 0);
+    assert_eq!(sum.share.len(), 3, "{sum}");
+    for (node, share) in &sum.share {
+        assert!(
+            *share >= 0.20,
+            "{node} ran {:.0}% of the work: {sum}",
+            share * 100.0
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_killed_node_fails_over_in_seconds_and_rejoins_when_restarted() {
+    let _serial = SERIAL.lock().await;
+    let mut s = Scenario::start(&["n1", "n2", "n3"], &[]).await;
+    let ids = s.enqueue("k", 900, 100).await;
+    // Kill n2 once it is busy.
+    eventually(Duration::from_secs(20), "n2 to run tasks", || async {
+        s.runs()
+            .iter()
+            .filter(|r| r.node == "n2" && r.start)
+            .nth(20)
+            .map(|_| ())
+    })
+    .await;
+    let fault = s.fault("n2", Signal::KILL).await;
+    s.wait_done(&ids, Duration::from_secs(60)).await;
+    let sum = s.summary("SIGKILL n2 mid-load", &ids, Some(&fault)).await;
+    assert_eq!(sum.lost, 0, "{sum}");
+    assert!(sum.in_flight > 0, "the kill hit running tasks: {sum}");
+    assert!(sum.duplicated <= sum.in_flight, "{sum}");
+    assert!(sum.detection_ms.is_some_and(|d| d < 2_000.0), "{sum}");
+    assert!(
+        sum.reassignment_ms.is_some_and(|r| r <= 3_000.0),
+        "orphans ran again within 3 s: {sum}"
+    );
+
+    // The killed node comes back as a new generation and takes work again.
+    s.nodes
+        .get_mut("n2")
+        .unwrap()
+        .wait_exit(Duration::from_secs(5))
+        .await;
+    s.launch("n2");
+    s.wait_mesh(&["n1", "n2", "n3"]).await;
+    let more = s.enqueue("r", 600, 20).await;
+    s.wait_done(&more, Duration::from_secs(60)).await;
+    let sum = s.summary("n2 restarted", &more, None).await;
+    assert!(
+        sum.share.get("n2").is_some_and(|s| *s > 0.05),
+        "the restarted node took work: {sum}"
+    );
+    assert!(s.nodes["n2"].log().contains("node starting"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_short_pause_moves_nothing_and_a_long_one_is_fenced() {
+    let _serial = SERIAL.lock().await;
+    let s = Scenario::start(&["n1", "n2", "n3"], &[]).await;
+
+    // 1 s: within the lease, no failover and no duplicate.
+    let ids = s.enqueue("p", 600, 100).await;
+    eventually(Duration::from_secs(20), "n2 to run tasks", || async {
+        s.runs()
+            .iter()
+            .filter(|r| r.node == "n2" && r.start)
+            .nth(10)
+            .map(|_| ())
+    })
+    .await;
+    let fault = s.fault("n2", Signal::STOP).await;
+    tokio::time::sleep(Duration::from_secs(1)).await; // the pause itself
+    s.signal("n2", Signal::CONT);
+    s.wait_done(&ids, Duration::from_secs(60)).await;
+    let sum = s.summary("SIGSTOP n2 for 1 s", &ids, Some(&fault)).await;
+    assert_eq!((sum.lost, sum.duplicated), (0, 0), "{sum}");
+    assert!(
+        sum.failover_ms.is_none(),
+        "no failover for a short pause: {sum}"
+    );
+    assert_eq!(s.stat("stale").await, 0);
+
+    // 5 s: the lease expires, n2 is failed over, and its late completions are refused.
+    let ids = s.enqueue("q", 48, 1_500).await;
+    eventually(
+        Duration::from_secs(20),
+        "n2 to run the long tasks",
+        || async {
+            s.runs()
+                .iter()
+                .filter(|r| r.node == "n2" && r.start && r.id.starts_with('q'))
+                .nth(3)
+                .map(|_| ())
+        },
+    )
+    .await;
+    let fault = s.fault("n2", Signal::STOP).await;
+    tokio::time::sleep(Duration::from_secs(5)).await; // the pause itself
+    s.signal("n2", Signal::CONT);
+    s.wait_done(&ids, Duration::from_secs(60)).await;
+    let sum = s.summary("SIGSTOP n2 for 5 s", &ids, Some(&fault)).await;
+    assert_eq!(sum.lost, 0, "{sum}");
+    assert!(
+        sum.failover_ms.is_some_and(|f| f < 4_000.0),
+        "failed over: {sum}"
+    );
+    assert!(sum.duplicated <= sum.in_flight, "{sum}");
+    eventually(
+        Duration::from_secs(20),
+        "n2's late completions to be fenced out",
+        || async { (s.stat("stale").await > 0).then_some(()) },
+    )
+    .await;
+    // Every result comes from the node that owned the task when it finished.
+    let mut con = s.redis.con().await;
+    for id in &ids {
+        let stale: Option<u64> = redis::cmd("HGET")
+            .arg(format!("bg:task:{id}"))
+            .arg("stale")
+            .query_async(&mut con)
+            .await
+            .unwrap();
+        if stale.is_some() {
+            let node: String = redis::cmd("HGET")
+                .arg(format!("bg:task:{id}"))
+                .arg("node")
+                .query_async(&mut con)
+                .await
+                .unwrap();
+            assert_ne!(
+                node, "n2",
+                "{id}: the paused node's late result was refused"
+            );
+        }
+    }
+    s.wait_mesh(&["n1", "n2", "n3"]).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rolling_restart_loses_and_duplicates_nothing() {
+    let _serial = SERIAL.lock().await;
+    let mut s = Scenario::start(&["n1", "n2", "n3"], &[]).await;
+    let ids = s.enqueue("roll", 3_000, 50).await;
+    for id in ["n1", "n2", "n3"] {
+        eventually(
+            Duration::from_secs(20),
+            &format!("{id} to run tasks"),
+            || async {
+                s.runs()
+                    .iter()
+                    .any(|r| r.node == id && r.start)
+                    .then_some(())
+            },
+        )
+        .await;
+        s.signal(id, Signal::TERM);
+        let status = s
+            .nodes
+            .get_mut(id)
+            .unwrap()
+            .wait_exit(Duration::from_secs(30))
+            .await;
+        assert!(status.success(), "{id} stopped cleanly: {status:?}");
+        assert!(
+            s.nodes[id]
+                .log()
+                .contains("handed queued tasks to the peers")
+                || s.nodes[id].log().contains("node stopped")
+        );
+        s.launch(id);
+        s.wait_mesh(&["n1", "n2", "n3"]).await;
+    }
+    s.wait_done(&ids, Duration::from_secs(120)).await;
+    let sum = s.summary("rolling SIGTERM of n1, n2, n3", &ids, None).await;
+    assert_eq!((sum.lost, sum.duplicated), (0, 0), "{sum}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn targets_reach_all_nodes_or_one_node() {
+    let _serial = SERIAL.lock().await;
+    let mut s = Scenario::start(&["n1", "n2"], &[]).await;
+
+    // `all` with a node that joins while it runs.
+    let all = s
+        .client
+        .enqueue(
+            TaskSpec::new("chaos", json!({"ms": 3_000}))
+                .id("everyone")
+                .target(background::task::Target::All),
+        )
+        .await
+        .unwrap();
+    eventually(
+        Duration::from_secs(10),
+        "the broadcast to start on n1 and n2",
+        || async {
+            let nodes: BTreeSet<String> = s
+                .runs()
+                .iter()
+                .filter(|r| r.id.starts_with("everyone@"))
+                .map(|r| r.node.clone())
+                .collect();
+            (nodes.len() == 2).then_some(())
+        },
+    )
+    .await;
+    s.launch("n3");
+    s.wait_mesh(&["n1", "n2", "n3"]).await;
+    s.wait_done(std::slice::from_ref(&all), Duration::from_secs(30)).await;
+    let runs: Vec<Run> = s
+        .runs()
+        .into_iter()
+        .filter(|r| r.start && r.id.starts_with("everyone@"))
+        .collect();
+    let nodes: Vec<&str> = runs.iter().map(|r| r.node.as_str()).collect();
+    assert_eq!(nodes.len(), 3, "once per node: {nodes:?}");
+    assert_eq!(nodes.iter().collect::<BTreeSet<_>>().len(), 3, "{nodes:?}");
+    let (code, out, _) = cli(&s.redis, &["result", "everyone", "--json"]).await;
+    assert_eq!(code, 0);
+    let result: Value = serde_json::from_str(&out).unwrap();
+    for n in ["n1", "n2", "n3"] {
+        assert_eq!(result["result"][n]["state"], "done", "{result}");
+        assert_eq!(result["result"][n]["result"]["node"], n, "{result}");
+    }
+    let (code, out, err) = cli(
+        &s.redis,
+        &["do", "chaos", r#"{"ms":1}"#, "--target", "all", "--wait"],
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v.as_object().unwrap().len(), 3, "{v}");
+
+    // `node:<id>` runs only there.
+    let pinned: Vec<TaskSpec> = (0..30)
+        .map(|i| {
+            TaskSpec::new("chaos", json!({"ms": 10}))
+                .id(format!("only{i}"))
+                .target(background::task::Target::Node("n2".into()))
+        })
+        .collect();
+    let ids = s.client.enqueue_all(pinned).await.unwrap();
+    s.wait_done(&ids, Duration::from_secs(30)).await;
+    let places: BTreeSet<String> = s
+        .runs()
+        .into_iter()
+        .filter(|r| r.id.starts_with("only"))
+        .map(|r| r.node)
+        .collect();
+    assert_eq!(places, BTreeSet::from(["n2".to_string()]));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_cluster_view_and_remote_control() {
+    let _serial = SERIAL.lock().await;
+    let mut s = Scenario::start(&["n1", "n2", "n3"], &[]).await;
+    let (code, out, _) = cli(&s.redis, &["info", "--json"]).await;
+    assert_eq!(code, 0);
+    let info: Value = serde_json::from_str(&out).unwrap();
+    let members = info["members"].as_array().unwrap();
+    assert_eq!(members.len(), 3, "{info}");
+    for m in members {
+        assert_eq!(m["state"], "up");
+        assert_eq!(m["workers"]["chaos"]["capacity"], 8, "{m}");
+        assert!(m["running"].is_u64() && m["queued"].is_u64() && m["capacity"].is_u64());
+    }
+    let (code, out, _) = cli(&s.redis, &["info"]).await;
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("n1  up") && out.contains("chaos: 0/8 running"),
+        "{out}"
+    );
+
+    write_script(s.workers.path(), "fresh.sh", "#!/bin/sh\necho fresh\n");
+    let (code, out, err) = cli(&s.redis, &["reload", "--all"]).await;
+    assert_eq!(code, 0, "{err}");
+    for n in ["n1", "n2", "n3"] {
+        assert!(out.contains(&format!("{n}: {n} reloaded")), "{out}");
+    }
+    let (code, out, err) = cli(&s.redis, &["do", "fresh", "--wait"]).await;
+    assert_eq!((code, out.trim()), (0, r#""fresh""#), "{err}");
+
+    let (code, out, err) = cli(&s.redis, &["stop", "--node", "n3"]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("n3 is stopping"), "{out}");
+    let status = s
+        .nodes
+        .get_mut("n3")
+        .unwrap()
+        .wait_exit(Duration::from_secs(20))
+        .await;
+    assert!(status.success(), "{status:?}");
+    eventually(Duration::from_secs(10), "n3 to leave the view", || async {
+        let info = s.client.info().await.ok()?;
+        (info.len() == 2).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_wrong_cookie_cannot_join_and_garbage_leaves_nodes_running() {
+    let _serial = SERIAL.lock().await;
+    let mut s = Scenario::start(&["n1", "n2"], &[]).await;
+    // Another cookie: refused at start with a clear error.
+    s.env.push((
+        "BGNODE_NODE__COOKIE".into(),
+        "not-the-cluster-cookie".into(),
+    ));
+    s.launch("intruder");
+    let status = s
+        .nodes
+        .get_mut("intruder")
+        .unwrap()
+        .wait_exit(Duration::from_secs(20))
+        .await;
+    assert!(!status.success());
+    assert!(
+        s.nodes["intruder"].log().contains("has another cookie"),
+        "{}",
+        s.nodes["intruder"].log()
+    );
+    s.env.pop();
+    s.nodes.remove("intruder");
+    s.ports.remove("intruder");
+
+    // Garbage on the cluster port (TCP) and the gossip port (UDP).
+    let port = s.ports["n1"];
+    use tokio::io::AsyncWriteExt;
+    for junk in [
+        vec![0xffu8; 70_000],
+        b"GET / HTTP/1.1\r\n\r\n".to_vec(),
+        vec![0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff],
+    ] {
+        if let Ok(mut stream) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
+            let _ = stream.write_all(&junk).await;
+        }
+    }
+    let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    for junk in [&[0u8; 1][..], &[0xff; 1_400][..], b"\x00\x01garbage"] {
+        let _ = udp.send_to(junk, ("127.0.0.1", port)).await;
+    }
+    let ids = s.enqueue("g", 40, 10).await;
+    s.wait_done(&ids, Duration::from_secs(30)).await;
+    for id in ["n1", "n2"] {
+        assert!(
+            s.nodes.get_mut(id).unwrap().try_exit().is_none(),
+            "{id} kept running"
+        );
+    }
+    s.wait_mesh(&["n1", "n2"]).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_cluster_link_can_use_tls() {
+    let _serial = SERIAL.lock().await;
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tls");
+    let cert = fixtures.join("node.pem");
+    let key = fixtures.join("node.key");
+    let ca = fixtures.join("ca.pem");
+    let env = [
+        ("BGNODE_NODE__TLS_CERT", cert.to_str().unwrap()),
+        ("BGNODE_NODE__TLS_KEY", key.to_str().unwrap()),
+        ("BGNODE_NODE__TLS_CA", ca.to_str().unwrap()),
+    ];
+    let s = Scenario::start(&["n1", "n2"], &env).await;
+    assert!(s.nodes["n1"].log().contains("tls=true"));
+    let ids = s.enqueue("tls", 200, 20).await;
+    s.wait_done(&ids, Duration::from_secs(60)).await;
+    let sum = s.summary("TLS link, 2 nodes", &ids, None).await;
+    assert_eq!(sum.lost, 0);
+}
+
+/// A longer soak: repeated kills and restarts under load. Runs with `BGNODE_SOAK=1`.
+#[tokio::test(flavor = "multi_thread")]
+async fn soak_repeated_kills_under_load() {
+    if std::env::var("BGNODE_SOAK").as_deref() != Ok("1") {
+        println!("soak skipped: set BGNODE_SOAK=1 to run it");
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    let mut s = Scenario::start(&["n1", "n2", "n3"], &[]).await;
+    let mut all = Vec::new();
+    for round in 0..10 {
+        let ids = s.enqueue(&format!("s{round}-"), 1_000, 30).await;
+        let victim = ["n1", "n2", "n3"][round % 3];
+        eventually(Duration::from_secs(20), "load on the victim", || async {
+            s.runs()
+                .iter()
+                .any(|r| r.node == victim && r.id.starts_with(&format!("s{round}-")))
+                .then_some(())
+        })
+        .await;
+        let fault = s.fault(victim, Signal::KILL).await;
+        s.wait_done(&ids, Duration::from_secs(120)).await;
+        let sum = s
+            .summary(
+                &format!("soak round {round}: SIGKILL {victim}"),
+                &ids,
+                Some(&fault),
+            )
+            .await;
+        assert_eq!(sum.lost, 0);
+        assert!(sum.duplicated <= sum.in_flight);
+        s.nodes
+            .get_mut(victim)
+            .unwrap()
+            .wait_exit(Duration::from_secs(5))
+            .await;
+        s.launch(victim);
+        s.wait_mesh(&["n1", "n2", "n3"]).await;
+        all.extend(ids);
+    }
+    let sum = s.summary("soak total", &all, None).await;
+    assert_eq!(sum.lost, 0);
+}
