@@ -319,9 +319,18 @@ impl Settings {
             let origin = format!("command-line flag {flag}");
             check_known(&known, key, &origin)?;
             origins.insert(key.clone(), origin);
-            builder = builder
-                .set_override(key.as_str(), value.as_str())
-                .map_err(|e| ConfigError::Load(e.to_string()))?;
+            builder = if key == "node.seeds" {
+                let seeds: Vec<String> = value
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_owned)
+                    .collect();
+                builder.set_override(key.as_str(), seeds)
+            } else {
+                builder.set_override(key.as_str(), value.as_str())
+            }
+            .map_err(|e| ConfigError::Load(e.to_string()))?;
         }
 
         let merged = builder
@@ -636,6 +645,8 @@ mod tests {
     fn file_then_environment_then_flags() {
         let file =
             "[workers]\nconcurrency = 3\ndir = \"/srv/w\"\n[redis]\nurl = \"redis://file:1\"\n";
+        let seeds = load(None, &[], &[("node.seeds", "h1:1, h2:2")]).unwrap();
+        assert_eq!(seeds.node.seeds, vec!["h1:1".to_string(), "h2:2".to_string()]);
         let s = load(
             Some(file),
             &[

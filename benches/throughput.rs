@@ -1,7 +1,14 @@
-//! Throughput and latency of one real `bgnode` node running the built-in `bg-noop` worker on a
-//! private `redis-server`. Run it (release mode) with
-//! `cargo bench --bench throughput -- [--mode drain|paced|both] [--tasks N] [--concurrency N]
-//! [--rate R] [--seconds S] [--json] [--redis-stats]`; `--help` lists every option.
+//! Throughput and latency of real `bgnode` nodes (one, or a cluster of `--nodes N`) running the
+//! built-in `bg-noop` worker on a private `redis-server`. Run it (release mode) with
+//! `cargo bench --bench throughput -- [--mode drain|paced|both] [--tasks N] [--nodes N]
+//! [--concurrency N] [--rate R] [--seconds S] [--json] [--redis-stats]`; `--help` lists every
+//! option.
+//!
+//! With `--nodes N` above 1 the bench starts `bench-1` .. `bench-N` on the same Redis, each on its
+//! own free port, seeded with the others, each with `--concurrency` slots, and waits (polling,
+//! under a deadline) until every node reports all the others as peers and one of them holds the
+//! ingress subscription, before the warm-up. Each mode reports how many of its completed tasks
+//! each node ran (the `node` field of the `done` events) and the CPU time each node process used.
 //!
 //! - **drain** enqueues `--tasks` tasks as fast as it can with `Client::enqueue_all` (chunks of
 //!   `--chunk`, `--in-flight` chunks at once, each enqueuer on its own connection) and waits for
@@ -46,14 +53,21 @@ use tokio::task::JoinSet;
 /// The built-in worker that returns `null` at once.
 const NOOP: &str = "bg-noop";
 
+/// The most nodes `--nodes` accepts.
+const MAX_NODES: usize = 32;
+
+/// How long the nodes of a cluster may take to form a full mesh.
+const MESH_TIMEOUT: Duration = Duration::from_secs(60);
+
 const USAGE: &str = "\
-throughput bench: one bgnode node, bg-noop tasks, a private redis-server
+throughput bench: bgnode nodes (one, or a cluster), bg-noop tasks, a private redis-server
 
 usage: cargo bench --bench throughput -- [options]
 
   --mode drain|paced|both  what to measure (default both)
   --tasks N                tasks in the drain (default 20000)
-  --concurrency N          node concurrency, BGNODE_WORKERS__CONCURRENCY (default 64)
+  --nodes N                bgnode processes forming one cluster on the redis (default 1)
+  --concurrency N          concurrency of each node, BGNODE_WORKERS__CONCURRENCY (default 64)
   --rate R                 paced rate in tasks/s (default: half the drain throughput of this
                            run when the drain ran, else 5000)
   --seconds S              paced duration (default 5)
@@ -78,6 +92,7 @@ enum Mode {
 struct Options {
     mode: Mode,
     tasks: usize,
+    nodes: usize,
     concurrency: u32,
     rate: Option<f64>,
     seconds: f64,
@@ -94,6 +109,7 @@ impl Default for Options {
         Options {
             mode: Mode::Both,
             tasks: 20_000,
+            nodes: 1,
             concurrency: 64,
             rate: None,
             seconds: 5.0,
@@ -136,9 +152,10 @@ fn at_least_one(flag: &str, value: usize) -> Result<usize, String> {
 
 /// Parses the command line by hand; unknown flags and stray words are ignored.
 fn parse_options(args: impl IntoIterator<Item = String>) -> Result<Parsed, String> {
-    const WITH_VALUE: [&str; 9] = [
+    const WITH_VALUE: [&str; 10] = [
         "--mode",
         "--tasks",
+        "--nodes",
         "--concurrency",
         "--rate",
         "--seconds",
@@ -181,6 +198,12 @@ fn parse_options(args: impl IntoIterator<Item = String>) -> Result<Parsed, Strin
                 }
             }
             "--tasks" => o.tasks = at_least_one(&flag, number(&flag, &value)?)?,
+            "--nodes" => {
+                o.nodes = number(&flag, &value)?;
+                if !(1..=MAX_NODES).contains(&o.nodes) {
+                    return Err(format!("--nodes: {value} is outside 1..={MAX_NODES}"));
+                }
+            }
             "--concurrency" => {
                 o.concurrency = number(&flag, &value)?;
                 if !(1..=10_000).contains(&o.concurrency) {
@@ -234,6 +257,8 @@ fn main() -> ExitCode {
 struct Finished {
     id: String,
     error: Option<String>,
+    /// The node that ran the task.
+    node: Option<String>,
     at: Instant,
 }
 
@@ -245,6 +270,8 @@ struct EventMsg {
     id: Option<String>,
     #[serde(default)]
     error: Option<String>,
+    #[serde(default)]
+    node: Option<String>,
 }
 
 /// Subscribes to the events channel on a dedicated pub/sub connection and forwards every final
@@ -279,7 +306,16 @@ async fn subscribe(
                 _ => continue,
             };
             let Some(id) = ev.id else { continue };
-            if tx.send(Finished { id, error, at }).is_err() {
+            let node = ev.node;
+            if tx
+                .send(Finished {
+                    id,
+                    error,
+                    node,
+                    at,
+                })
+                .is_err()
+            {
                 break;
             }
         }
@@ -313,6 +349,8 @@ struct Phase {
     scheduled: Vec<Option<Instant>>,
     finished: Vec<Option<Instant>>,
     errors: Vec<Option<String>>,
+    /// The node named by each task's final event.
+    ran_on: Vec<Option<String>>,
     seen: usize,
     failed: usize,
     enqueued: usize,
@@ -339,6 +377,7 @@ impl Phase {
             scheduled: vec![None; n],
             finished: vec![None; n],
             errors: vec![None; n],
+            ran_on: vec![None; n],
             seen: 0,
             failed: 0,
             enqueued: 0,
@@ -358,6 +397,7 @@ impl Phase {
             return;
         }
         self.finished[i] = Some(ev.at);
+        self.ran_on[i] = ev.node;
         self.seen += 1;
         if let Some(error) = ev.error {
             self.failed += 1;
@@ -395,7 +435,7 @@ async fn collect(
     phase: &mut Phase,
     enqueuers: &mut Enqueuers,
     events: &mut mpsc::UnboundedReceiver<Finished>,
-    node: &mut common::NodeProc,
+    nodes: &mut [common::NodeProc],
     deadline: tokio::time::Instant,
 ) -> anyhow::Result<bool> {
     let mut check = tokio::time::interval(Duration::from_millis(500));
@@ -423,14 +463,20 @@ async fn collect(
                 Some(Ok(Err(e))) => return Err(e.context("enqueue failed")),
                 Some(Err(e)) => bail!("an enqueuer task died: {e}"),
             },
-            _ = check.tick() => {
-                if let Some(status) = node.try_exit() {
-                    bail!("the node exited ({status}); its log:\n{}", node.log());
-                }
-            }
+            _ = check.tick() => check_alive(nodes)?,
             () = &mut sleep => return Ok(false),
         }
     }
+}
+
+/// Fails with its log when a node has exited.
+fn check_alive(nodes: &mut [common::NodeProc]) -> anyhow::Result<()> {
+    for node in nodes {
+        if let Some(status) = node.try_exit() {
+            bail!("node {} exited ({status}); its log:\n{}", node.id, node.log());
+        }
+    }
+    Ok(())
 }
 
 /// How long to keep listening, after the deadline, for the events of tasks Redis says are done.
@@ -663,6 +709,10 @@ struct Report {
     redis_cpu: Option<f64>,
     /// redis-server's command statistics for the phase, busiest first (with --redis-stats).
     redis_commands: Vec<CommandStat>,
+    /// Completed tasks by the node that ran them (the `node` field of their `done` event).
+    per_node: BTreeMap<String, usize>,
+    /// CPU time each node process used during the phase, seconds (empty without /proc).
+    node_cpu: BTreeMap<String, f64>,
     ok: bool,
     missing: BTreeMap<&'static str, usize>,
 }
@@ -673,6 +723,22 @@ fn per_second(n: usize, seconds: f64) -> f64 {
     } else {
         0.0
     }
+}
+
+/// `n` as a fraction of `total` (0 when `total` is 0).
+fn share(n: usize, total: usize) -> f64 {
+    if total > 0 {
+        n as f64 / total as f64
+    } else {
+        0.0
+    }
+}
+
+/// Node ids without duplicates, `bench-2` before `bench-10`.
+fn node_order<'a>(ids: impl Iterator<Item = &'a String>) -> Vec<&'a String> {
+    let mut ids: Vec<&String> = ids.collect::<HashSet<_>>().into_iter().collect();
+    ids.sort_by_key(|id| (id.len(), id.as_str()));
+    ids
 }
 
 impl Report {
@@ -693,6 +759,13 @@ impl Report {
         let done: Vec<Option<Instant>> = (0..phase.len())
             .map(|i| phase.finished[i].filter(|_| phase.errors[i].is_none()))
             .collect();
+        let mut per_node: BTreeMap<String, usize> = BTreeMap::new();
+        for (i, node) in phase.ran_on.iter().enumerate() {
+            if done[i].is_some() {
+                let node = node.as_deref().unwrap_or("(no node in the event)");
+                *per_node.entry(node.to_owned()).or_insert(0) += 1;
+            }
+        }
         let pacer_lag = if phase.scheduled.iter().any(Option::is_some) {
             Latency::of(pairs(&phase.scheduled, &phase.sent))
         } else {
@@ -711,6 +784,8 @@ impl Report {
             pacer_lag,
             redis_cpu: None,
             redis_commands: Vec::new(),
+            per_node,
+            node_cpu: BTreeMap::new(),
             ok: ending.complete && phase.failed == 0,
             missing: ending.missing,
         }
@@ -774,6 +849,32 @@ impl Report {
         }
     }
 
+    /// Prints each node's share of the completed tasks and the CPU time it used.
+    fn print_nodes(&self, name: &str) {
+        for id in node_order(self.per_node.keys().chain(self.node_cpu.keys())) {
+            let n = self.per_node.get(id).copied().unwrap_or(0);
+            let cpu = match self.node_cpu.get(id) {
+                Some(cpu) if self.elapsed > 0.0 => format!(
+                    ", {cpu:.2} s of CPU ({:.0}% of one core over the run)",
+                    100.0 * cpu / self.elapsed
+                ),
+                Some(cpu) => format!(", {cpu:.2} s of CPU"),
+                None => String::new(),
+            };
+            println!(
+                "{name}: node {id}: {n} tasks ({:.1}% of those completed){cpu}",
+                100.0 * share(n, self.completed)
+            );
+        }
+        if self.node_cpu.len() > 1 {
+            let total: f64 = self.node_cpu.values().sum();
+            println!(
+                "{name}: the nodes used {total:.2} s of CPU together ({:.1} µs per task)",
+                1e6 * total / self.tasks as f64
+            );
+        }
+    }
+
     /// Prints what went wrong, if anything.
     fn print_problems(&self, name: &str) {
         if self.failed > 0 {
@@ -816,6 +917,18 @@ impl Report {
                 "command": c.name, "calls": c.calls, "usec": c.usec,
             })).collect::<Vec<_>>(),
             "missing_by_state": self.missing,
+            "nodes": node_order(self.per_node.keys().chain(self.node_cpu.keys()))
+                .into_iter()
+                .map(|id| {
+                    let n = self.per_node.get(id).copied().unwrap_or(0);
+                    let v = json!({
+                        "tasks": n,
+                        "share": r(share(n, self.completed)),
+                        "cpu_s": self.node_cpu.get(id).copied().map(r),
+                    });
+                    (id.clone(), v)
+                })
+                .collect::<serde_json::Map<String, Value>>(),
         })
     }
 }
@@ -881,9 +994,172 @@ async fn command_stats(
     Ok(stats)
 }
 
+/// CPU time (user + system, all threads) each `bgnode` child of this process has used so far,
+/// seconds, by node id. The test helper does not expose the child's pid, so the children are
+/// found in /proc by parent pid and told apart by their `BGNODE_NODE__ID`. Empty where /proc
+/// cannot be read.
+fn node_cpu() -> BTreeMap<String, f64> {
+    // /proc/<pid>/stat counts in USER_HZ, which is 100 on Linux whatever the kernel's HZ.
+    const USER_HZ: f64 = 100.0;
+    let me = std::process::id().to_string();
+    let mut cpu = BTreeMap::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return cpu;
+    };
+    for entry in dir.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name.to_str().filter(|n| n.bytes().all(|b| b.is_ascii_digit())) else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // `pid (comm) state ppid ...`: utime and stime are fields 14 and 15; comm may hold
+        // spaces and parentheses, so the fields are counted from the last ')'.
+        let Some((head, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        if !head.ends_with("(bgnode") || fields.get(1) != Some(&me.as_str()) {
+            continue;
+        }
+        let ticks: f64 = fields
+            .get(11..13)
+            .into_iter()
+            .flatten()
+            .filter_map(|f| f.parse::<f64>().ok())
+            .sum();
+        let Ok(environ) = std::fs::read(format!("/proc/{pid}/environ")) else {
+            continue;
+        };
+        let id = environ
+            .split(|&b| b == 0)
+            .find_map(|kv| kv.strip_prefix(b"BGNODE_NODE__ID="))
+            .map(|id| String::from_utf8_lossy(id).into_owned());
+        if let Some(id) = id {
+            cpu.insert(id, ticks / USER_HZ);
+        }
+    }
+    cpu
+}
+
+/// Starts `n` nodes on `redis`, each with `concurrency` slots. One node is started as the tests
+/// start one and is ready once it holds the ingress subscription. Several are `bench-1` ..
+/// `bench-n`, each listening on its own free port and seeded with the others; they are ready
+/// once every node reports all the others as peers and one of them holds the ingress
+/// subscription.
+async fn start_nodes(
+    redis: &common::Redis,
+    workers: &std::path::Path,
+    n: usize,
+    concurrency: u32,
+    channel: &str,
+) -> anyhow::Result<Vec<common::NodeProc>> {
+    let concurrency = concurrency.to_string();
+    if n == 1 {
+        let node = common::NodeProc::start(
+            redis,
+            "bench-1",
+            workers,
+            &[("BGNODE_WORKERS__CONCURRENCY", concurrency.as_str())],
+        );
+        node.ready().await;
+        return Ok(vec![node]);
+    }
+    let ids: Vec<String> = (1..=n).map(|i| format!("bench-{i}")).collect();
+    let listen: Vec<String> = ids
+        .iter()
+        .map(|_| format!("127.0.0.1:{}", common::free_port()))
+        .collect();
+    let mut nodes = Vec::with_capacity(n);
+    for (i, id) in ids.iter().enumerate() {
+        let seeds: Vec<&str> = listen
+            .iter()
+            .enumerate()
+            .filter(|&(j, _)| j != i)
+            .map(|(_, addr)| addr.as_str())
+            .collect();
+        let seeds = seeds.join(",");
+        nodes.push(common::NodeProc::start(
+            redis,
+            id,
+            workers,
+            &[
+                ("BGNODE_NODE__LISTEN", listen[i].as_str()),
+                ("BGNODE_NODE__SEEDS", seeds.as_str()),
+                ("BGNODE_WORKERS__CONCURRENCY", concurrency.as_str()),
+            ],
+        ));
+    }
+    let client = Client::connect(&redis.url)
+        .await
+        .context("the client cannot connect")?;
+    let mut con = redis.con().await;
+    let started = Instant::now();
+    let deadline = started + MESH_TIMEOUT;
+    let mut seen = String::from("no answer yet");
+    loop {
+        check_alive(&mut nodes)?;
+        let members = client.info().await;
+        let subscribers: Option<(String, i64)> = redis::cmd("PUBSUB")
+            .arg("NUMSUB")
+            .arg(channel)
+            .query_async(&mut con)
+            .await
+            .ok();
+        let ingress = subscribers.is_some_and(|(_, count)| count > 0);
+        match members {
+            Ok(members) => {
+                let meshed = ids.iter().all(|id| {
+                    members.iter().any(|m| {
+                        m.id == *id
+                            && m.state == "up"
+                            && m.workers.contains_key(NOOP)
+                            && ids.iter().filter(|o| *o != id).all(|o| m.peers.contains(o))
+                    })
+                });
+                if meshed && ingress {
+                    println!(
+                        "bench: {n} nodes formed a full mesh in {:.2} s",
+                        started.elapsed().as_secs_f64()
+                    );
+                    return Ok(nodes);
+                }
+                seen = members
+                    .iter()
+                    .map(|m| format!("{} {} peers {:?}", m.id, m.state, m.peers))
+                    .collect::<Vec<_>>()
+                    .join("; ");
+                if !ingress {
+                    seen.push_str("; nobody subscribed to the task channel yet");
+                }
+            }
+            Err(e) => seen = format!("info failed: {e}"),
+        }
+        if Instant::now() >= deadline {
+            let logs: Vec<String> = nodes
+                .iter()
+                .map(|node| format!("---- log of node {} ----\n{}", node.id, node.log()))
+                .collect();
+            bail!(
+                "the {n} nodes did not form a full mesh within {MESH_TIMEOUT:?}; last seen: \
+                 {seen}\n{}",
+                logs.join("\n")
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// What was measured just before a phase.
+struct Before {
+    redis_cpu: f64,
+    node_cpu: BTreeMap<String, f64>,
+}
+
 /// Everything a phase needs from the running system.
 struct Rig {
-    node: common::NodeProc,
+    nodes: Vec<common::NodeProc>,
     clients: Vec<Client>,
     events: mpsc::UnboundedReceiver<Finished>,
     admin: redis::aio::MultiplexedConnection,
@@ -898,13 +1174,13 @@ impl Rig {
         mut phase: Phase,
         mut enqueuers: Enqueuers,
         deadline: tokio::time::Instant,
-        cpu_before: f64,
+        before: Before,
     ) -> anyhow::Result<Report> {
         let complete = collect(
             &mut phase,
             &mut enqueuers,
             &mut self.events,
-            &mut self.node,
+            &mut self.nodes,
             deadline,
         )
         .await?;
@@ -923,15 +1199,23 @@ impl Rig {
             diagnose(self, &phase).await?
         };
         let mut report = Report::of(&phase, Ending { complete, missing });
-        report.redis_cpu = Some(redis_cpu(&mut self.admin).await? - cpu_before);
+        report.redis_cpu = Some(redis_cpu(&mut self.admin).await? - before.redis_cpu);
+        report.node_cpu = node_cpu()
+            .into_iter()
+            .filter_map(|(id, cpu)| Some((id.clone(), cpu - before.node_cpu.get(&id)?)))
+            .collect();
+        for node in &self.nodes {
+            report.per_node.entry(node.id.clone()).or_insert(0);
+        }
         if self.redis_stats {
             report.redis_commands = command_stats(&mut self.admin).await?;
         }
         Ok(report)
     }
 
-    /// Resets the command statistics (with --redis-stats); returns redis-server's CPU time.
-    async fn before_phase(&mut self) -> anyhow::Result<f64> {
+    /// Resets the command statistics (with --redis-stats); returns the CPU time redis-server and
+    /// the nodes have used so far.
+    async fn before_phase(&mut self) -> anyhow::Result<Before> {
         if self.redis_stats {
             redis::cmd("CONFIG")
                 .arg("RESETSTAT")
@@ -939,7 +1223,10 @@ impl Rig {
                 .await
                 .context("CONFIG RESETSTAT")?;
         }
-        redis_cpu(&mut self.admin).await
+        Ok(Before {
+            redis_cpu: redis_cpu(&mut self.admin).await?,
+            node_cpu: node_cpu(),
+        })
     }
 
     async fn drain(&mut self, n: usize, opts: &Options) -> anyhow::Result<Report> {
@@ -982,18 +1269,26 @@ async fn run(opts: &Options) -> anyhow::Result<bool> {
     );
 
     let workers = tempfile::tempdir().context("cannot create the empty workers folder")?;
-    let concurrency = opts.concurrency.to_string();
-    let node = common::NodeProc::start(
+    let nodes = start_nodes(
         &redis,
-        "bench-1",
         workers.path(),
-        &[("BGNODE_WORKERS__CONCURRENCY", concurrency.as_str())],
-    );
-    node.ready().await;
-    println!(
-        "bench: machine has {cores} cores; node bench-1 runs {NOOP} with concurrency {}",
-        opts.concurrency
-    );
+        opts.nodes,
+        opts.concurrency,
+        &settings.redis.channel,
+    )
+    .await?;
+    if opts.nodes == 1 {
+        println!(
+            "bench: machine has {cores} cores; node bench-1 runs {NOOP} with concurrency {}",
+            opts.concurrency
+        );
+    } else {
+        println!(
+            "bench: machine has {cores} cores; nodes bench-1 .. bench-{} each run {NOOP} with \
+             concurrency {}",
+            opts.nodes, opts.concurrency
+        );
+    }
 
     let (events, listener) = subscribe(&redis.url, &settings.redis.events).await?;
     let mut clients = Vec::with_capacity(opts.in_flight);
@@ -1005,7 +1300,7 @@ async fn run(opts: &Options) -> anyhow::Result<bool> {
         );
     }
     let mut rig = Rig {
-        node,
+        nodes,
         clients,
         events,
         admin,
@@ -1026,6 +1321,7 @@ async fn run(opts: &Options) -> anyhow::Result<bool> {
 
     let mut out = json!({
         "cores": cores,
+        "nodes": opts.nodes,
         "concurrency": opts.concurrency,
         "worker": NOOP,
         "redis_appendonly": "no",
@@ -1051,6 +1347,7 @@ async fn run(opts: &Options) -> anyhow::Result<bool> {
             println!("drain: enqueue_all call {}", call.text());
         }
         report.print_redis("drain");
+        report.print_nodes("drain");
         report.print_problems("drain");
         ok &= report.ok;
         if report.ok && tput > 0.0 {
@@ -1086,6 +1383,7 @@ async fn run(opts: &Options) -> anyhow::Result<bool> {
             );
         }
         report.print_redis("paced");
+        report.print_nodes("paced");
         report.print_problems("paced");
         ok &= report.ok;
         out["paced"] = report.json();
@@ -1095,8 +1393,8 @@ async fn run(opts: &Options) -> anyhow::Result<bool> {
     }
 
     println!(
-        "bench: {cores} cores, node concurrency {}, worker {NOOP}",
-        opts.concurrency
+        "bench: {cores} cores, {} node(s), concurrency {} each, worker {NOOP}",
+        opts.nodes, opts.concurrency
     );
     if opts.json {
         println!("{out}");

@@ -60,6 +60,9 @@ enum Command {
         /// Cluster listen address (overrides node.listen).
         #[arg(long)]
         listen: Option<String>,
+        /// Other nodes to join, `host:port,host:port` (overrides node.seeds).
+        #[arg(long, value_name = "ADDRS")]
+        seeds: Option<String>,
         /// Script workers folder (overrides workers.dir).
         #[arg(long, value_name = "DIR")]
         workers: Option<String>,
@@ -325,6 +328,7 @@ async fn dispatch(cli: Cli) -> Result<u8, Exit> {
         Command::Start {
             id,
             listen,
+            seeds,
             workers,
             concurrency,
         } => {
@@ -333,6 +337,7 @@ async fn dispatch(cli: Cli) -> Result<u8, Exit> {
                 &[
                     ("node.id", id.as_ref(), "--id"),
                     ("node.listen", listen.as_ref(), "--listen"),
+                    ("node.seeds", seeds.as_ref(), "--seeds"),
                     ("workers.dir", workers.as_ref(), "--workers"),
                     ("workers.concurrency", concurrency.as_ref(), "--concurrency"),
                 ],

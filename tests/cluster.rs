@@ -553,6 +553,41 @@ async fn a_short_pause_moves_nothing_and_a_long_one_is_fenced() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn the_ingress_moves_when_its_holder_dies() {
+    let _serial = SERIAL.lock().await;
+    let s = Scenario::start(&["n1", "n2", "n3"], &[]).await;
+    let mut con = s.redis.con().await;
+    let holder: String = redis::cmd("GET")
+        .arg("bg:ingress")
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    let holder = holder.split(':').next().unwrap().to_owned();
+    let fault = s.fault(&holder, Signal::KILL).await;
+    let raw = r#"{"worker":"chaos","id":"after-the-holder-died","args":{"ms":1}}"#;
+    eventually(
+        Duration::from_secs(10),
+        "another node to take the ingress lease",
+        || async { (s.redis.publish("background", raw).await == 1).then_some(()) },
+    )
+    .await;
+    let moved_ms = (now_us() - fault.at) / 1_000;
+    println!("== the ingress moved from {holder} {moved_ms} ms after it was killed");
+    assert!(moved_ms < 4_000, "{moved_ms} ms");
+    s.wait_done(
+        &["after-the-holder-died".to_string()],
+        Duration::from_secs(10),
+    )
+    .await;
+    let new: String = redis::cmd("GET")
+        .arg("bg:ingress")
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    assert!(!new.starts_with(&format!("{holder}:")), "{new}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_rolling_restart_loses_and_duplicates_nothing() {
     let _serial = SERIAL.lock().await;
     let mut s = Scenario::start(&["n1", "n2", "n3"], &[]).await;
@@ -622,7 +657,8 @@ async fn targets_reach_all_nodes_or_one_node() {
     .await;
     s.launch("n3");
     s.wait_mesh(&["n1", "n2", "n3"]).await;
-    s.wait_done(std::slice::from_ref(&all), Duration::from_secs(30)).await;
+    s.wait_done(std::slice::from_ref(&all), Duration::from_secs(30))
+        .await;
     let runs: Vec<Run> = s
         .runs()
         .into_iter()
