@@ -646,7 +646,10 @@ mod tests {
         let file =
             "[workers]\nconcurrency = 3\ndir = \"/srv/w\"\n[redis]\nurl = \"redis://file:1\"\n";
         let seeds = load(None, &[], &[("node.seeds", "h1:1, h2:2")]).unwrap();
-        assert_eq!(seeds.node.seeds, vec!["h1:1".to_string(), "h2:2".to_string()]);
+        assert_eq!(
+            seeds.node.seeds,
+            vec!["h1:1".to_string(), "h2:2".to_string()]
+        );
         let s = load(
             Some(file),
             &[

@@ -720,22 +720,37 @@ impl Store {
     /// Hands every unfinished task owned by `node` back to the pending sets with new epochs.
     /// Returns how many ids were taken from the owned set.
     pub async fn release_owned(&self, node: &str) -> StoreResult<usize> {
+        Ok(self.hand_back(node, false).await?.unwrap_or(0))
+    }
+
+    /// Fails over a dead node: hands its owned tasks back to the pending sets with new epochs,
+    /// unless its liveness lease exists. Returns `None` when the lease exists (it is alive),
+    /// else how many tasks were moved.
+    pub async fn failover(&self, dead: &str) -> StoreResult<Option<usize>> {
+        self.hand_back(dead, true).await
+    }
+
+    /// Runs the hand-back script in batches until the owned set is empty; `guarded`: only while
+    /// the node's lease is absent (`None` when it exists before anything moved).
+    async fn hand_back(&self, node: &str, guarded: bool) -> StoreResult<Option<usize>> {
         let mut total = 0;
         loop {
             let mut con = self.con.clone();
-            let n: usize = self
-                .scripts
-                .release
-                .key(self.keys.owned(node))
-                .key(self.keys.workers())
+            let mut call = self.scripts.release.key(self.keys.owned(node));
+            call.key(self.keys.workers());
+            if guarded {
+                call.key(self.keys.alive(node));
+            }
+            let n: i64 = call
                 .arg(self.keys.prefix())
                 .arg(200)
                 .invoke_async(&mut con)
                 .await?;
-            if n == 0 {
-                return Ok(total);
+            match n {
+                -1 if total == 0 => return Ok(None),
+                n if n <= 0 => return Ok(Some(total)),
+                n => total += n as usize,
             }
-            total += n;
         }
     }
 
@@ -753,31 +768,6 @@ impl Store {
             call.arg(id);
         }
         Ok(call.invoke_async(&mut con).await?)
-    }
-
-    /// Fails over a dead node: hands its owned tasks back to the pending sets with new epochs,
-    /// unless its liveness lease exists. Returns `None` when the lease exists (it is alive),
-    /// else how many tasks were moved.
-    pub async fn failover(&self, dead: &str) -> StoreResult<Option<usize>> {
-        let mut total = 0;
-        loop {
-            let mut con = self.con.clone();
-            let n: i64 = self
-                .scripts
-                .release
-                .key(self.keys.owned(dead))
-                .key(self.keys.workers())
-                .key(self.keys.alive(dead))
-                .arg(self.keys.prefix())
-                .arg(200)
-                .invoke_async(&mut con)
-                .await?;
-            match n {
-                -1 if total == 0 => return Ok(None),
-                n if n <= 0 => return Ok(Some(total)),
-                n => total += n as usize,
-            }
-        }
     }
 
     /// Adopts tasks `from` hands over to `to` (only those `from` still owns under the given

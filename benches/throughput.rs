@@ -473,7 +473,11 @@ async fn collect(
 fn check_alive(nodes: &mut [common::NodeProc]) -> anyhow::Result<()> {
     for node in nodes {
         if let Some(status) = node.try_exit() {
-            bail!("node {} exited ({status}); its log:\n{}", node.id, node.log());
+            bail!(
+                "node {} exited ({status}); its log:\n{}",
+                node.id,
+                node.log()
+            );
         }
     }
     Ok(())
@@ -1008,7 +1012,10 @@ fn node_cpu() -> BTreeMap<String, f64> {
     };
     for entry in dir.flatten() {
         let name = entry.file_name();
-        let Some(pid) = name.to_str().filter(|n| n.bytes().all(|b| b.is_ascii_digit())) else {
+        let Some(pid) = name
+            .to_str()
+            .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
+        else {
             continue;
         };
         let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
@@ -1097,7 +1104,6 @@ async fn start_nodes(
     let mut con = redis.con().await;
     let started = Instant::now();
     let deadline = started + MESH_TIMEOUT;
-    let mut seen = String::from("no answer yet");
     loop {
         check_alive(&mut nodes)?;
         let members = client.info().await;
@@ -1108,7 +1114,7 @@ async fn start_nodes(
             .await
             .ok();
         let ingress = subscribers.is_some_and(|(_, count)| count > 0);
-        match members {
+        let seen = match members {
             Ok(members) => {
                 let meshed = ids.iter().all(|id| {
                     members.iter().any(|m| {
@@ -1125,7 +1131,7 @@ async fn start_nodes(
                     );
                     return Ok(nodes);
                 }
-                seen = members
+                let mut seen = members
                     .iter()
                     .map(|m| format!("{} {} peers {:?}", m.id, m.state, m.peers))
                     .collect::<Vec<_>>()
@@ -1133,9 +1139,10 @@ async fn start_nodes(
                 if !ingress {
                     seen.push_str("; nobody subscribed to the task channel yet");
                 }
+                seen
             }
-            Err(e) => seen = format!("info failed: {e}"),
-        }
+            Err(e) => format!("info failed: {e}"),
+        };
         if Instant::now() >= deadline {
             let logs: Vec<String> = nodes
                 .iter()
@@ -1231,20 +1238,20 @@ impl Rig {
 
     async fn drain(&mut self, n: usize, opts: &Options) -> anyhow::Result<Report> {
         let (phase, specs) = Phase::new(n);
-        let cpu = self.before_phase().await?;
+        let before = self.before_phase().await?;
         let deadline = tokio::time::Instant::now() + opts.deadline;
         let enqueuers = spawn_drain(&self.clients, specs, opts.chunk);
-        self.finish(phase, enqueuers, deadline, cpu).await
+        self.finish(phase, enqueuers, deadline, before).await
     }
 
     async fn paced(&mut self, rate: f64, seconds: f64, opts: &Options) -> anyhow::Result<Report> {
         let n = ((rate * seconds).round() as usize).max(1);
         let (phase, specs) = Phase::new(n);
-        let cpu = self.before_phase().await?;
+        let before = self.before_phase().await?;
         let deadline =
             tokio::time::Instant::now() + Duration::from_secs_f64(seconds) + opts.deadline;
         let enqueuers = spawn_paced(&self.clients, specs, rate);
-        self.finish(phase, enqueuers, deadline, cpu).await
+        self.finish(phase, enqueuers, deadline, before).await
     }
 }
 

@@ -133,29 +133,9 @@ enum Command {
         json: bool,
     },
     /// Stop a node (or every node) gracefully, through the cluster.
-    Stop {
-        /// The node.
-        #[arg(long, conflicts_with = "all", required_unless_present = "all")]
-        node: Option<String>,
-        /// Every node.
-        #[arg(long)]
-        all: bool,
-        /// Print the answers as JSON.
-        #[arg(long)]
-        json: bool,
-    },
+    Stop(NodeSelect),
     /// Make a node (or every node) rescan its workers folder, through the cluster.
-    Reload {
-        /// The node.
-        #[arg(long, conflicts_with = "all", required_unless_present = "all")]
-        node: Option<String>,
-        /// Every node.
-        #[arg(long)]
-        all: bool,
-        /// Print the answers as JSON.
-        #[arg(long)]
-        json: bool,
-    },
+    Reload(NodeSelect),
     /// List pending, scheduled, running and dead tasks.
     Bg {
         /// Most tasks listed per group.
@@ -175,6 +155,20 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// Which nodes `stop` and `reload` reach.
+#[derive(Args)]
+struct NodeSelect {
+    /// The node.
+    #[arg(long, conflicts_with = "all", required_unless_present = "all")]
+    node: Option<String>,
+    /// Every node.
+    #[arg(long)]
+    all: bool,
+    /// Print the answers as JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 /// Options of a task, for `bgnode do`.
@@ -460,12 +454,8 @@ async fn dispatch(cli: Cli) -> Result<u8, Exit> {
             }
             Ok(0)
         }
-        Command::Stop { node, all: _, json } => {
-            control(&cli, ControlOp::Stop, node.as_deref(), *json).await
-        }
-        Command::Reload { node, all: _, json } => {
-            control(&cli, ControlOp::Reload, node.as_deref(), *json).await
-        }
+        Command::Stop(select) => control(&cli, ControlOp::Stop, select).await,
+        Command::Reload(select) => control(&cli, ControlOp::Reload, select).await,
         Command::Bg { limit, json } => {
             let client = connect(&settings(&cli, &[])?).await?;
             let overview = client.overview(*limit).await?;
@@ -489,7 +479,8 @@ async fn dispatch(cli: Cli) -> Result<u8, Exit> {
     }
 }
 
-async fn control(cli: &Cli, op: ControlOp, node: Option<&str>, json: bool) -> Result<u8, Exit> {
+async fn control(cli: &Cli, op: ControlOp, select: &NodeSelect) -> Result<u8, Exit> {
+    let (node, json) = (select.node.as_deref(), select.json);
     let client = connect(&settings(cli, &[])?).await?;
     let answers = client
         .control(op, node, std::time::Duration::from_secs(10))

@@ -564,21 +564,24 @@ async fn the_ingress_moves_when_its_holder_dies() {
         .unwrap();
     let holder = holder.split(':').next().unwrap().to_owned();
     let fault = s.fault(&holder, Signal::KILL).await;
+    // A raw publish is at most once: one that reaches the dead holder's socket before Redis
+    // notices the close is lost. The id makes publishing again safe.
     let raw = r#"{"worker":"chaos","id":"after-the-holder-died","args":{"ms":1}}"#;
     eventually(
         Duration::from_secs(10),
-        "another node to take the ingress lease",
-        || async { (s.redis.publish("background", raw).await == 1).then_some(()) },
+        "a raw task to run after the holder died",
+        || async {
+            s.redis.publish("background", raw).await;
+            let state = s.redis.task_field("after-the-holder-died", "state").await;
+            (state.as_deref() == Some("done")).then_some(())
+        },
     )
     .await;
     let moved_ms = (now_us() - fault.at) / 1_000;
-    println!("== the ingress moved from {holder} {moved_ms} ms after it was killed");
-    assert!(moved_ms < 4_000, "{moved_ms} ms");
-    s.wait_done(
-        &["after-the-holder-died".to_string()],
-        Duration::from_secs(10),
-    )
-    .await;
+    println!(
+        "== the ingress moved from {holder}: a raw task published after the kill ran {moved_ms} ms after it"
+    );
+    assert!(moved_ms < 5_000, "{moved_ms} ms");
     let new: String = redis::cmd("GET")
         .arg("bg:ingress")
         .query_async(&mut con)

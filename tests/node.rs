@@ -5,22 +5,11 @@ mod common;
 
 use std::time::Duration;
 
-use common::{NodeProc, Redis, cli, eventually, test_workers, write_script};
+use common::{NodeProc, Redis, cli, eventually, state_of, test_workers, wait_state, write_script};
 use rustix::process::Signal;
 use serde_json::{Value, json};
 
-const T: Duration = Duration::from_secs(20);
-
-async fn state_of(redis: &Redis, id: &str) -> Option<String> {
-    redis.task_field(id, "state").await
-}
-
-async fn wait_state(redis: &Redis, id: &str, want: &str) {
-    eventually(T, &format!("task {id} to be {want}"), || async {
-        (state_of(redis, id).await.as_deref() == Some(want)).then_some(())
-    })
-    .await;
-}
+const T: Duration = common::WAIT;
 
 async fn status_json(redis: &Redis, id: &str) -> Value {
     let (code, out, err) = cli(redis, &["status", id, "--json"]).await;
@@ -30,10 +19,7 @@ async fn status_json(redis: &Redis, id: &str) -> Value {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn raw_publish_runs_a_script_worker_and_announces_it() {
-    let redis = Redis::start();
-    let workers = test_workers();
-    let node = NodeProc::start(&redis, "n1", workers.path(), &[]);
-    node.ready().await;
+    let (redis, _workers, _node) = common::one_node(&[]).await;
     let events = redis.events().await;
 
     let receivers = redis
@@ -86,10 +72,7 @@ async fn raw_publish_runs_a_script_worker_and_announces_it() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn cli_do_wait_status_and_result() {
-    let redis = Redis::start();
-    let workers = test_workers();
-    let node = NodeProc::start(&redis, "n1", workers.path(), &[]);
-    node.ready().await;
+    let (redis, _workers, _node) = common::one_node(&[]).await;
 
     let (code, out, err) = cli(&redis, &["do", "echo", r#"{"a":[1,2]}"#, "--wait"]).await;
     assert_eq!(code, 0, "{err}");
@@ -138,10 +121,7 @@ async fn cli_do_wait_status_and_result() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_failing_script_reports_its_stderr() {
-    let redis = Redis::start();
-    let workers = test_workers();
-    let node = NodeProc::start(&redis, "n1", workers.path(), &[]);
-    node.ready().await;
+    let (redis, _workers, _node) = common::one_node(&[]).await;
     let events = redis.events().await;
 
     let (code, _, err) = cli(&redis, &["do", "fail", "--wait", "--id", "f1"]).await;
@@ -209,10 +189,7 @@ async fn a_script_past_its_time_limit_is_killed_with_its_children() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn every_bad_input_is_rejected_and_valid_neighbours_complete() {
-    let redis = Redis::start();
-    let workers = test_workers();
-    let node = NodeProc::start(&redis, "n1", workers.path(), &[]);
-    node.ready().await;
+    let (redis, _workers, node) = common::one_node(&[]).await;
     let events = redis.events().await;
 
     let long_name = "a".repeat(10_000);
@@ -367,15 +344,8 @@ async fn tasks_survive_a_redis_outage() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_drains_running_tasks_and_hands_back_the_queue() {
-    let redis = Redis::start();
-    let workers = test_workers();
-    let mut node = NodeProc::start(
-        &redis,
-        "n1",
-        workers.path(),
-        &[("BGNODE_WORKERS__CONCURRENCY", "2")],
-    );
-    node.ready().await;
+    let (redis, workers, mut node) =
+        common::one_node(&[("BGNODE_WORKERS__CONCURRENCY", "2")]).await;
 
     let mut ids = Vec::new();
     for i in 0..6 {
@@ -431,15 +401,7 @@ async fn sigterm_drains_running_tasks_and_hands_back_the_queue() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_killed_node_runs_its_tasks_again_when_it_restarts() {
-    let redis = Redis::start();
-    let workers = test_workers();
-    let node = NodeProc::start(
-        &redis,
-        "n1",
-        workers.path(),
-        &[("BGNODE_WORKERS__CONCURRENCY", "2")],
-    );
-    node.ready().await;
+    let (redis, workers, node) = common::one_node(&[("BGNODE_WORKERS__CONCURRENCY", "2")]).await;
     for i in 0..4 {
         cli(
             &redis,
@@ -552,15 +514,7 @@ async fn eval_runs_a_worker_without_redis() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn finished_tasks_expire_after_the_result_ttl() {
-    let redis = Redis::start();
-    let workers = test_workers();
-    let node = NodeProc::start(
-        &redis,
-        "n1",
-        workers.path(),
-        &[("BGNODE_SAVER__RESULT_TTL", "1s")],
-    );
-    node.ready().await;
+    let (redis, _workers, _node) = common::one_node(&[("BGNODE_SAVER__RESULT_TTL", "1s")]).await;
     let (code, _, _) = cli(
         &redis,
         &["do", "echo", "{}", "--wait", "--id", "short-lived"],
@@ -585,10 +539,7 @@ async fn finished_tasks_expire_after_the_result_ttl() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn ctrl_c_stops_the_node_cleanly() {
-    let redis = Redis::start();
-    let workers = test_workers();
-    let mut node = NodeProc::start(&redis, "n1", workers.path(), &[]);
-    node.ready().await;
+    let (redis, _workers, mut node) = common::one_node(&[]).await;
     node.signal(Signal::INT);
     let status = node.wait_exit(Duration::from_secs(15)).await;
     assert!(status.success(), "{status:?}\n{}", node.log());

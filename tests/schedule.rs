@@ -9,22 +9,14 @@ use std::path::Path;
 use std::time::Duration;
 
 use background::{Client, TaskSpec};
-use common::{NodeProc, Redis, cli, cli_env, eventually, runs, test_workers, write_script};
+use common::{
+    NodeProc, Redis, cli, cli_env, eventually, runs, state_of, test_workers, wait_state,
+    write_script,
+};
 use rustix::process::Signal;
 use serde_json::{Value, json};
 
-const T: Duration = Duration::from_secs(20);
-
-async fn state_of(redis: &Redis, id: &str) -> Option<String> {
-    redis.task_field(id, "state").await
-}
-
-async fn wait_state(redis: &Redis, id: &str, want: &str) {
-    eventually(T, &format!("task {id} to be {want}"), || async {
-        (state_of(redis, id).await.as_deref() == Some(want)).then_some(())
-    })
-    .await;
-}
+const T: Duration = common::WAIT;
 
 async fn num(redis: &Redis, id: &str, field: &str) -> u64 {
     redis
@@ -49,10 +41,7 @@ fn runs_of(workers: &Path, prefix: &str) -> Vec<(String, String, u32, u64)> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_task_due_in_two_seconds_runs_between_two_and_three_seconds_later() {
-    let redis = Redis::start();
-    let workers = test_workers();
-    let node = NodeProc::start(&redis, "n1", workers.path(), &[]);
-    node.ready().await;
+    let (redis, _workers, _node) = common::one_node(&[]).await;
 
     ok(
         &redis,
@@ -163,15 +152,7 @@ async fn a_recurring_task_fires_each_occurrence_once_with_two_nodes() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn priorities_order_a_backlog() {
-    let redis = Redis::start();
-    let workers = test_workers();
-    let node = NodeProc::start(
-        &redis,
-        "n1",
-        workers.path(),
-        &[("BGNODE_WORKERS__CONCURRENCY", "1")],
-    );
-    node.ready().await;
+    let (redis, workers, _node) = common::one_node(&[("BGNODE_WORKERS__CONCURRENCY", "1")]).await;
     let client = Client::connect(&redis.url).await.unwrap();
     // Occupy the only slot, then build the backlog in one go.
     client
@@ -303,15 +284,7 @@ async fn failures_retry_with_growing_delays_then_die_and_retry_brings_them_back(
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_deadline_expires_a_task_that_could_not_start_in_time() {
-    let redis = Redis::start();
-    let workers = test_workers();
-    let node = NodeProc::start(
-        &redis,
-        "n1",
-        workers.path(),
-        &[("BGNODE_WORKERS__CONCURRENCY", "1")],
-    );
-    node.ready().await;
+    let (redis, workers, _node) = common::one_node(&[("BGNODE_WORKERS__CONCURRENCY", "1")]).await;
     let events = redis.events().await;
 
     // No node offers this worker: it waits in its pending set until its deadline.
@@ -369,10 +342,7 @@ async fn a_deadline_expires_a_task_that_could_not_start_in_time() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_per_key_limit_rejects_the_excess() {
-    let redis = Redis::start();
-    let workers = test_workers();
-    let node = NodeProc::start(&redis, "n1", workers.path(), &[("BGNODE_KEYS__LIMIT", "2")]);
-    node.ready().await;
+    let (redis, _workers, _node) = common::one_node(&[("BGNODE_KEYS__LIMIT", "2")]).await;
     let env = [("BGNODE_KEYS__LIMIT", "2")];
     let events = redis.events().await;
 
@@ -526,15 +496,7 @@ async fn the_per_key_limit_defers_and_frees_slots_after_crashes() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn cancel_works_in_every_state() {
-    let redis = Redis::start();
-    let workers = test_workers();
-    let node = NodeProc::start(
-        &redis,
-        "n1",
-        workers.path(),
-        &[("BGNODE_WORKERS__CONCURRENCY", "1")],
-    );
-    node.ready().await;
+    let (redis, workers, _node) = common::one_node(&[("BGNODE_WORKERS__CONCURRENCY", "1")]).await;
     let events = redis.events().await;
 
     // Scheduled.
@@ -613,10 +575,7 @@ async fn cancel_works_in_every_state() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_duplicate_id_runs_once_and_result_keys_read_and_reset() {
-    let redis = Redis::start();
-    let workers = test_workers();
-    let node = NodeProc::start(&redis, "n1", workers.path(), &[]);
-    node.ready().await;
+    let (redis, workers, _node) = common::one_node(&[]).await;
 
     let first = ok(&redis, &["do", "record", r#"{"n":1}"#, "--id", "same"]).await;
     let (code, second, err) = cli(&redis, &["do", "record", r#"{"n":2}"#, "--id", "same"]).await;

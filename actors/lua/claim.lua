@@ -5,8 +5,7 @@
 -- KEYS[1] pending set, KEYS[2] owned set of the node, KEYS[3] this node's own pending set
 -- ARGV[1] key prefix, ARGV[2] node id, ARGV[3] N, ARGV[4] now, ARGV[5] result ttl (ms),
 -- ARGV[6] task channel, ARGV[7] events channel
--- Returns {id, epoch, worker, args, priority, attempt, attempts, timeout, created, reply,
--- deadline, backoff, backoff_cap, target} per task.
+-- Returns one row per task (see take_ownership).
 local want = tonumber(ARGV[3])
 local popped = redis.call('ZPOPMIN', KEYS[3], want)
 if #popped / 2 < want then
@@ -18,18 +17,12 @@ end
 local out = {}
 for i = 1, #popped, 2 do
   local id = popped[i]
-  local tk = ARGV[1] .. ':task:' .. id
-  local f = redis.call('HMGET', tk, 'state', 'worker', 'args', 'priority', 'attempt', 'attempts',
-    'timeout', 'created', 'reply', 'deadline', 'backoff', 'backoff_cap', 'target', 'cancel')
+  local f = redis.call('HMGET', ARGV[1] .. ':task:' .. id, unpack(TASK_ROW))
   if f[1] == 'queued' and f[14] == '1' then
     close_unrun(ARGV[1], id, 'cancelled', 'cancelled before it started', ARGV[4], ARGV[5], ARGV[6],
       ARGV[7])
   elseif f[1] == 'queued' then
-    local epoch = redis.call('HINCRBY', tk, 'epoch', 1)
-    redis.call('HSET', tk, 'node', ARGV[2])
-    redis.call('SADD', KEYS[2], id)
-    out[#out + 1] = {id, tostring(epoch), f[2], f[3], f[4], f[5], f[6], f[7], f[8], f[9], f[10],
-      f[11], f[12], f[13]}
+    out[#out + 1] = take_ownership(ARGV[1], id, f, ARGV[2], KEYS[2])
   end
 end
 return out

@@ -19,6 +19,30 @@ local function publish_json(channel, tbl)
   end
 end
 
+-- Answer a caller waiting on the reply list of `id` with its final event.
+local function answer(prefix, id, event, ttl)
+  local reply = prefix .. ':reply:' .. id
+  redis.call('RPUSH', reply, event)
+  redis.call('PEXPIRE', reply, ttl)
+end
+
+-- The fields a node needs to run a task, in the order the store reads them.
+local TASK_ROW = {'state', 'worker', 'args', 'priority', 'attempt', 'attempts', 'timeout', 'created',
+  'reply', 'deadline', 'backoff', 'backoff_cap', 'target', 'cancel', 'epoch'}
+
+-- Make `node` the owner of task `id` (its fields `f`, read with TASK_ROW): a new epoch, the
+-- owner recorded, the id in the owner's set. Returns the row the store turns into a task:
+-- {id, epoch, worker, args, priority, attempt, attempts, timeout, created, reply, deadline,
+-- backoff, backoff_cap, target}.
+local function take_ownership(prefix, id, f, node, owned)
+  local tk = prefix .. ':task:' .. id
+  local epoch = redis.call('HINCRBY', tk, 'epoch', 1)
+  redis.call('HSET', tk, 'node', node)
+  redis.call('SADD', owned, id)
+  return {id, tostring(epoch), f[2], f[3], f[4], f[5], f[6], f[7], f[8], f[9], f[10], f[11], f[12],
+    f[13]}
+end
+
 -- The pending set a task waits in: its worker's, or, for a task pinned to a node (target
 -- `node:<id>`), that node's own set for the worker.
 local function pending_key(prefix, worker, target)
@@ -173,9 +197,7 @@ local function broadcast_check(prefix, parent, now, ttl, channel, events)
     ts = tonumber(now)})
   redis.call('PUBLISH', events, event)
   if p[3] == '1' then
-    local reply = prefix .. ':reply:' .. parent
-    redis.call('RPUSH', reply, event)
-    redis.call('PEXPIRE', reply, ttl)
+    answer(prefix, parent, event, ttl)
   end
 end
 
@@ -204,9 +226,7 @@ local function close_unrun(prefix, id, state, message, now, ttl, channel, events
     attempt = tonumber(f[5]) or 0, ts = tonumber(now)})
   redis.call('PUBLISH', events, event)
   if f[4] == '1' then
-    local reply = prefix .. ':reply:' .. id
-    redis.call('RPUSH', reply, event)
-    redis.call('PEXPIRE', reply, ttl)
+    answer(prefix, id, event, ttl)
   end
   if f[7] and f[7] ~= '' then
     broadcast_check(prefix, f[7], now, ttl, channel, events)

@@ -65,9 +65,7 @@ redis.call('PEXPIRE', KEYS[1], ttl)
 redis.call('HINCRBY', prefix .. ':stats', state, 1)
 redis.call('PUBLISH', ARGV[9], ARGV[10])
 if cur[3] == '1' then
-  local reply = prefix .. ':reply:' .. id
-  redis.call('RPUSH', reply, ARGV[10])
-  redis.call('PEXPIRE', reply, ttl)
+  answer(prefix, id, ARGV[10], ttl)
 end
 if cur[6] and cur[6] ~= '' then
   broadcast_check(prefix, cur[6], now, ARGV[7], ARGV[14], ARGV[9])

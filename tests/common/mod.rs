@@ -320,6 +320,31 @@ impl Drop for NodeProc {
     }
 }
 
+/// How long a test waits for a task to reach a state.
+pub const WAIT: Duration = Duration::from_secs(20);
+
+/// The `state` field of a task.
+pub async fn state_of(redis: &Redis, id: &str) -> Option<String> {
+    redis.task_field(id, "state").await
+}
+
+/// Waits until task `id` is in state `want`.
+pub async fn wait_state(redis: &Redis, id: &str, want: &str) {
+    eventually(WAIT, &format!("task {id} to be {want}"), || async {
+        (state_of(redis, id).await.as_deref() == Some(want)).then_some(())
+    })
+    .await;
+}
+
+/// A Redis, the test workers folder and one ready node `n1` started with `env`.
+pub async fn one_node(env: &[(&str, &str)]) -> (Redis, tempfile::TempDir, NodeProc) {
+    let redis = Redis::start();
+    let workers = test_workers();
+    let node = NodeProc::start(&redis, "n1", workers.path(), env);
+    node.ready().await;
+    (redis, workers, node)
+}
+
 /// Polls `check` every 20 ms until it returns `Some`, at most `timeout`; panics naming `what`.
 pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
 where
