@@ -921,7 +921,7 @@ impl Report {
                 "command": c.name, "calls": c.calls, "usec": c.usec,
             })).collect::<Vec<_>>(),
             "missing_by_state": self.missing,
-            "nodes": node_order(self.per_node.keys().chain(self.node_cpu.keys()))
+            "per_node": node_order(self.per_node.keys().chain(self.node_cpu.keys()))
                 .into_iter()
                 .map(|id| {
                     let n = self.per_node.get(id).copied().unwrap_or(0);
