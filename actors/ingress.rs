@@ -130,6 +130,7 @@ async fn listen(ctx: Arc<NodeContext>, mut stop: watch::Receiver<bool>) {
     let channel = ctx.settings.redis.channel.clone();
     let mut backoff = Duration::from_millis(100);
     let mut warned = false;
+    let mut rng = XorShift::new(ctx.generation);
     while !*stop.borrow() {
         match ctx.store.lease(&key, &holder, ttl).await {
             Ok(Lease::Renewed | Lease::Taken) => {}
@@ -188,7 +189,7 @@ async fn listen(ctx: Arc<NodeContext>, mut stop: watch::Receiver<bool>) {
                             _ => break,
                         }
                     }
-                    handle_batch(&ctx, &batch).await;
+                    handle_batch(&ctx, &batch, &mut rng).await;
                 }
                 _ = renew.tick() => {
                     match ctx.store.lease(&key, &holder, ttl).await {
@@ -257,7 +258,7 @@ async fn wait_or_stop(stop: &mut watch::Receiver<bool>, d: Duration) -> bool {
 }
 
 /// Validates, stores and announces one batch of channel messages.
-async fn handle_batch(ctx: &Arc<NodeContext>, batch: &[Vec<u8>]) {
+async fn handle_batch(ctx: &Arc<NodeContext>, batch: &[Vec<u8>], rng: &mut XorShift) {
     let limit = ctx.settings.limits.message_bytes as usize;
     let mut specs: Vec<TaskSpec> = Vec::new();
     let mut wakes: BTreeSet<String> = BTreeSet::new();
@@ -367,7 +368,7 @@ async fn handle_batch(ctx: &Arc<NodeContext>, batch: &[Vec<u8>]) {
         }
     }
     for worker in wakes {
-        route_wake(ctx, &worker);
+        route_wake(ctx, &worker, rng);
     }
     for (worker, node) in pinned {
         if node == ctx.node {
@@ -395,11 +396,10 @@ fn offered(ctx: &NodeContext) -> Vec<String> {
 
 /// Sends a wake where placement says: here when this node is not busier than the peers that
 /// offer the worker, else the less busy of two random peers.
-fn route_wake(ctx: &NodeContext, worker: &str) {
+fn route_wake(ctx: &NodeContext, worker: &str, rng: &mut XorShift) {
     let local = ctx.registry().get(worker).and(ctx.local_load(worker));
     let peers = ctx.cluster.peers_offering(worker);
-    let mut rng = XorShift::new(crate::task::now_ms() ^ worker.len() as u64);
-    match place(local, &peers, &mut rng) {
+    match place(local, &peers, rng) {
         Place::Local => {
             ctx.dispatcher.cast(DispatcherMsg::Wake(worker.to_owned()));
         }

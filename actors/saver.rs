@@ -180,6 +180,13 @@ async fn flush_loop(args: SaverArgs) {
 
 fn report(ops: &[WriteOp], results: &[WriteResult]) {
     for (op, result) in ops.iter().zip(results) {
+        if *result == WriteResult::Failed {
+            tracing::error!(
+                ?op,
+                "redis refused this write (the script failed on it); it is dropped"
+            );
+            continue;
+        }
         if *result != WriteResult::Stale {
             continue;
         }

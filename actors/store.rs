@@ -138,8 +138,7 @@ macro_rules! lua {
 struct Scripts {
     enqueue: Script,
     claim: Script,
-    start: Script,
-    finish: Script,
+    write: Script,
     release: Script,
     lease: Script,
     unlease: Script,
@@ -158,8 +157,7 @@ impl Scripts {
         Scripts {
             enqueue: lua!("enqueue.lua"),
             claim: lua!("claim.lua"),
-            start: lua!("start.lua"),
-            finish: lua!("finish.lua"),
+            write: lua!("write.lua"),
             release: lua!("release.lua"),
             lease: lua!("lease.lua"),
             unlease: lua!("unlease.lua"),
@@ -174,12 +172,11 @@ impl Scripts {
         }
     }
 
-    fn all(&self) -> [&Script; 15] {
+    fn all(&self) -> [&Script; 14] {
         [
             &self.enqueue,
             &self.claim,
-            &self.start,
-            &self.finish,
+            &self.write,
             &self.release,
             &self.lease,
             &self.unlease,
@@ -256,17 +253,8 @@ pub enum WriteResult {
     AlreadyDone,
     /// The task record no longer exists.
     Gone,
-}
-
-impl WriteResult {
-    fn from_code(code: i64) -> WriteResult {
-        match code {
-            1 => WriteResult::Applied,
-            0 => WriteResult::Stale,
-            2 => WriteResult::AlreadyDone,
-            _ => WriteResult::Gone,
-        }
-    }
+    /// The script failed on this write (a bug or a corrupt record); it is not retried.
+    Failed,
 }
 
 /// What happened to a task handed to [`Store::enqueue_many`].
@@ -536,45 +524,37 @@ impl Store {
         )
     }
 
-    /// One enqueue script call; `wake` publishes a wake notice on the task channel.
-    fn enqueue_cmd(&self, id: &str, spec: &TaskSpec, wake: bool) -> redis::Cmd {
-        let now = now_ms();
-        let (fields, due, deadline) = Self::record(id, spec, now);
-        let limit = self.names.key_limit;
-        let mut cmd = redis::cmd("EVALSHA");
-        cmd.arg(self.scripts.enqueue.get_hash())
-            .arg(1)
-            .arg(self.keys.task(id))
-            .arg(self.keys.prefix())
-            .arg(id)
+    /// Appends one task to an enqueue call; `wake` publishes its wake notice.
+    fn enqueue_args(
+        cmd: &mut redis::Cmd,
+        id: &str,
+        spec: &TaskSpec,
+        wake: bool,
+        now: u64,
+        limit: u32,
+    ) {
+        let (mut fields, due, deadline) = Self::record(id, spec, now);
+        if spec.key.is_some() {
+            fields.push((field::KEY_LIMIT, limit.to_string()));
+        }
+        cmd.arg(id)
             .arg(&spec.worker)
-            .arg(if wake {
-                self.names.channel.as_str()
-            } else {
-                ""
-            })
-            .arg(&self.names.events)
-            .arg(now)
+            .arg(if wake { "1" } else { "0" })
             .arg(spec.priority)
             .arg(now)
             .arg(due)
             .arg(spec.key.as_deref().unwrap_or(""))
-            .arg(limit)
-            .arg(self.names.key_policy.as_str())
-            .arg(deadline);
-        if spec.key.is_some() {
-            cmd.arg(field::KEY_LIMIT).arg(limit);
-        }
+            .arg(deadline)
+            .arg(fields.len() * 2);
         for (name, value) in fields {
             cmd.arg(name).arg(value);
         }
-        cmd
     }
 
-    /// Stores new tasks, each atomically, in one pipeline. With `wake`, the last task of each
-    /// worker in the batch publishes the wake notice (after the tasks before it were stored),
-    /// and scheduled tasks announce themselves to the schedulers. Returns each id with what
-    /// happened to it.
+    /// Stores new tasks in one script call, each task on its own. With `wake`, the last task of
+    /// each worker in the batch publishes the wake notice (after the tasks before it were
+    /// stored), and scheduled tasks announce themselves to the schedulers. Returns each id with
+    /// what happened to it.
     pub async fn enqueue_many(
         &self,
         specs: &[TaskSpec],
@@ -587,28 +567,53 @@ impl Store {
             .iter()
             .map(|s| s.id.clone().unwrap_or_else(crate::task::new_task_id))
             .collect();
+        let mut wakes = vec![false; specs.len()];
         let mut woken: std::collections::HashSet<&str> = std::collections::HashSet::new();
-        let mut cmds = Vec::with_capacity(specs.len());
-        for (id, spec) in ids.iter().zip(specs).rev() {
+        for (i, spec) in specs.iter().enumerate().rev() {
             let last_of_worker = woken.insert(spec.worker.as_str());
             let scheduled = spec.run_at.is_some() || spec.delay.is_some() || spec.repeat.is_some();
-            cmds.push(self.enqueue_cmd(id, spec, wake && (last_of_worker || scheduled)));
+            wakes[i] = wake && (last_of_worker || scheduled);
         }
-        let mut pipe = redis::pipe();
-        for cmd in cmds.into_iter().rev() {
-            pipe.add_command(cmd);
+        let now = now_ms();
+        let limit = self.names.key_limit;
+        let mut cmd = redis::cmd("EVALSHA");
+        cmd.arg(self.scripts.enqueue.get_hash())
+            .arg(0)
+            .arg(self.keys.prefix())
+            .arg(&self.names.channel)
+            .arg(&self.names.events)
+            .arg(now)
+            .arg(limit)
+            .arg(self.names.key_policy.as_str());
+        for ((id, spec), wake) in ids.iter().zip(specs).zip(wakes) {
+            Self::enqueue_args(&mut cmd, id, spec, wake, now, limit);
         }
-        let codes: Vec<i64> = self.run_pipeline(&pipe).await?;
-        Ok(ids
-            .into_iter()
-            .zip(codes.into_iter().map(|c| match c {
-                1 => Accepted::Queued,
-                2 => Accepted::Deferred,
-                3 => Accepted::Scheduled,
-                0 => Accepted::Exists,
-                _ => Accepted::Refused,
-            }))
-            .collect())
+        let codes: Vec<i64> = self.run_script_cmd(&cmd).await?;
+        if codes.len() != ids.len() {
+            return Err(StoreError::Corrupt(format!(
+                "enqueue answered {} codes for {} tasks",
+                codes.len(),
+                ids.len()
+            )));
+        }
+        ids.into_iter()
+            .zip(codes)
+            .map(|(id, code)| {
+                let accepted = match code {
+                    1 => Accepted::Queued,
+                    2 => Accepted::Deferred,
+                    3 => Accepted::Scheduled,
+                    0 => Accepted::Exists,
+                    -1 => Accepted::Refused,
+                    _ => {
+                        return Err(StoreError::Corrupt(format!(
+                            "task {id} could not be stored (the script failed on it)"
+                        )));
+                    }
+                };
+                Ok((id, accepted))
+            })
+            .collect()
     }
 
     /// Claims up to `n` pending tasks of `worker` for `node`.
@@ -632,87 +637,77 @@ impl Store {
         rows.iter().map(|r| parse_claimed(r)).collect()
     }
 
-    fn write_cmd(&self, op: &WriteOp) -> redis::Cmd {
-        let mut cmd = redis::cmd("EVALSHA");
-        match op {
-            WriteOp::Start {
-                id,
-                epoch,
-                attempt,
-                at,
-                event,
-            } => {
-                cmd.arg(self.scripts.start.get_hash())
-                    .arg(2)
-                    .arg(self.keys.task(id))
-                    .arg(self.keys.deadlines())
-                    .arg(epoch)
-                    .arg(attempt)
-                    .arg(at)
-                    .arg(&self.names.events)
-                    .arg(event)
-                    .arg(id);
-            }
-            WriteOp::Finish {
-                id,
-                node,
-                epoch,
-                attempt,
-                started,
-                finished,
-                state,
-                value,
-                retry_at,
-                event,
-                started_event,
-                error_event,
-            } => {
-                cmd.arg(self.scripts.finish.get_hash())
-                    .arg(2)
-                    .arg(self.keys.task(id))
-                    .arg(self.keys.owned(node))
-                    .arg(epoch)
-                    .arg(state.as_str())
-                    .arg(value)
-                    .arg(attempt)
-                    .arg(started)
-                    .arg(finished)
-                    .arg(self.names.result_ttl.as_millis() as u64)
-                    .arg(id)
-                    .arg(&self.names.events)
-                    .arg(event)
-                    .arg(started_event.as_deref().unwrap_or(""))
-                    .arg(error_event.as_deref().unwrap_or(""))
-                    .arg(self.keys.prefix())
-                    .arg(&self.names.channel)
-                    .arg(retry_at)
-                    .arg(self.names.dead_ttl.as_millis() as u64);
-            }
-            WriteOp::Event { event } => {
-                cmd = redis::cmd("PUBLISH");
-                cmd.arg(&self.names.events).arg(event);
-            }
-        }
-        cmd
-    }
-
-    /// Applies a batch of writes in one pipeline. Each write is atomic on its own.
+    /// Applies a batch of writes in one script call, in order, each on its own.
     pub async fn write(&self, ops: &[WriteOp]) -> StoreResult<Vec<WriteResult>> {
         if ops.is_empty() {
             return Ok(Vec::new());
         }
-        let mut pipe = redis::pipe();
+        let mut cmd = redis::cmd("EVALSHA");
+        cmd.arg(self.scripts.write.get_hash())
+            .arg(0)
+            .arg(self.keys.prefix())
+            .arg(&self.names.events)
+            .arg(&self.names.channel)
+            .arg(self.names.result_ttl.as_millis() as u64)
+            .arg(self.names.dead_ttl.as_millis() as u64);
         for op in ops {
-            pipe.add_command(self.write_cmd(op));
+            match op {
+                WriteOp::Start {
+                    id,
+                    epoch,
+                    attempt,
+                    at,
+                    event,
+                } => {
+                    cmd.arg("S")
+                        .arg(id)
+                        .arg(epoch)
+                        .arg(attempt)
+                        .arg(at)
+                        .arg(event);
+                }
+                WriteOp::Finish {
+                    id,
+                    node,
+                    epoch,
+                    attempt,
+                    started,
+                    finished,
+                    state,
+                    value,
+                    retry_at,
+                    event,
+                    started_event,
+                    error_event,
+                } => {
+                    cmd.arg("F")
+                        .arg(id)
+                        .arg(node)
+                        .arg(epoch)
+                        .arg(state.as_str())
+                        .arg(value)
+                        .arg(attempt)
+                        .arg(started)
+                        .arg(finished)
+                        .arg(retry_at)
+                        .arg(event)
+                        .arg(started_event.as_deref().unwrap_or(""))
+                        .arg(error_event.as_deref().unwrap_or(""));
+                }
+                WriteOp::Event { event } => {
+                    cmd.arg("E").arg(event);
+                }
+            }
         }
-        let codes: Vec<i64> = self.run_pipeline(&pipe).await?;
-        Ok(ops
-            .iter()
-            .zip(codes)
-            .map(|(op, code)| match op {
-                // PUBLISH answers with the number of subscribers, not a fencing code.
-                WriteOp::Event { .. } => WriteResult::Applied,
-                _ => WriteResult::from_code(code),
+        let codes: Vec<i64> = self.run_script_cmd(&cmd).await?;
+        Ok(codes
+            .into_iter()
+            .map(|code| match code {
+                1 => WriteResult::Applied,
+                0 => WriteResult::Stale,
+                2 => WriteResult::AlreadyDone,
+                3 => WriteResult::Gone,
+                _ => WriteResult::Failed,
             })
             .collect())
     }
@@ -1258,16 +1253,13 @@ impl Store {
             .await?)
     }
 
-    /// Runs a pipeline of script calls, loading the scripts once if Redis has forgotten them.
-    async fn run_pipeline<T: redis::FromRedisValue>(
-        &self,
-        pipe: &redis::Pipeline,
-    ) -> StoreResult<T> {
+    /// Runs one script call, loading the scripts once if Redis has forgotten them.
+    async fn run_script_cmd<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> StoreResult<T> {
         let mut con = self.con.clone();
-        match pipe.query_async(&mut con).await {
+        match cmd.query_async(&mut con).await {
             Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
                 self.load_scripts().await?;
-                Ok(pipe.query_async(&mut con).await?)
+                Ok(cmd.query_async(&mut con).await?)
             }
             other => Ok(other?),
         }

@@ -52,9 +52,12 @@ local function pending_key(prefix, worker, target)
   return prefix .. ':pending:' .. worker
 end
 
--- Put a task on its pending set and wake the cluster.
-local function make_pending(prefix, id, worker, priority, created, channel)
-  local target = redis.call('HGET', prefix .. ':task:' .. id, 'target')
+-- Put a task on its pending set and wake the cluster. `target` is read from the record when
+-- the caller does not know it (nil); `false` means none.
+local function make_pending(prefix, id, worker, priority, created, channel, target)
+  if target == nil then
+    target = redis.call('HGET', prefix .. ':task:' .. id, 'target')
+  end
   redis.call('ZADD', pending_key(prefix, worker, target), pending_score(priority, created), id)
   redis.call('SADD', prefix .. ':workers', worker)
   local wake = {op = 'wake', worker = worker}
@@ -95,7 +98,7 @@ local function admit(prefix, id, f, channel, events, now)
     return 'deferred'
   end
   redis.call('HSET', tk, 'state', 'queued', 'node', '')
-  make_pending(prefix, id, f.worker, f.priority, f.created, channel)
+  make_pending(prefix, id, f.worker, f.priority, f.created, channel, f.target)
   publish_json(events, {event = 'available', id = id, worker = f.worker, ts = tonumber(now)})
   return 'queued'
 end
@@ -151,7 +154,7 @@ local function spawn_occurrence(prefix, parent, member, now, channel, events)
   if p[8] and p[8] ~= '' then
     redis.call('ZADD', prefix .. ':deadlines', p[8], oid)
   end
-  make_pending(prefix, oid, p[1], p[3], now, channel)
+  make_pending(prefix, oid, p[1], p[3], now, channel, 'node:' .. member)
   publish_json(events, {event = 'available', id = oid, worker = p[1], ts = tonumber(now)})
 end
 

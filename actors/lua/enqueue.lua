@@ -1,49 +1,77 @@
--- Store a new task, unless the id exists already (the id is the idempotency key).
--- KEYS[1] task hash
--- ARGV[1] key prefix, ARGV[2] id, ARGV[3] worker, ARGV[4] task channel for wakes ('' = none),
--- ARGV[5] events channel, ARGV[6] now (ms), ARGV[7] priority, ARGV[8] created (ms),
--- ARGV[9] due time in ms ('' = runnable now), ARGV[10] key ('' = none), ARGV[11] key limit,
--- ARGV[12] key policy ('reject' or 'defer'), ARGV[13] deadline in ms ('' = none),
--- ARGV[14..] field, value pairs of the record
--- Returns 1 queued, 2 deferred (key at its limit), 3 scheduled, 0 the id exists (a wake is
--- still published, so a client retrying after a broken pipeline wakes a node), -1 refused
--- (key at its limit and the policy is to reject; nothing stored).
-local prefix, id, worker, channel, events, now = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
-local due, key, limit, policy, deadline = ARGV[9], ARGV[10], ARGV[11], ARGV[12], ARGV[13]
-if redis.call('EXISTS', KEYS[1]) == 1 then
-  publish_json(channel, {op = 'wake', worker = worker})
-  return 0
-end
-if due == '' and key ~= '' and policy == 'reject' and not take_slot(prefix, key, limit, id) then
-  return -1
-end
-local fields = {}
-for i = 14, #ARGV do
-  fields[#fields + 1] = ARGV[i]
-end
-redis.call('HSET', KEYS[1], unpack(fields))
-redis.call('HINCRBY', prefix .. ':stats', 'accepted', 1)
-local target = redis.call('HGET', KEYS[1], 'target')
-if target == 'all' then
-  -- A broadcast: one occurrence per member now, and per node that joins while it runs.
-  redis.call('SADD', prefix .. ':broadcasts', id)
-  for _, m in ipairs(redis.call('SMEMBERS', prefix .. ':members')) do
-    spawn_occurrence(prefix, id, m, now, channel, events)
+-- Store new tasks, each unless its id exists already (the id is the idempotency key). One call
+-- stores a whole batch; each task is stored on its own (one that fails is reported, the others
+-- are stored).
+-- ARGV[1] key prefix, ARGV[2] task channel, ARGV[3] events channel, ARGV[4] now (ms),
+-- ARGV[5] key limit, ARGV[6] key policy ('reject' or 'defer'); then per task:
+--   id, worker, wake ('1': publish the wake notice for it), priority, created (ms),
+--   due time in ms ('' = runnable now), key ('' = none), deadline in ms ('' = none),
+--   the number of record values N, then N values: field, value pairs of the record
+-- Returns per task: 1 queued, 2 deferred (key at its limit), 3 scheduled, 0 the id exists (its
+-- wake is still published, so a client retrying after a broken pipeline wakes a node),
+-- -1 refused (key at its limit and the policy is to reject; nothing stored), -2 failed.
+local prefix, channel, events, now = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local limit, policy = ARGV[5], ARGV[6]
+
+local function enqueue(id, worker, wake, priority, created, due, key, deadline, first, count)
+  local tk = prefix .. ':task:' .. id
+  local ch = ''
+  if wake == '1' then
+    ch = channel
+  end
+  if redis.call('EXISTS', tk) == 1 then
+    publish_json(ch, {op = 'wake', worker = worker})
+    return 0
+  end
+  if due == '' and key ~= '' and policy == 'reject' and not take_slot(prefix, key, limit, id) then
+    return -1
+  end
+  local fields = {}
+  local target = nil
+  for i = first, first + count - 1, 2 do
+    fields[#fields + 1] = ARGV[i]
+    fields[#fields + 1] = ARGV[i + 1]
+    if ARGV[i] == 'target' then
+      target = ARGV[i + 1]
+    end
+  end
+  redis.call('HSET', tk, unpack(fields))
+  redis.call('HINCRBY', prefix .. ':stats', 'accepted', 1)
+  if target == 'all' then
+    -- A broadcast: one occurrence per member now, and per node that joins while it runs.
+    redis.call('SADD', prefix .. ':broadcasts', id)
+    for _, m in ipairs(redis.call('SMEMBERS', prefix .. ':members')) do
+      spawn_occurrence(prefix, id, m, now, ch, events)
+    end
+    return 1
+  end
+  if deadline ~= '' then
+    redis.call('ZADD', prefix .. ':deadlines', deadline, id)
+  end
+  if due ~= '' then
+    redis.call('HSET', tk, 'state', 'scheduled')
+    redis.call('ZADD', prefix .. ':scheduled', due, id)
+    publish_json(ch, {op = 'schedule', due = tonumber(due)})
+    return 3
+  end
+  local state = admit(prefix, id, {worker = worker, priority = priority, created = created,
+    key = key, klimit = limit, target = target or false}, ch, events, now)
+  if state == 'deferred' then
+    return 2
   end
   return 1
 end
-if deadline ~= '' then
-  redis.call('ZADD', prefix .. ':deadlines', deadline, id)
+
+local out = {}
+local i = 7
+while i <= #ARGV do
+  local count = tonumber(ARGV[i + 8])
+  local ok, code = pcall(enqueue, ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4],
+    ARGV[i + 5], ARGV[i + 6], ARGV[i + 7], i + 9, count)
+  if ok then
+    out[#out + 1] = code
+  else
+    out[#out + 1] = -2
+  end
+  i = i + 9 + count
 end
-if due ~= '' then
-  redis.call('HSET', KEYS[1], 'state', 'scheduled')
-  redis.call('ZADD', prefix .. ':scheduled', due, id)
-  publish_json(channel, {op = 'schedule', due = tonumber(due)})
-  return 3
-end
-local state = admit(prefix, id, {worker = worker, priority = ARGV[7], created = ARGV[8], key = key,
-  klimit = limit}, channel, events, now)
-if state == 'deferred' then
-  return 2
-end
-return 1
+return out

@@ -1,0 +1,127 @@
+-- Apply a batch of the saver's writes in order, each fenced by epoch and each on its own (one
+-- that fails is reported, the others are applied).
+-- ARGV[1] key prefix, ARGV[2] events channel, ARGV[3] task channel, ARGV[4] result ttl (ms),
+-- ARGV[5] dead ttl (ms); then one write after another:
+--   'S', id, epoch, attempt, start time, `started` event                    (an attempt began)
+--   'F', id, node, epoch, new state, result JSON or error, attempt, start time (0: it never
+--        began), end time, retry time, transition event, `started` event (''), `error` event ('')
+--   'E', event                                              (an event of no task: `rejected`)
+-- Returns one code per write: S 1 written, 0 fenced out; F 1 written, 0 stale (fenced out and
+-- counted), 2 already finished, 3 record gone; E 1; -2 the write failed.
+local prefix, events, channel, ttl, dead_ttl = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+
+-- An attempt began; starting in time lifts the deadline.
+local function start(id, epoch, attempt, at, event)
+  local tk = prefix .. ':task:' .. id
+  local cur = redis.call('HMGET', tk, 'epoch', 'deadline')
+  if cur[1] ~= epoch then
+    return 0
+  end
+  redis.call('HSET', tk, 'state', 'running', 'attempt', attempt, 'started', at)
+  if cur[2] then
+    redis.call('ZREM', prefix .. ':deadlines', id)
+  end
+  redis.call('PUBLISH', events, event)
+  return 1
+end
+
+-- An attempt ended: done, failed, dead, cancelled, expired, or retrying at `retry_at`.
+local function finish(id, node, epoch, state, value, attempt, started, now, retry_at, event,
+    started_event, error_event)
+  local tk = prefix .. ':task:' .. id
+  local owned = prefix .. ':node:' .. node .. ':owned'
+  local cur = redis.call('HMGET', tk, 'epoch', 'state', 'reply', 'key', 'result_key', 'parent',
+    'deadline', 'cancel')
+  if not cur[1] then
+    redis.call('SREM', owned, id)
+    return 3
+  end
+  if cur[1] ~= epoch then
+    redis.call('HINCRBY', tk, 'stale', 1)
+    redis.call('HINCRBY', prefix .. ':stats', 'stale', 1)
+    return 0
+  end
+  if is_terminal(cur[2]) or cur[2] == 'retrying' then
+    return 2
+  end
+  redis.call('SREM', owned, id)
+  if started_event ~= '' then
+    redis.call('PUBLISH', events, started_event)
+  end
+  if error_event ~= '' then
+    redis.call('PUBLISH', events, error_event)
+  end
+  if state == 'retrying' then
+    -- The owner gives the task up until it is due again: a new epoch fences the old attempt.
+    redis.call('HINCRBY', tk, 'epoch', 1)
+    redis.call('HSET', tk, 'state', 'retrying', 'error', value, 'node', '', 'retry_at', retry_at)
+    if started ~= '0' then
+      redis.call('HSET', tk, 'attempt', attempt, 'started', started)
+    end
+    redis.call('ZADD', prefix .. ':scheduled', retry_at, id)
+    redis.call('HINCRBY', prefix .. ':stats', 'retried', 1)
+    redis.call('PUBLISH', events, event)
+    publish_json(channel, {op = 'schedule', due = tonumber(retry_at)})
+    return 1
+  end
+  local slot = 'error'
+  if state == 'done' then
+    slot = 'result'
+  end
+  if started ~= '0' then
+    redis.call('HSET', tk, 'state', state, slot, value, 'finished', now, 'attempt', attempt,
+      'started', started)
+  else
+    redis.call('HSET', tk, 'state', state, slot, value, 'finished', now)
+  end
+  if cur[8] then
+    redis.call('HDEL', tk, 'cancel')
+  end
+  if cur[7] then
+    redis.call('ZREM', prefix .. ':deadlines', id)
+  end
+  free_slot(prefix, cur[4], id, channel, events, now)
+  local keep = ttl
+  if state == 'dead' then
+    redis.call('ZADD', prefix .. ':dead', now, id)
+    keep = dead_ttl
+  end
+  if state == 'done' and cur[5] and cur[5] ~= '' then
+    redis.call('SET', prefix .. ':result:' .. cur[5], value, 'PX', ttl)
+  end
+  redis.call('PEXPIRE', tk, keep)
+  redis.call('HINCRBY', prefix .. ':stats', state, 1)
+  redis.call('PUBLISH', events, event)
+  if cur[3] == '1' then
+    answer(prefix, id, event, keep)
+  end
+  if cur[6] and cur[6] ~= '' then
+    broadcast_check(prefix, cur[6], now, ttl, channel, events)
+  end
+  return 1
+end
+
+local out = {}
+local i = 6
+while i <= #ARGV do
+  local kind = ARGV[i]
+  local ok, code
+  if kind == 'S' then
+    ok, code = pcall(start, ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4], ARGV[i + 5])
+    i = i + 6
+  elseif kind == 'F' then
+    ok, code = pcall(finish, ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4], ARGV[i + 5],
+      ARGV[i + 6], ARGV[i + 7], ARGV[i + 8], ARGV[i + 9], ARGV[i + 10], ARGV[i + 11], ARGV[i + 12])
+    i = i + 13
+  else
+    ok, code = pcall(redis.call, 'PUBLISH', events, ARGV[i + 1])
+    code = 1
+    i = i + 2
+  end
+  if ok then
+    out[#out + 1] = code
+  else
+    out[#out + 1] = -2
+  end
+end
+return out
