@@ -36,8 +36,8 @@ local TASK_ROW = {'state', 'worker', 'args', 'priority', 'attempt', 'attempts', 
 -- backoff, backoff_cap, target}.
 local function take_ownership(prefix, id, f, node, owned)
   local tk = prefix .. ':task:' .. id
-  local epoch = redis.call('HINCRBY', tk, 'epoch', 1)
-  redis.call('HSET', tk, 'node', node)
+  local epoch = (tonumber(f[15]) or 0) + 1
+  redis.call('HSET', tk, 'epoch', epoch, 'node', node)
   redis.call('SADD', owned, id)
   return {id, tostring(epoch), f[2], f[3], f[4], f[5], f[6], f[7], f[8], f[9], f[10], f[11], f[12],
     f[13]}
@@ -52,6 +52,9 @@ local function pending_key(prefix, worker, target)
   return prefix .. ':pending:' .. worker
 end
 
+-- Worker names already recorded in `{prefix}:workers` during this script call.
+local KNOWN_WORKERS = {}
+
 -- Put a task on its pending set and wake the cluster. `target` is read from the record when
 -- the caller does not know it (nil); `false` means none.
 local function make_pending(prefix, id, worker, priority, created, channel, target)
@@ -59,7 +62,10 @@ local function make_pending(prefix, id, worker, priority, created, channel, targ
     target = redis.call('HGET', prefix .. ':task:' .. id, 'target')
   end
   redis.call('ZADD', pending_key(prefix, worker, target), pending_score(priority, created), id)
-  redis.call('SADD', prefix .. ':workers', worker)
+  if not KNOWN_WORKERS[worker] then
+    redis.call('SADD', prefix .. ':workers', worker)
+    KNOWN_WORKERS[worker] = true
+  end
   local wake = {op = 'wake', worker = worker}
   if target and string.sub(target, 1, 5) == 'node:' then
     wake.node = string.sub(target, 6)
@@ -90,14 +96,17 @@ end
 -- A task becomes runnable: queue it, or defer it while its key is at its limit.
 -- Returns the new state.
 local function admit(prefix, id, f, channel, events, now)
-  -- f: worker, priority, created, key, klimit
+  -- f: worker, priority, created, key, klimit, target (nil: read it), fresh (a new record,
+  -- already stored as queued with no node)
   local tk = prefix .. ':task:' .. id
   if f.key and f.key ~= '' and not take_slot(prefix, f.key, f.klimit, id) then
     redis.call('HSET', tk, 'state', 'deferred')
     redis.call('RPUSH', prefix .. ':deferred:' .. f.key, id)
     return 'deferred'
   end
-  redis.call('HSET', tk, 'state', 'queued', 'node', '')
+  if not f.fresh then
+    redis.call('HSET', tk, 'state', 'queued', 'node', '')
+  end
   make_pending(prefix, id, f.worker, f.priority, f.created, channel, f.target)
   publish_json(events, {event = 'available', id = id, worker = f.worker, ts = tonumber(now)})
   return 'queued'

@@ -11,6 +11,7 @@
 -- -1 refused (key at its limit and the policy is to reject; nothing stored), -2 failed.
 local prefix, channel, events, now = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local limit, policy = ARGV[5], ARGV[6]
+local accepted = 0
 
 local function enqueue(id, worker, wake, priority, created, due, key, deadline, first, count)
   local tk = prefix .. ':task:' .. id
@@ -35,7 +36,7 @@ local function enqueue(id, worker, wake, priority, created, due, key, deadline, 
     end
   end
   redis.call('HSET', tk, unpack(fields))
-  redis.call('HINCRBY', prefix .. ':stats', 'accepted', 1)
+  accepted = accepted + 1
   if target == 'all' then
     -- A broadcast: one occurrence per member now, and per node that joins while it runs.
     redis.call('SADD', prefix .. ':broadcasts', id)
@@ -54,7 +55,7 @@ local function enqueue(id, worker, wake, priority, created, due, key, deadline, 
     return 3
   end
   local state = admit(prefix, id, {worker = worker, priority = priority, created = created,
-    key = key, klimit = limit, target = target or false}, ch, events, now)
+    key = key, klimit = limit, target = target or false, fresh = true}, ch, events, now)
   if state == 'deferred' then
     return 2
   end
@@ -73,5 +74,8 @@ while i <= #ARGV do
     out[#out + 1] = -2
   end
   i = i + 9 + count
+end
+if accepted > 0 then
+  redis.call('HINCRBY', prefix .. ':stats', 'accepted', accepted)
 end
 return out

@@ -9,6 +9,11 @@
 -- Returns one code per write: S 1 written, 0 fenced out; F 1 written, 0 stale (fenced out and
 -- counted), 2 already finished, 3 record gone; E 1; -2 the write failed.
 local prefix, events, channel, ttl, dead_ttl = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+-- Counters of this batch, added to the stats once at the end.
+local counts = {}
+local function count(name)
+  counts[name] = (counts[name] or 0) + 1
+end
 
 -- An attempt began; starting in time lifts the deadline.
 local function start(id, epoch, attempt, at, event)
@@ -38,7 +43,7 @@ local function finish(id, node, epoch, state, value, attempt, started, now, retr
   end
   if cur[1] ~= epoch then
     redis.call('HINCRBY', tk, 'stale', 1)
-    redis.call('HINCRBY', prefix .. ':stats', 'stale', 1)
+    count('stale')
     return 0
   end
   if is_terminal(cur[2]) or cur[2] == 'retrying' then
@@ -59,7 +64,7 @@ local function finish(id, node, epoch, state, value, attempt, started, now, retr
       redis.call('HSET', tk, 'attempt', attempt, 'started', started)
     end
     redis.call('ZADD', prefix .. ':scheduled', retry_at, id)
-    redis.call('HINCRBY', prefix .. ':stats', 'retried', 1)
+    count('retried')
     redis.call('PUBLISH', events, event)
     publish_json(channel, {op = 'schedule', due = tonumber(retry_at)})
     return 1
@@ -90,7 +95,7 @@ local function finish(id, node, epoch, state, value, attempt, started, now, retr
     redis.call('SET', prefix .. ':result:' .. cur[5], value, 'PX', ttl)
   end
   redis.call('PEXPIRE', tk, keep)
-  redis.call('HINCRBY', prefix .. ':stats', state, 1)
+  count(state)
   redis.call('PUBLISH', events, event)
   if cur[3] == '1' then
     answer(prefix, id, event, keep)
@@ -123,5 +128,8 @@ while i <= #ARGV do
   else
     out[#out + 1] = -2
   end
+end
+for name, n in pairs(counts) do
+  redis.call('HINCRBY', prefix .. ':stats', name, n)
 end
 return out
