@@ -5,7 +5,7 @@
 //! stored one. A node that was paused or cut off while its task failed over thus cannot
 //! overwrite the new owner's result: its late write is counted as a stale duplicate instead.
 //!
-//! [`judge`] is the rule as a table. `finish.lua` applies the same table atomically inside Redis;
+//! [`judge`] is the rule as a table. `write.lua` (its `finish`) applies the same table atomically inside Redis;
 //! the store tests run both on the same cases so the two cannot drift apart.
 
 use crate::task::TaskState;

@@ -399,6 +399,10 @@ impl std::fmt::Debug for Store {
     }
 }
 
+/// Most tasks or writes in one script call: one call per task costs Redis a call's overhead
+/// each, and one call for a whole batch would hold Redis up for every other client meanwhile.
+pub const SCRIPT_CHUNK: usize = 32;
+
 /// Grace a node gets to start a claimed task whose deadline just passed.
 const DEADLINE_GRACE: Duration = Duration::from_secs(1);
 
@@ -576,19 +580,29 @@ impl Store {
         }
         let now = now_ms();
         let limit = self.names.key_limit;
-        let mut cmd = redis::cmd("EVALSHA");
-        cmd.arg(self.scripts.enqueue.get_hash())
-            .arg(0)
-            .arg(self.keys.prefix())
-            .arg(&self.names.channel)
-            .arg(&self.names.events)
-            .arg(now)
-            .arg(limit)
-            .arg(self.names.key_policy.as_str());
-        for ((id, spec), wake) in ids.iter().zip(specs).zip(wakes) {
-            Self::enqueue_args(&mut cmd, id, spec, wake, now, limit);
+        let mut pipe = redis::pipe();
+        let all: Vec<((&String, &TaskSpec), bool)> = ids.iter().zip(specs).zip(wakes).collect();
+        for chunk in all.chunks(SCRIPT_CHUNK) {
+            let mut cmd = redis::cmd("EVALSHA");
+            cmd.arg(self.scripts.enqueue.get_hash())
+                .arg(0)
+                .arg(self.keys.prefix())
+                .arg(&self.names.channel)
+                .arg(&self.names.events)
+                .arg(now)
+                .arg(limit)
+                .arg(self.names.key_policy.as_str());
+            for ((id, spec), wake) in chunk {
+                Self::enqueue_args(&mut cmd, id, spec, *wake, now, limit);
+            }
+            pipe.add_command(cmd);
         }
-        let codes: Vec<i64> = self.run_script_cmd(&cmd).await?;
+        let codes: Vec<i64> = self
+            .run_pipeline::<Vec<Vec<i64>>>(&pipe)
+            .await?
+            .into_iter()
+            .flatten()
+            .collect();
         if codes.len() != ids.len() {
             return Err(StoreError::Corrupt(format!(
                 "enqueue answered {} codes for {} tasks",
@@ -637,11 +651,31 @@ impl Store {
         rows.iter().map(|r| parse_claimed(r)).collect()
     }
 
-    /// Applies a batch of writes in one script call, in order, each on its own.
+    /// Applies a batch of writes, in order, each on its own: one round trip, one script call
+    /// per [`SCRIPT_CHUNK`] writes (a longer script would hold Redis up for everyone else).
     pub async fn write(&self, ops: &[WriteOp]) -> StoreResult<Vec<WriteResult>> {
         if ops.is_empty() {
             return Ok(Vec::new());
         }
+        let mut pipe = redis::pipe();
+        for chunk in ops.chunks(SCRIPT_CHUNK) {
+            pipe.add_command(self.write_cmd(chunk));
+        }
+        let codes: Vec<Vec<i64>> = self.run_pipeline(&pipe).await?;
+        Ok(codes
+            .into_iter()
+            .flatten()
+            .map(|code| match code {
+                1 => WriteResult::Applied,
+                0 => WriteResult::Stale,
+                2 => WriteResult::AlreadyDone,
+                3 => WriteResult::Gone,
+                _ => WriteResult::Failed,
+            })
+            .collect())
+    }
+
+    fn write_cmd(&self, ops: &[WriteOp]) -> redis::Cmd {
         let mut cmd = redis::cmd("EVALSHA");
         cmd.arg(self.scripts.write.get_hash())
             .arg(0)
@@ -699,17 +733,7 @@ impl Store {
                 }
             }
         }
-        let codes: Vec<i64> = self.run_script_cmd(&cmd).await?;
-        Ok(codes
-            .into_iter()
-            .map(|code| match code {
-                1 => WriteResult::Applied,
-                0 => WriteResult::Stale,
-                2 => WriteResult::AlreadyDone,
-                3 => WriteResult::Gone,
-                _ => WriteResult::Failed,
-            })
-            .collect())
+        cmd
     }
 
     /// Hands every unfinished task owned by `node` back to the pending sets with new epochs.
@@ -1253,13 +1277,16 @@ impl Store {
             .await?)
     }
 
-    /// Runs one script call, loading the scripts once if Redis has forgotten them.
-    async fn run_script_cmd<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> StoreResult<T> {
+    /// Runs a pipeline of script calls, loading the scripts once if Redis has forgotten them.
+    async fn run_pipeline<T: redis::FromRedisValue>(
+        &self,
+        pipe: &redis::Pipeline,
+    ) -> StoreResult<T> {
         let mut con = self.con.clone();
-        match cmd.query_async(&mut con).await {
+        match pipe.query_async(&mut con).await {
             Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
                 self.load_scripts().await?;
-                Ok(cmd.query_async(&mut con).await?)
+                Ok(pipe.query_async(&mut con).await?)
             }
             other => Ok(other?),
         }
