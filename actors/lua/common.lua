@@ -213,6 +213,19 @@ local function broadcast_check(prefix, parent, now, ttl, channel, events)
   end
 end
 
+-- Tell everyone a task ended: its final event on the events channel, the same event to a
+-- caller waiting on its reply list (`reply` '1', kept for `keep` ms), and its broadcast, if it
+-- is an occurrence of one (`parent`), that one more occurrence finished.
+local function announce_end(prefix, id, event, reply, parent, keep, ttl, now, channel, events)
+  redis.call('PUBLISH', events, event)
+  if reply == '1' then
+    answer(prefix, id, event, keep)
+  end
+  if parent and parent ~= '' then
+    broadcast_check(prefix, parent, now, ttl, channel, events)
+  end
+end
+
 -- End a task that never ran to completion here (cancelled, expired): take it out of every
 -- waiting structure, fence out its owner, free its slot, keep the record for the result TTL,
 -- announce it and answer a waiting caller.
@@ -236,11 +249,5 @@ local function close_unrun(prefix, id, state, message, now, ttl, channel, events
   redis.call('HINCRBY', prefix .. ':stats', state, 1)
   local event = cjson.encode({event = state, id = id, worker = f[1], error = message,
     attempt = tonumber(f[5]) or 0, ts = tonumber(now)})
-  redis.call('PUBLISH', events, event)
-  if f[4] == '1' then
-    answer(prefix, id, event, ttl)
-  end
-  if f[7] and f[7] ~= '' then
-    broadcast_check(prefix, f[7], now, ttl, channel, events)
-  end
+  announce_end(prefix, id, event, f[4], f[7], ttl, ttl, now, channel, events)
 end

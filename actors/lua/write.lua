@@ -96,13 +96,7 @@ local function finish(id, node, epoch, state, value, attempt, started, now, retr
   end
   redis.call('PEXPIRE', tk, keep)
   count(state)
-  redis.call('PUBLISH', events, event)
-  if cur[3] == '1' then
-    answer(prefix, id, event, keep)
-  end
-  if cur[6] and cur[6] ~= '' then
-    broadcast_check(prefix, cur[6], now, ttl, channel, events)
-  end
+  announce_end(prefix, id, event, cur[3], cur[6], keep, ttl, now, channel, events)
   return 1
 end
 
