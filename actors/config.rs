@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use config::{Config, Environment, File, FileFormat, Source, Value, ValueKind};
@@ -505,11 +505,6 @@ impl Settings {
     /// True when the cluster runs with the shipped development cookie.
     pub fn uses_development_cookie(&self) -> bool {
         self.node.cookie == Settings::defaults().node.cookie
-    }
-
-    /// The workers folder, resolved against the current directory.
-    pub fn workers_dir(&self) -> &Path {
-        &self.workers.dir
     }
 }
 

@@ -284,13 +284,6 @@ pub enum Lease {
     HeldBy(String),
 }
 
-impl Lease {
-    /// True when we hold it now.
-    pub fn ours(&self) -> bool {
-        !matches!(self, Lease::HeldBy(_))
-    }
-}
-
 /// What `cancel` did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
