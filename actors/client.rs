@@ -10,12 +10,12 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::cluster::wire::ControlOp;
 use crate::config::Settings;
-use crate::events::{Ending, ending_of};
-use crate::placement::Load;
+use crate::decide::placement::Load;
+use crate::model::events::{Ending, ending_of};
+use crate::model::task::{SpecError, TaskSpec, TaskStatus};
 use crate::store::{Accepted, CancelResult, Overview, RetryResult, Store, StoreError};
-use crate::task::{SpecError, TaskSpec, TaskStatus};
-use crate::wire::ControlOp;
 
 /// A client error.
 #[derive(Debug, thiserror::Error)]
@@ -165,7 +165,7 @@ impl Client {
         }
         let mut specs = specs;
         for spec in &mut specs {
-            spec.id.get_or_insert_with(crate::task::new_task_id);
+            spec.id.get_or_insert_with(crate::model::task::new_task_id);
             // `local` is the node this client's configuration names.
             spec.target = std::mem::take(&mut spec.target).resolve(&self.local_node);
         }
@@ -221,8 +221,8 @@ impl Client {
     pub async fn result(&self, id: &str) -> Result<TaskResult, ClientError> {
         Ok(match self.status(id).await? {
             None => TaskResult::NotFound,
-            Some(s) => match crate::task::TaskState::parse(&s.state) {
-                Some(crate::task::TaskState::Done) => {
+            Some(s) => match crate::model::task::TaskState::parse(&s.state) {
+                Some(crate::model::task::TaskState::Done) => {
                     TaskResult::Done(s.result.unwrap_or(Value::Null))
                 }
                 Some(st) if st.is_finished() => TaskResult::Failed {
@@ -316,7 +316,11 @@ impl Client {
             Some(_) => 1,
             None => self.info().await?.len().max(1),
         };
-        let reply = format!("{}:reply:{}", self.channel, crate::task::new_task_id());
+        let reply = format!(
+            "{}:reply:{}",
+            self.channel,
+            crate::model::task::new_task_id()
+        );
         let mut pubsub = self
             .store
             .client()

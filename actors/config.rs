@@ -14,8 +14,8 @@ use std::time::Duration;
 use config::{Config, Environment, File, FileFormat, Source, Value, ValueKind};
 use serde::{Deserialize, Serialize};
 
-use crate::duration::serde_human;
-use crate::schedule::Missed;
+use crate::decide::cron::Missed;
+use crate::decide::times::serde_human;
 
 /// The annotated defaults, exactly as shipped in `cluster.toml`.
 pub const DEFAULTS_TOML: &str = include_str!("../cluster.toml");
@@ -359,7 +359,7 @@ impl Settings {
             reason,
         };
         if !self.node.id.is_empty() {
-            crate::task::validate_task_id(&self.node.id).map_err(|e| {
+            crate::model::task::validate_task_id(&self.node.id).map_err(|e| {
                 bad(
                     "node.id",
                     e.to_string().replace("field `id`: ", "the node id "),
@@ -441,13 +441,13 @@ impl Settings {
         if self.workers.timeout.is_zero() {
             return Err(bad("workers.timeout", "must be longer than zero".into()));
         }
-        if self.workers.attempts == 0 || self.workers.attempts > crate::task::MAX_ATTEMPTS {
+        if self.workers.attempts == 0 || self.workers.attempts > crate::model::task::MAX_ATTEMPTS {
             return Err(bad(
                 "workers.attempts",
                 format!(
                     "{} is outside 1..={}",
                     self.workers.attempts,
-                    crate::task::MAX_ATTEMPTS
+                    crate::model::task::MAX_ATTEMPTS
                 ),
             ));
         }

@@ -28,21 +28,21 @@ use ractor::{Actor, ActorRef};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+use crate::cluster::wire::Body;
 use crate::cluster::{ClusterHandle, MembershipMsg};
 use crate::config::Settings;
-use crate::dispatcher::{DispatcherMsg, LaneStats};
-use crate::ingress::IngressMsg;
-use crate::names::validate_worker_name;
-use crate::registry::{Registry, RunEnv};
-use crate::saver::SaverHandle;
-use crate::store::Lease;
-use crate::store::{Store, StoreError};
-use crate::supervisor::{
+use crate::engine::dispatcher::{DispatcherMsg, LaneStats};
+use crate::engine::ingress::IngressMsg;
+use crate::engine::saver::SaverHandle;
+use crate::engine::supervisor::{
     Link, NodeContext, RestartPolicy, StopReason, Supervisor, SupervisorArgs, SupervisorMsg,
 };
-use crate::task::now_ms;
-use crate::wire::Body;
-use crate::worker::{SharedWorker, Worker, WorkerOptions};
+use crate::model::names::validate_worker_name;
+use crate::model::task::now_ms;
+use crate::store::Lease;
+use crate::store::{Store, StoreError};
+use crate::workers::registry::{Registry, RunEnv};
+use crate::workers::rust::{SharedWorker, Worker, WorkerOptions};
 
 /// Why a node could not start or stopped on its own.
 #[derive(Debug, thiserror::Error)]
@@ -142,7 +142,7 @@ impl NodeBuilder {
         } = self;
         for (name, _, _) in &workers {
             validate_worker_name(name).map_err(|e| NodeError::BadWorkerName {
-                name: crate::names::shorten(name, 40),
+                name: crate::model::names::shorten(name, 40),
                 reason: e.to_string(),
             })?;
         }

@@ -42,8 +42,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail};
+use background::model::task::new_task_id;
 use background::store::Keys;
-use background::task::new_task_id;
 use background::{Client, Settings, TaskSpec};
 use futures::StreamExt;
 use serde_json::{Value, json};

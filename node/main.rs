@@ -6,13 +6,13 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, anyhow};
-use background::duration::{format_duration, format_timestamp, parse_duration};
-use background::registry::{Registry, RunEnv, run_attempt};
-use background::schedule::{Cron, Recurrence, parse_time};
+use background::cluster::wire::ControlOp;
+use background::decide::cron::{Cron, Recurrence, parse_time};
+use background::decide::times::{format_duration, format_timestamp, parse_duration};
+use background::model::task::{Target, Task, new_task_id};
 use background::store::{Accepted, CancelResult, Overview, RetryResult, TaskRow};
-use background::task::{Target, Task, new_task_id};
-use background::wire::ControlOp;
-use background::worker::CancelToken;
+use background::workers::registry::{Registry, RunEnv, run_attempt};
+use background::workers::rust::CancelToken;
 use background::{
     Client, ClientError, Node, Outcome, Settings, Sources, TaskResult, TaskSpec, TaskStatus,
 };
@@ -783,7 +783,7 @@ async fn shutdown_signal() {
 }
 
 async fn eval(settings: &Settings, worker: &str, args: Value, json: bool) -> Result<u8, Exit> {
-    background::names::validate_worker_name(worker).map_err(|e| usage(e.to_string()))?;
+    background::model::names::validate_worker_name(worker).map_err(|e| usage(e.to_string()))?;
     let registry = Registry::build(&[], settings);
     let Some(entry) = registry.get(worker) else {
         return Err(usage(format!(
@@ -804,7 +804,7 @@ async fn eval(settings: &Settings, worker: &str, args: Value, json: bool) -> Res
         backoff_cap: None,
         deadline: None,
         epoch: 0,
-        created: background::task::now_ms(),
+        created: background::model::task::now_ms(),
         reply: false,
         pinned: false,
     };

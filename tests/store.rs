@@ -4,9 +4,9 @@
 mod common;
 
 use background::TaskSpec;
-use background::fencing::{CASES, Verdict};
+use background::decide::fencing::{CASES, Verdict};
+use background::model::task::TaskState;
 use background::store::{Accepted, Store, WriteOp, WriteResult};
-use background::task::TaskState;
 use common::Redis;
 use serde_json::json;
 

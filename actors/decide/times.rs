@@ -96,7 +96,7 @@ pub fn format_duration(d: Duration) -> String {
 pub fn format_timestamp(ms: u64) -> String {
     let secs = ms / 1000;
     let (days, rem) = (secs / 86_400, secs % 86_400);
-    let (year, month, day) = crate::schedule::civil_from_days(days as i64);
+    let (year, month, day) = crate::decide::cron::civil_from_days(days as i64);
     format!(
         "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
         rem / 3_600,

@@ -9,8 +9,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::names::{NameError, validate_worker_name};
-use crate::schedule::Recurrence;
+use crate::decide::cron::Recurrence;
+use crate::model::names::{NameError, validate_worker_name};
 
 /// Lowest accepted priority.
 pub const MIN_PRIORITY: i32 = -100;
@@ -120,7 +120,7 @@ impl Target {
                 }
                 None => Err(format!(
                     "target `{}` is not any, all, local or node:<id>",
-                    crate::names::shorten(other, 40)
+                    crate::model::names::shorten(other, 40)
                 )),
             },
         }
@@ -469,7 +469,7 @@ pub fn validate_token(field: &'static str, text: &str) -> Result<(), SpecError> 
     {
         return Err(bad(format!(
             "\"{}\" contains {:?} (letters, digits, `_`, `-`, `.`, `:` only)",
-            crate::names::shorten(text, 40),
+            crate::model::names::shorten(text, 40),
             ch
         )));
     }

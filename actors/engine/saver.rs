@@ -109,7 +109,11 @@ impl Actor for Saver {
         args: SaverArgs,
     ) -> Result<SaverState, ActorProcessingErr> {
         Ok(SaverState {
-            flusher: crate::supervisor::watch_task(flush_loop(args), myself, SaverMsg::FlusherDied),
+            flusher: crate::engine::supervisor::watch_task(
+                flush_loop(args),
+                myself,
+                SaverMsg::FlusherDied,
+            ),
         })
     }
 
@@ -274,7 +278,7 @@ impl Batch {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::task::TaskState;
+    use crate::model::task::TaskState;
 
     fn start(id: &str, epoch: u64) -> WriteOp {
         WriteOp::Start {

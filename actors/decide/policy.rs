@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::schedule::backoff;
-use crate::task::{Outcome, Retry, TaskState};
+use crate::decide::cron::backoff;
+use crate::model::task::{Outcome, Retry, TaskState};
 
 /// Retry settings resolved for one task (task, else worker, else `[workers]`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

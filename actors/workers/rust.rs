@@ -66,8 +66,8 @@ impl TaskError {
     }
 
     /// The outcome this error makes of an attempt.
-    pub fn into_outcome(self) -> crate::task::Outcome {
-        use crate::task::{Outcome, Retry};
+    pub fn into_outcome(self) -> crate::model::task::Outcome {
+        use crate::model::task::{Outcome, Retry};
         match self {
             TaskError::Retry(error) => Outcome::Failed {
                 error,

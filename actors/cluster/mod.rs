@@ -16,6 +16,10 @@
 //!
 //! Peers find each other's [`PeerActor`] through the process group `bgnode.peer.{id}`.
 
+pub mod codec;
+pub mod tls;
+pub mod wire;
+
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
@@ -32,10 +36,10 @@ use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use crate::dispatcher::DispatcherMsg;
-use crate::placement::{Load, NodeLoad};
-use crate::supervisor::{NodeContext, StopReason, watch_task};
-use crate::wire::{Body, ControlOp, Envelope, Handed, PeerMsg};
+use crate::cluster::wire::{Body, ControlOp, Envelope, Handed, PeerMsg};
+use crate::decide::placement::{Load, NodeLoad};
+use crate::engine::dispatcher::DispatcherMsg;
+use crate::engine::supervisor::{NodeContext, StopReason, watch_task};
 
 /// How often peers are pinged and the view refreshed.
 pub const TICK: Duration = Duration::from_millis(250);
@@ -273,7 +277,8 @@ pub async fn control(ctx: &NodeContext, op: ControlOp, from: &str) -> Body {
             }
         }
         ControlOp::Reload => {
-            let registry = crate::registry::Registry::build(&ctx.rust_workers, &ctx.settings);
+            let registry =
+                crate::workers::registry::Registry::build(&ctx.rust_workers, &ctx.settings);
             for note in &registry.notes {
                 tracing::warn!("{note}");
             }
@@ -351,7 +356,7 @@ impl Actor for Membership {
         let advertise = s
             .advertise_addr()
             .ok_or("node.advertise is not host:port")?;
-        let encryption = match crate::tls::acceptor(s)? {
+        let encryption = match crate::cluster::tls::acceptor(s)? {
             Some(acceptor) => IncomingEncryptionMode::Tls(acceptor),
             None => IncomingEncryptionMode::Raw,
         };
@@ -615,7 +620,7 @@ fn connect(
     let server = server.clone();
     let settings = ctx.settings.clone();
     tokio::spawn(async move {
-        let result = match crate::tls::connector(&settings) {
+        let result = match crate::cluster::tls::connector(&settings) {
             Ok(Some(connector)) => {
                 let host = addr
                     .rsplit_once(':')
@@ -724,7 +729,7 @@ async fn write_info(ctx: &NodeContext, load: &NodeLoad) {
         "workers": load,
         "peers": view.peers.keys().collect::<Vec<_>>(),
         "leaving": ctx.leaving.load(std::sync::atomic::Ordering::SeqCst),
-        "ts": crate::task::now_ms(),
+        "ts": crate::model::task::now_ms(),
     });
     let ttl = ctx.settings.node.lease_ttl * 2;
     if let Err(e) = ctx

@@ -4,7 +4,7 @@
 //! Every node runs one; they never fire anything twice because every step is an atomic script:
 //! `fire.lua` makes due one-shot tasks runnable (removing them from the scheduled set in the
 //! same step), and for each due recurring template the next time is computed here
-//! ([`crate::schedule::advance`], which coalesces missed occurrences by default) and set by
+//! ([`crate::decide::cron::advance`], which coalesces missed occurrences by default) and set by
 //! `occur.lua` only if the template is still due at the time this node read (compare-and-set);
 //! the occurrence id `template@due` is the same on every node.
 //!
@@ -19,10 +19,10 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
-use crate::schedule::{Cron, Recurrence, advance};
+use crate::decide::cron::{Cron, Recurrence, advance};
+use crate::engine::supervisor::{NodeContext, watch_task};
+use crate::model::task::now_ms;
 use crate::store::DueTemplate;
-use crate::supervisor::{NodeContext, watch_task};
-use crate::task::now_ms;
 
 /// Longest sleep when nothing is due: a safety net for a wake that was lost.
 pub const MAX_SLEEP: Duration = Duration::from_secs(5);

@@ -19,10 +19,10 @@ use rustix::process::{Pid, Signal, kill_process_group};
 use serde_json::Value;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 
-use crate::duration::format_duration;
-use crate::names::validate_worker_name;
-use crate::task::Outcome;
-use crate::worker::CancelToken;
+use crate::decide::times::format_duration;
+use crate::model::names::validate_worker_name;
+use crate::model::task::Outcome;
+use crate::workers::rust::CancelToken;
 
 /// How much of stderr is kept for the error message.
 pub const STDERR_TAIL: usize = 2048;
@@ -122,7 +122,7 @@ pub struct ScriptRun<'a> {
     /// Largest stdout accepted, in bytes.
     pub output_limit: usize,
     /// Signalled when the task is cancelled: the group gets SIGTERM, then SIGKILL after
-    /// [`crate::registry::CANCEL_GRACE`].
+    /// [`crate::workers::registry::CANCEL_GRACE`].
     pub cancel: &'a CancelToken,
 }
 
@@ -201,7 +201,7 @@ pub async fn run_script(run: ScriptRun<'_>) -> Outcome {
             r = &mut wait => Some(r),
             () = run.cancel.cancelled() => {
                 guard.terminate();
-                match tokio::time::timeout(crate::registry::CANCEL_GRACE, &mut wait).await {
+                match tokio::time::timeout(crate::workers::registry::CANCEL_GRACE, &mut wait).await {
                     Ok(Ok(Ok(status))) if status.success() => Some(Ok(Ok(status))),
                     _ => None,
                 }

@@ -14,8 +14,8 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::config::{KeyPolicy, Settings};
-use crate::schedule::Recurrence;
-use crate::task::{Task, TaskSpec, TaskState, TaskStatus, field, now_ms};
+use crate::decide::cron::Recurrence;
+use crate::model::task::{Task, TaskSpec, TaskState, TaskStatus, field, now_ms};
 
 /// A store error: Redis unreachable or answering something unexpected.
 #[derive(Debug, thiserror::Error)]
@@ -562,7 +562,7 @@ impl Store {
         }
         let ids: Vec<String> = specs
             .iter()
-            .map(|s| s.id.clone().unwrap_or_else(crate::task::new_task_id))
+            .map(|s| s.id.clone().unwrap_or_else(crate::model::task::new_task_id))
             .collect();
         let mut wakes = vec![false; specs.len()];
         let mut woken: std::collections::HashSet<&str> = std::collections::HashSet::new();

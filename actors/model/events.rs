@@ -7,9 +7,9 @@
 
 use serde_json::{Value, json};
 
-use crate::envelope::Rejection;
-use crate::policy::Settle;
-use crate::task::{Task, now_ms};
+use crate::decide::policy::Settle;
+use crate::model::envelope::Rejection;
+use crate::model::task::{Task, now_ms};
 
 fn base(kind: &str, task: &Task, node: &str, at: u64) -> Value {
     json!({

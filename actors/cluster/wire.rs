@@ -1,6 +1,6 @@
 //! Wire types: everything one node says to another over the cluster link.
 //!
-//! A [`PeerMsg`] carries an encoded [`Envelope`] (see [`crate::codec`]); the envelope carries
+//! A [`PeerMsg`] carries an encoded [`Envelope`] (see [`crate::cluster::codec`]); the envelope carries
 //! the protocol version and the sender, so a node can refuse what it does not understand
 //! instead of misreading it. These types are a commitment: change them only by adding
 //! variants, and bump [`PROTOCOL_VERSION`] when an old node could misread a new message.
@@ -9,7 +9,7 @@ use ractor::RpcReplyPort;
 use ractor_cluster::RactorClusterMessage;
 use serde::{Deserialize, Serialize};
 
-use crate::codec::{CodecError, decode, encode};
+use crate::cluster::codec::{CodecError, decode, encode};
 
 /// Version of the messages below.
 pub const PROTOCOL_VERSION: u16 = 1;

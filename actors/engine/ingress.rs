@@ -6,7 +6,7 @@
 //! expires and another node takes it within the TTL.
 //!
 //! Messages are read in batches (whatever has arrived, up to 512). Each is size-checked and
-//! validated ([`crate::envelope`]); a refused one is logged and announced as a `rejected` event
+//! validated ([`crate::model::envelope`]); a refused one is logged and announced as a `rejected` event
 //! and does not affect its neighbours. Valid raw tasks are stored with the same atomic script
 //! the client uses (record + pending entry; an id that exists is not stored again), then the
 //! dispatcher is woken. Wake notices from the durable path only wake the dispatcher.
@@ -26,15 +26,15 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::dispatcher::DispatcherMsg;
-use crate::envelope::{ChannelMessage, Rejection, parse_message};
-use crate::events;
-use crate::placement::{Target as Place, XorShift, place};
+use crate::cluster::wire::{Body, ControlOp};
+use crate::decide::placement::{Target as Place, XorShift, place};
+use crate::engine::dispatcher::DispatcherMsg;
+use crate::engine::supervisor::{NodeContext, watch_task};
+use crate::model::envelope::{ChannelMessage, Rejection, parse_message};
+use crate::model::events;
+use crate::model::task::Target;
+use crate::model::task::TaskSpec;
 use crate::store::{Accepted, Lease, WriteOp};
-use crate::supervisor::{NodeContext, watch_task};
-use crate::task::Target;
-use crate::task::TaskSpec;
-use crate::wire::{Body, ControlOp};
 
 /// Most messages handled in one batch.
 pub const BATCH: usize = 512;
@@ -301,7 +301,10 @@ async fn handle_batch(ctx: &Arc<NodeContext>, batch: &[Vec<u8>], rng: &mut XorSh
                             ),
                             id: spec.id.clone(),
                             worker: Some(spec.worker.clone()),
-                            excerpt: crate::names::shorten(&String::from_utf8_lossy(payload), 120),
+                            excerpt: crate::model::names::shorten(
+                                &String::from_utf8_lossy(payload),
+                                120,
+                            ),
                         },
                     );
                 }
@@ -312,7 +315,7 @@ async fn handle_batch(ctx: &Arc<NodeContext>, batch: &[Vec<u8>], rng: &mut XorSh
     if !specs.is_empty() {
         // Ids are fixed before the first try, so a retried pipeline cannot store a task twice.
         for spec in &mut specs {
-            spec.id.get_or_insert_with(crate::task::new_task_id);
+            spec.id.get_or_insert_with(crate::model::task::new_task_id);
         }
         let mut backoff = Duration::from_millis(50);
         let started = Instant::now();

@@ -8,7 +8,7 @@
 //! [`judge`] is the rule as a table. `write.lua` (its `finish`) applies the same table atomically inside Redis;
 //! the store tests run both on the same cases so the two cannot drift apart.
 
-use crate::task::TaskState;
+use crate::model::task::TaskState;
 
 /// What happens to a completion.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -13,7 +13,7 @@
 //! past the limit the dispatcher fails and its own supervisor takes over.
 //!
 //! In a cluster, every [`TICK`] a lane with free slots and nothing queued asks a loaded peer for
-//! queued tasks ([`crate::placement::steal_from`]); the peer hands them over and this node adopts
+//! queued tasks ([`crate::decide::placement::steal_from`]); the peer hands them over and this node adopts
 //! them with an atomic script (a hand-off that is not acknowledged leaves the sender as owner,
 //! and the sender queues them again). A lane with room also probes its pending set once a second,
 //! so a wake that went elsewhere never strands a task. Tasks pinned to this node never move.
@@ -25,13 +25,13 @@ use std::time::{Duration, Instant};
 
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 
-use crate::placement::{Load, Target as Place, XorShift, place, steal_from};
-use crate::policy::Settle;
-use crate::pool::{Pool, PoolArgs, PoolMsg, finish_op};
-use crate::registry::WorkerEntry;
-use crate::supervisor::{NodeContext, RestartDecision, RestartPolicy, RestartTracker};
-use crate::task::{Task, now_ms};
-use crate::wire::{Body, Handed};
+use crate::cluster::wire::{Body, Handed};
+use crate::decide::placement::{Load, Target as Place, XorShift, place, steal_from};
+use crate::decide::policy::Settle;
+use crate::engine::pool::{Pool, PoolArgs, PoolMsg, finish_op};
+use crate::engine::supervisor::{NodeContext, RestartDecision, RestartPolicy, RestartTracker};
+use crate::model::task::{Task, now_ms};
+use crate::workers::registry::WorkerEntry;
 
 /// The dispatcher actor.
 pub struct Dispatcher;

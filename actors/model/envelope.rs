@@ -9,11 +9,11 @@ use std::time::Duration;
 
 use serde_json::{Map, Value};
 
-use crate::duration::parse_duration;
-use crate::names::shorten;
-use crate::schedule::{Cron, Recurrence, parse_time};
-use crate::task::{SpecError, Target, TaskSpec};
-use crate::wire::ControlOp;
+use crate::cluster::wire::ControlOp;
+use crate::decide::cron::{Cron, Recurrence, parse_time};
+use crate::decide::times::parse_duration;
+use crate::model::names::shorten;
+use crate::model::task::{SpecError, Target, TaskSpec};
 
 /// Fields a task envelope may carry.
 pub const ENVELOPE_FIELDS: &[&str] = &[
@@ -119,7 +119,7 @@ pub fn parse_message(bytes: &[u8], limit: usize) -> Result<ChannelMessage, Rejec
     let worker = obj
         .get("worker")
         .and_then(Value::as_str)
-        .filter(|w| crate::names::validate_worker_name(w).is_ok())
+        .filter(|w| crate::model::names::validate_worker_name(w).is_ok())
         .map(str::to_owned);
     read_object(&obj).map_err(|reason| reject(reason, id, worker))
 }
@@ -129,10 +129,10 @@ fn read_object(obj: &Map<String, Value>) -> Result<ChannelMessage, String> {
         return match op.as_str() {
             Some("wake") => {
                 let worker = str_field(obj, "worker")?.ok_or("wake message without `worker`")?;
-                crate::names::validate_worker_name(worker).map_err(|e| e.to_string())?;
+                crate::model::names::validate_worker_name(worker).map_err(|e| e.to_string())?;
                 let node = str_field(obj, "node")?.map(str::to_owned);
                 if let Some(n) = &node {
-                    crate::task::validate_token("node", n).map_err(|e| e.to_string())?;
+                    crate::model::task::validate_token("node", n).map_err(|e| e.to_string())?;
                 }
                 Ok(ChannelMessage::Wake {
                     worker: worker.to_owned(),
@@ -142,7 +142,7 @@ fn read_object(obj: &Map<String, Value>) -> Result<ChannelMessage, String> {
             Some(op @ ("stop" | "reload")) => {
                 let node = str_field(obj, "node")?.map(str::to_owned);
                 if let Some(n) = &node {
-                    crate::task::validate_token("node", n).map_err(|e| e.to_string())?;
+                    crate::model::task::validate_token("node", n).map_err(|e| e.to_string())?;
                 }
                 let reply = str_field(obj, "reply")?.ok_or("control message without `reply`")?;
                 Ok(ChannelMessage::Control {

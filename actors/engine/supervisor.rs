@@ -24,14 +24,14 @@ use tokio::task::JoinHandle;
 
 use crate::cluster::{ClusterHandle, Membership, MembershipArgs, MembershipMsg};
 use crate::config::Settings;
-use crate::dispatcher::{Dispatcher, DispatcherArgs, DispatcherMsg};
-use crate::ingress::{Ingress, IngressArgs, IngressMsg};
-use crate::placement::{Load, NodeLoad};
-use crate::registry::{Registry, RunEnv};
-use crate::saver::{Saver, SaverArgs, SaverHandle};
-use crate::scheduler::{Scheduler, SchedulerArgs};
+use crate::decide::placement::{Load, NodeLoad};
+use crate::engine::dispatcher::{Dispatcher, DispatcherArgs, DispatcherMsg};
+use crate::engine::ingress::{Ingress, IngressArgs, IngressMsg};
+use crate::engine::saver::{Saver, SaverArgs, SaverHandle};
+use crate::engine::scheduler::{Scheduler, SchedulerArgs};
 use crate::store::Store;
-use crate::worker::{SharedWorker, WorkerOptions};
+use crate::workers::registry::{Registry, RunEnv};
+use crate::workers::rust::{SharedWorker, WorkerOptions};
 
 /// How often and how fast a child may be restarted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -194,14 +194,14 @@ impl NodeContext {
     /// starts tasks only then, since a node whose lease lapsed may have been failed over.
     pub fn lease_fresh(&self) -> bool {
         let renewed = self.lease_renewed.load(Ordering::SeqCst);
-        crate::task::now_ms().saturating_sub(renewed)
+        crate::model::task::now_ms().saturating_sub(renewed)
             < self.settings.node.lease_ttl.as_millis() as u64
     }
 
     /// Notes a successful renewal of the liveness lease.
     pub fn lease_renewed_now(&self) {
         self.lease_renewed
-            .store(crate::task::now_ms(), Ordering::SeqCst);
+            .store(crate::model::task::now_ms(), Ordering::SeqCst);
     }
 
     /// The worker types offered now.

@@ -9,11 +9,11 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::config::Settings;
-use crate::duration::format_duration;
-use crate::policy::RetryPolicy;
-use crate::script::{ScriptRun, run_script, scan_dir};
-use crate::task::{Outcome, Task};
-use crate::worker::{CancelToken, SharedWorker, TaskContext, WorkerOptions, builtin};
+use crate::decide::policy::RetryPolicy;
+use crate::decide::times::format_duration;
+use crate::model::task::{Outcome, Task};
+use crate::workers::rust::{CancelToken, SharedWorker, TaskContext, WorkerOptions, builtin};
+use crate::workers::script::{ScriptRun, run_script, scan_dir};
 
 /// How a worker runs.
 #[derive(Clone)]
@@ -173,7 +173,7 @@ pub async fn run_attempt(
                 Err(e) => {
                     return Outcome::Failed {
                         error: format!("stored arguments are not JSON: {e}"),
-                        retry: crate::task::Retry::Never,
+                        retry: crate::model::task::Retry::Never,
                     };
                 }
             };

@@ -7,7 +7,7 @@
 //! therefore fails those tasks and nothing else. A failing pool is a bug in the pool and
 //! escalates to the dispatcher.
 //!
-//! After an attempt, [`crate::policy::settle`] decides what follows (done, retry later, dead,
+//! After an attempt, [`crate::decide::policy::settle`] decides what follows (done, retry later, dead,
 //! failed, cancelled, expired) and [`finish_op`] turns that into the one fenced write.
 
 use std::collections::VecDeque;
@@ -15,15 +15,15 @@ use std::sync::Arc;
 
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
 
-use crate::dispatcher::DispatcherMsg;
-use crate::events;
-use crate::policy::{Settle, settle};
-use crate::registry::{WorkerEntry, run_attempt};
-use crate::schedule::jitter;
+use crate::decide::cron::jitter;
+use crate::decide::policy::{Settle, settle};
+use crate::engine::dispatcher::DispatcherMsg;
+use crate::engine::supervisor::NodeContext;
+use crate::model::events;
+use crate::model::task::{Outcome, Task, now_ms};
 use crate::store::WriteOp;
-use crate::supervisor::NodeContext;
-use crate::task::{Outcome, Task, now_ms};
-use crate::worker::CancelToken;
+use crate::workers::registry::{WorkerEntry, run_attempt};
+use crate::workers::rust::CancelToken;
 
 /// The pool actor of one worker type.
 pub struct Pool;

@@ -1,0 +1,5 @@
+//! The worker types a node offers: Rust workers, script workers, and the registry of both.
+
+pub mod registry;
+pub mod rust;
+pub mod script;
