@@ -59,10 +59,15 @@ pub mod engine;
 pub mod model;
 pub mod node;
 pub mod store;
+pub mod wiring;
 pub mod workers;
 
 pub use client::{Client, ClientError, TaskResult};
 pub use config::{Settings, Sources};
+pub use decide::restart::RestartPolicy;
+pub use engine::dispatcher::LaneStats;
 pub use model::task::{Outcome, TaskSpec, TaskState, TaskStatus};
 pub use node::{Node, NodeBuilder, NodeError, NodeHandle, ShutdownReport};
+pub use wiring::StopReason;
+pub use workers::eval::{EvalError, Evaluation, eval};
 pub use workers::rust::{TaskContext, TaskError, Worker, WorkerOptions};

@@ -20,28 +20,28 @@
 //!    members, stop the actor tree and drop the liveness lease.
 
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use ractor::{Actor, ActorRef};
-use tokio::sync::mpsc;
+use ractor::{Actor, ActorCell, ActorRef};
+use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinHandle;
 
+use crate::cluster::handle::{ClusterHandle, cookie_hash};
+use crate::cluster::membership::MembershipMsg;
 use crate::cluster::wire::Body;
-use crate::cluster::{ClusterHandle, MembershipMsg};
 use crate::config::Settings;
+use crate::decide::restart::RestartPolicy;
+use crate::engine::control::Control;
 use crate::engine::dispatcher::{DispatcherMsg, LaneStats};
 use crate::engine::ingress::IngressMsg;
-use crate::engine::saver::SaverHandle;
-use crate::engine::supervisor::{
-    Link, NodeContext, RestartPolicy, StopReason, Supervisor, SupervisorArgs, SupervisorMsg,
-};
-use crate::model::names::validate_worker_name;
+use crate::engine::supervisor::{NodeParts, Supervisor, SupervisorArgs, SupervisorMsg};
+use crate::model::names::{shorten, validate_worker_name};
 use crate::model::task::now_ms;
-use crate::store::Lease;
-use crate::store::{Store, StoreError};
-use crate::workers::registry::{Registry, RunEnv};
+use crate::store::{Lease, Store, StoreError};
+use crate::wiring::{LeaseClock, Link, StopReason};
+use crate::workers::registry::LiveRegistry;
 use crate::workers::rust::{SharedWorker, Worker, WorkerOptions};
 
 /// Why a node could not start or stopped on its own.
@@ -133,8 +133,22 @@ impl NodeBuilder {
         self
     }
 
-    /// Starts the node and returns its handle.
+    /// Starts the node and returns its handle. The node's supervisor is a root actor; a host
+    /// program built on ractor may prefer [`NodeBuilder::start_linked`].
     pub async fn start(self) -> Result<NodeHandle, NodeError> {
+        self.launch(None).await
+    }
+
+    /// Starts the node with its supervisor as a linked child of `parent`, an actor of a host
+    /// program built on ractor. The parent then receives a supervision event when the node's
+    /// actor tree stops or fails ([`NodeHandle::actor`] tells which cell is the node's), and
+    /// decides what follows, as for any of its children. The node is still shut down
+    /// gracefully with [`NodeHandle::shutdown`].
+    pub async fn start_linked(self, parent: ActorCell) -> Result<NodeHandle, NodeError> {
+        self.launch(Some(parent)).await
+    }
+
+    async fn launch(self, parent: Option<ActorCell>) -> Result<NodeHandle, NodeError> {
         let NodeBuilder {
             settings,
             workers,
@@ -142,7 +156,7 @@ impl NodeBuilder {
         } = self;
         for (name, _, _) in &workers {
             validate_worker_name(name).map_err(|e| NodeError::BadWorkerName {
-                name: crate::model::names::shorten(name, 40),
+                name: shorten(name, 40),
                 reason: e.to_string(),
             })?;
         }
@@ -150,14 +164,14 @@ impl NodeBuilder {
         let node = settings.node.id.clone();
         let generation = now_ms();
         let holder = format!("{node}:{generation}");
-        let cookie = crate::cluster::cookie_hash(&settings.node.cookie);
+        let redis_error = |source| NodeError::Redis {
+            url: settings.redis.url.clone(),
+            source,
+        };
         if !store
-            .check_cookie(&cookie)
+            .check_cookie(&cookie_hash(&settings.node.cookie))
             .await
-            .map_err(|source| NodeError::Redis {
-                url: settings.redis.url.clone(),
-                source,
-            })?
+            .map_err(redis_error)?
         {
             return Err(NodeError::CookieMismatch {
                 prefix: settings.redis.prefix.clone(),
@@ -170,56 +184,54 @@ impl NodeBuilder {
                 settings.node.listen
             );
         }
-        let registry = Registry::build(&workers, &settings);
-        for note in &registry.notes {
-            tracing::warn!("{note}");
-        }
-        let env = RunEnv {
-            node: node.clone(),
-            dir: registry
-                .dir
-                .clone()
-                .unwrap_or_else(|| settings.workers.dir.clone()),
-            output_limit: settings.limits.message_bytes as usize,
-        };
+        let workers = Arc::new(LiveRegistry::new(workers, &settings));
         tracing::info!(
             node,
             generation,
-            workers = %registry.names().join(", "),
+            workers = %workers.current().names().join(", "),
             "node starting"
         );
         let (stop, stopped) = mpsc::unbounded_channel();
-        let ctx = Arc::new(NodeContext {
+        let dispatcher = Arc::new(Link::default());
+        let parts = Arc::new(NodeParts {
+            control: Arc::new(Control {
+                node: node.clone(),
+                stop: stop.clone(),
+                workers: workers.clone(),
+                dispatcher: dispatcher.clone(),
+            }),
+            lease: Arc::new(LeaseClock::new(settings.node.lease_ttl)),
+            cluster: Arc::new(ClusterHandle::new(&node)),
             settings,
             store,
-            registry: RwLock::new(Arc::new(registry)),
-            rust_workers: workers,
-            cluster: ClusterHandle::new(&node),
             node,
             generation,
-            env,
-            saver: SaverHandle::default(),
-            dispatcher: Link::default(),
-            ingress: Link::default(),
-            membership: Link::default(),
-            schedule: tokio::sync::Notify::new(),
-            load: RwLock::new(Default::default()),
-            leaving: AtomicBool::new(false),
+            saver: Default::default(),
+            workers,
+            leaving: Arc::new(AtomicBool::new(false)),
             stop,
-            lease_renewed: AtomicU64::new(now_ms()),
+            schedule: Arc::new(Notify::new()),
+            dispatcher,
+            ingress: Arc::new(Link::default()),
+            membership: Arc::new(Link::default()),
         });
-        let keep_alive = tokio::spawn(keep_alive(ctx.clone()));
-        let (supervisor, _) = Actor::spawn(
-            None,
-            Supervisor,
-            SupervisorArgs {
-                ctx: ctx.clone(),
-                policy,
-            },
-        )
-        .await
-        .map_err(|e| NodeError::Spawn(e.to_string()))?;
-        match ctx.store.join(&ctx.node).await {
+        let keep_alive = tokio::spawn(keep_alive(parts.clone()));
+        let args = SupervisorArgs {
+            parts: parts.clone(),
+            policy,
+        };
+        let spawned = match parent {
+            Some(parent) => Actor::spawn_linked(None, Supervisor, args, parent).await,
+            None => Actor::spawn(None, Supervisor, args).await,
+        };
+        let supervisor = match spawned {
+            Ok((supervisor, _)) => supervisor,
+            Err(e) => {
+                keep_alive.abort();
+                return Err(NodeError::Spawn(e.to_string()));
+            }
+        };
+        match parts.store.join(&parts.node).await {
             Ok(n) if n > 0 => tracing::info!(broadcasts = n, "joined running broadcasts"),
             Ok(_) => {}
             Err(e) => {
@@ -227,7 +239,7 @@ impl NodeBuilder {
             }
         }
         Ok(NodeHandle {
-            ctx,
+            parts,
             supervisor,
             stopped,
             keep_alive,
@@ -256,7 +268,7 @@ impl NodeBuilder {
 
 /// A running node.
 pub struct NodeHandle {
-    ctx: Arc<NodeContext>,
+    parts: Arc<NodeParts>,
     supervisor: ActorRef<SupervisorMsg>,
     stopped: mpsc::UnboundedReceiver<StopReason>,
     keep_alive: JoinHandle<()>,
@@ -276,17 +288,23 @@ pub struct ShutdownReport {
 impl NodeHandle {
     /// The node id.
     pub fn id(&self) -> &str {
-        &self.ctx.node
+        &self.parts.node
     }
 
     /// The generation (start time, Unix ms) of this incarnation.
     pub fn generation(&self) -> u64 {
-        self.ctx.generation
+        self.parts.generation
+    }
+
+    /// The node's supervisor, the root of its actor tree: a host that started the node with
+    /// [`NodeBuilder::start_linked`] matches supervision events against it.
+    pub fn actor(&self) -> ActorCell {
+        self.supervisor.get_cell()
     }
 
     /// Load per worker type.
     pub async fn stats(&self) -> Vec<LaneStats> {
-        let Some(d) = self.ctx.dispatcher.get() else {
+        let Some(d) = self.parts.dispatcher.get() else {
             return Vec::new();
         };
         ractor::call_t!(d, DispatcherMsg::Stats, 2_000).unwrap_or_default()
@@ -303,12 +321,12 @@ impl NodeHandle {
 
     /// A client for this node's cluster whose `local` target means this node.
     pub async fn client(&self) -> Result<crate::Client, crate::ClientError> {
-        crate::Client::from_settings(&self.ctx.settings).await
+        crate::Client::from_settings(&self.parts.settings).await
     }
 
     /// Shuts the node down gracefully; see the module documentation for the sequence.
     pub async fn shutdown(self) -> Result<ShutdownReport, NodeError> {
-        let ctx = &self.ctx;
+        let ctx = &self.parts;
         let grace = ctx.settings.node.shutdown_timeout;
         let began = Instant::now();
         tracing::info!("shutting down: stopping intake");
@@ -467,7 +485,7 @@ async fn take_identity(store: &Store, settings: &Settings, holder: &str) -> Resu
 /// could not reach Redis) means the cluster may have failed this node over: the dispatcher
 /// drops what it lost and the node joins the members again. Redis being away is not a reason to
 /// stop.
-async fn keep_alive(ctx: Arc<NodeContext>) {
+async fn keep_alive(ctx: Arc<NodeParts>) {
     let key = ctx.store.keys().alive(&ctx.node);
     let holder = ctx.holder();
     let ttl = ctx.settings.node.lease_ttl;
@@ -476,9 +494,9 @@ async fn keep_alive(ctx: Arc<NodeContext>) {
     loop {
         tick.tick().await;
         match ctx.store.lease(&key, &holder, ttl).await {
-            Ok(Lease::Renewed) => ctx.lease_renewed_now(),
+            Ok(Lease::Renewed) => ctx.lease.renewed_now(),
             Ok(Lease::Taken) => {
-                ctx.lease_renewed_now();
+                ctx.lease.renewed_now();
                 tracing::warn!(
                     "this node's liveness lease had expired; checking what it still owns"
                 );

@@ -9,15 +9,12 @@ use anyhow::{Context, anyhow};
 use background::cluster::wire::ControlOp;
 use background::decide::cron::{Cron, Recurrence, parse_time};
 use background::decide::times::{format_duration, format_timestamp, parse_duration};
-use background::model::task::{Target, Task, new_task_id};
+use background::model::task::Target;
 use background::store::{Accepted, CancelResult, Overview, RetryResult, TaskRow};
-use background::workers::registry::{Registry, RunEnv, run_attempt};
-use background::workers::rust::CancelToken;
 use background::{
     Client, ClientError, Node, Outcome, Settings, Sources, TaskResult, TaskSpec, TaskStatus,
 };
 use clap::{Args, Parser, Subcommand};
-use futures::FutureExt;
 use serde_json::{Value, json};
 
 /// Exit code: the task failed, or the command could not do its work.
@@ -754,79 +751,40 @@ fn print_overview(o: &Overview) {
 }
 
 async fn start(settings: Settings) -> Result<u8, Exit> {
-    match Node::builder(settings).run(shutdown_signal()).await {
+    // Listen before the node starts: a signal during start-up then stops it gracefully rather
+    // than killing the process.
+    let shutdown = shutdown_signal().map_err(|e| Exit(EXIT_FAILED, e))?;
+    match Node::builder(settings).run(shutdown).await {
         Ok(report) if report.drained && report.flushed => Ok(0),
         Ok(_) => Ok(EXIT_FAILED),
         Err(e) => Err(Exit(EXIT_FAILED, e.into())),
     }
 }
 
-/// Resolves on ctrl-c or SIGTERM.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        if tokio::signal::ctrl_c().await.is_err() {
-            std::future::pending::<()>().await;
+/// Starts listening for ctrl-c (SIGINT) and SIGTERM; the future resolves on the first.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut interrupt = signal(SignalKind::interrupt()).context("cannot listen for ctrl-c")?;
+    let mut terminate = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
+    Ok(async move {
+        tokio::select! {
+            _ = interrupt.recv() => tracing::info!("ctrl-c received"),
+            _ = terminate.recv() => tracing::info!("SIGTERM received"),
         }
-    };
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        () = ctrl_c => tracing::info!("ctrl-c received"),
-        () = term => tracing::info!("SIGTERM received"),
-    }
+    })
 }
 
 async fn eval(settings: &Settings, worker: &str, args: Value, json: bool) -> Result<u8, Exit> {
-    background::model::names::validate_worker_name(worker).map_err(|e| usage(e.to_string()))?;
-    let registry = Registry::build(&[], settings);
-    let Some(entry) = registry.get(worker) else {
-        return Err(usage(format!(
-            "no worker `{worker}` (offered here: {}; scripts come from {})",
-            registry.names().join(", "),
-            settings.workers.dir.display()
-        )));
-    };
-    let task = Task {
-        id: format!("eval-{}", new_task_id()),
-        worker: worker.to_owned(),
-        args: args.to_string(),
-        priority: 0,
-        attempt: 1,
-        attempts: Some(1),
-        timeout: None,
-        backoff: None,
-        backoff_cap: None,
-        deadline: None,
-        epoch: 0,
-        created: background::model::task::now_ms(),
-        reply: false,
-        pinned: false,
-    };
-    let env = RunEnv {
-        node: format!("eval@{}", settings.node.id),
-        dir: registry
-            .dir
-            .clone()
-            .unwrap_or_else(|| settings.workers.dir.clone()),
-        output_limit: settings.limits.message_bytes as usize,
-    };
-    let cancel = CancelToken::default();
-    let outcome = std::panic::AssertUnwindSafe(run_attempt(entry, &task, &env, &cancel))
-        .catch_unwind()
+    let run = background::eval(settings, worker, &args)
         .await
-        .unwrap_or_else(|_| Outcome::failed("worker crashed (panic)"));
+        .map_err(|e| usage(e.to_string()))?;
+    let (task_id, outcome) = (run.id, run.outcome);
     match outcome {
         Outcome::Done(v) => {
             if json {
                 println!(
                     "{}",
-                    json!({"id": task.id, "state": "done", "result": v, "error": null})
+                    json!({"id": task_id, "state": "done", "result": v, "error": null})
                 );
             } else {
                 println!("{v}");
@@ -841,7 +799,7 @@ async fn eval(settings: &Settings, worker: &str, args: Value, json: bool) -> Res
             if json {
                 println!(
                     "{}",
-                    json!({"id": task.id, "state": "failed", "result": null, "error": error})
+                    json!({"id": task_id, "state": "failed", "result": null, "error": error})
                 );
             }
             Err(Exit(EXIT_FAILED, anyhow!("{worker} failed: {error}")))

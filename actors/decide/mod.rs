@@ -2,6 +2,8 @@
 
 pub mod cron;
 pub mod fencing;
+pub mod outcome;
 pub mod placement;
 pub mod policy;
+pub mod restart;
 pub mod times;

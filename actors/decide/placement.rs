@@ -53,25 +53,11 @@ pub trait Pick {
     fn below(&mut self, n: usize) -> usize;
 }
 
-/// A small xorshift generator; placement needs spread, not cryptographic quality.
-#[derive(Debug, Clone)]
-pub struct XorShift(u64);
-
-impl XorShift {
-    /// A generator seeded from `seed` (0 is replaced).
-    pub fn new(seed: u64) -> XorShift {
-        XorShift(seed.max(1))
-    }
-}
-
-impl Pick for XorShift {
+/// Placement draws from fastrand's generator, seeded per node; it needs spread, not
+/// cryptographic quality.
+impl Pick for fastrand::Rng {
     fn below(&mut self, n: usize) -> usize {
-        let mut x = self.0;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.0 = x;
-        (x % n.max(1) as u64) as usize
+        self.usize(..n.max(1))
     }
 }
 
@@ -239,8 +225,8 @@ mod tests {
     }
 
     #[test]
-    fn xorshift_spreads() {
-        let mut x = XorShift::new(42);
+    fn the_generator_spreads() {
+        let mut x = fastrand::Rng::with_seed(42);
         let mut seen = [0u32; 3];
         for _ in 0..3_000 {
             seen[x.below(3)] += 1;

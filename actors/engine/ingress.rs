@@ -23,40 +23,84 @@ use std::time::{Duration, Instant};
 
 use futures::{FutureExt, StreamExt};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 
+use crate::cluster::handle::{CALL_TIMEOUT, ClusterHandle};
 use crate::cluster::wire::{Body, ControlOp};
-use crate::decide::placement::{Target as Place, XorShift, place};
+use crate::config::Settings;
+use crate::decide::placement::{Load, Target as Place, place};
+use crate::engine::control::Control;
 use crate::engine::dispatcher::DispatcherMsg;
-use crate::engine::supervisor::{NodeContext, watch_task};
+use crate::engine::saver::SaverHandle;
 use crate::model::envelope::{ChannelMessage, Rejection, parse_message};
 use crate::model::events;
-use crate::model::task::Target;
-use crate::model::task::TaskSpec;
-use crate::store::{Accepted, Lease, WriteOp};
+use crate::model::task::{Target, TaskSpec};
+use crate::store::{Accepted, Lease, Store, WriteOp};
+use crate::wiring::{Link, watch_task};
+use crate::workers::registry::LiveRegistry;
 
 /// Most messages handled in one batch.
-pub const BATCH: usize = 512;
+pub(crate) const BATCH: usize = 512;
 
 /// The ingress actor.
-pub struct Ingress;
+pub(crate) struct Ingress;
 
 /// What the ingress needs.
-pub struct IngressArgs {
-    /// Shared node state.
-    pub ctx: Arc<NodeContext>,
+pub(crate) struct IngressArgs {
+    /// The channel, lease time, message limit and key limit.
+    pub(crate) settings: Settings,
+    /// This node's id.
+    pub(crate) node: String,
+    /// This incarnation (the lease holder is `node:generation`).
+    pub(crate) generation: u64,
+    /// The lease, the subscriptions and the enqueue script.
+    pub(crate) store: Store,
+    /// Where `rejected` events are written.
+    pub(crate) saver: SaverHandle,
+    /// The worker types this node offers.
+    pub(crate) workers: Arc<LiveRegistry>,
+    /// The peers: who offers what, how busy they are, and sending them wakes.
+    pub(crate) cluster: Arc<ClusterHandle>,
+    /// The local dispatcher, woken for tasks placed here.
+    pub(crate) dispatcher: Arc<Link<DispatcherMsg>>,
+    /// Wakes the scheduler when something was scheduled.
+    pub(crate) schedule: Arc<Notify>,
+    /// Carries out `stop` and `reload` addressed to this node.
+    pub(crate) control: Arc<Control>,
+}
+
+impl IngressArgs {
+    fn holder(&self) -> String {
+        format!("{}:{}", self.node, self.generation)
+    }
+
+    /// This node's load of `worker`, if it offers it.
+    fn local_load(&self, worker: &str) -> Option<Load> {
+        let entry = self.workers.get(worker)?;
+        Some(
+            self.cluster
+                .own_load()
+                .get(worker)
+                .copied()
+                .unwrap_or(Load {
+                    capacity: entry.concurrency,
+                    running: 0,
+                    queued: 0,
+                }),
+        )
+    }
 }
 
 /// The ingress state: the listener tasks and their stop switch.
-pub struct IngressState {
+pub(crate) struct IngressState {
     listener: Option<JoinHandle<()>>,
     control: JoinHandle<()>,
     stop: watch::Sender<bool>,
 }
 
 /// Messages to the ingress.
-pub enum IngressMsg {
+pub(crate) enum IngressMsg {
     /// Unsubscribe, give up the lease, and answer.
     Stop(RpcReplyPort<()>),
     /// The listener task ended unexpectedly.
@@ -76,12 +120,13 @@ impl Actor for Ingress {
         args: IngressArgs,
     ) -> Result<IngressState, ActorProcessingErr> {
         let (stop, stop_rx) = watch::channel(false);
+        let args = Arc::new(args);
         let control = watch_task(
-            control(args.ctx.clone()),
+            control(args.clone()),
             myself.clone(),
             IngressMsg::ListenerDied,
         );
-        let listener = watch_task(listen(args.ctx, stop_rx), myself, IngressMsg::ListenerDied);
+        let listener = watch_task(listen(args, stop_rx), myself, IngressMsg::ListenerDied);
         Ok(IngressState {
             listener: Some(listener),
             control,
@@ -123,14 +168,14 @@ impl Actor for Ingress {
 }
 
 /// The listener: take the lease, subscribe, handle batches, renew; start over on any loss.
-async fn listen(ctx: Arc<NodeContext>, mut stop: watch::Receiver<bool>) {
+async fn listen(ctx: Arc<IngressArgs>, mut stop: watch::Receiver<bool>) {
     let key = ctx.store.keys().ingress();
     let holder = ctx.holder();
     let ttl = ctx.settings.node.lease_ttl;
     let channel = ctx.settings.redis.channel.clone();
     let mut backoff = Duration::from_millis(100);
     let mut warned = false;
-    let mut rng = XorShift::new(ctx.generation);
+    let mut rng = fastrand::Rng::with_seed(ctx.generation);
     while !*stop.borrow() {
         match ctx.store.lease(&key, &holder, ttl).await {
             Ok(Lease::Renewed | Lease::Taken) => {}
@@ -215,7 +260,7 @@ async fn listen(ctx: Arc<NodeContext>, mut stop: watch::Receiver<bool>) {
 }
 
 /// Listens on this node's control channel for as long as the node runs.
-async fn control(ctx: Arc<NodeContext>) {
+async fn control(ctx: Arc<IngressArgs>) {
     let channel = ctx.store.control_channel(&ctx.node);
     let mut backoff = Duration::from_millis(100);
     loop {
@@ -258,7 +303,7 @@ async fn wait_or_stop(stop: &mut watch::Receiver<bool>, d: Duration) -> bool {
 }
 
 /// Validates, stores and announces one batch of channel messages.
-async fn handle_batch(ctx: &Arc<NodeContext>, batch: &[Vec<u8>], rng: &mut XorShift) {
+async fn handle_batch(ctx: &Arc<IngressArgs>, batch: &[Vec<u8>], rng: &mut fastrand::Rng) {
     let limit = ctx.settings.limits.message_bytes as usize;
     let mut specs: Vec<TaskSpec> = Vec::new();
     let mut wakes: BTreeSet<String> = BTreeSet::new();
@@ -286,7 +331,7 @@ async fn handle_batch(ctx: &Arc<NodeContext>, batch: &[Vec<u8>], rng: &mut XorSh
                 let mut spec = *spec;
                 // `local` means the node that took the message: this one.
                 spec.target = spec.target.resolve(&ctx.node);
-                if ctx.registry().get(&spec.worker).is_some()
+                if ctx.workers.get(&spec.worker).is_some()
                     || ctx.cluster.offered_by_peer(&spec.worker)
                 {
                     specs.push(spec);
@@ -389,8 +434,8 @@ async fn handle_batch(ctx: &Arc<NodeContext>, batch: &[Vec<u8>], rng: &mut XorSh
 }
 
 /// Worker names this node or a reachable peer offers.
-fn offered(ctx: &NodeContext) -> Vec<String> {
-    let mut names: BTreeSet<String> = ctx.registry().names().into_iter().collect();
+fn offered(ctx: &IngressArgs) -> Vec<String> {
+    let mut names: BTreeSet<String> = ctx.workers.current().names().into_iter().collect();
     for peer in ctx.cluster.view().peers.values() {
         names.extend(peer.load.keys().cloned());
     }
@@ -399,8 +444,8 @@ fn offered(ctx: &NodeContext) -> Vec<String> {
 
 /// Sends a wake where placement says: here when this node is not busier than the peers that
 /// offer the worker, else the less busy of two random peers.
-fn route_wake(ctx: &NodeContext, worker: &str, rng: &mut XorShift) {
-    let local = ctx.registry().get(worker).and(ctx.local_load(worker));
+fn route_wake(ctx: &IngressArgs, worker: &str, rng: &mut fastrand::Rng) {
+    let local = ctx.local_load(worker);
     let peers = ctx.cluster.peers_offering(worker);
     match place(local, &peers, rng) {
         Place::Local => {
@@ -422,7 +467,7 @@ fn route_wake(ctx: &NodeContext, worker: &str, rng: &mut XorShift) {
 
 /// Carries a `bgnode stop`/`reload` to its nodes through the cluster and publishes each node's
 /// answer on the caller's reply channel.
-async fn relay_control(ctx: Arc<NodeContext>, op: ControlOp, node: Option<String>, reply: String) {
+async fn relay_control(ctx: Arc<IngressArgs>, op: ControlOp, node: Option<String>, reply: String) {
     let targets: Vec<String> = match node {
         Some(n) => vec![n],
         None => std::iter::once(ctx.node.clone())
@@ -431,11 +476,11 @@ async fn relay_control(ctx: Arc<NodeContext>, op: ControlOp, node: Option<String
     };
     for target in targets {
         let answer = if target == ctx.node {
-            crate::cluster::control(&ctx, op, "bgnode").await
+            ctx.control.apply(op, "bgnode")
         } else {
             match ctx
                 .cluster
-                .call(&target, Body::Control { op }, crate::cluster::CALL_TIMEOUT)
+                .call(&target, Body::Control { op }, CALL_TIMEOUT)
                 .await
             {
                 Ok(body) => body,
@@ -457,14 +502,14 @@ async fn relay_control(ctx: Arc<NodeContext>, op: ControlOp, node: Option<String
 }
 
 /// The message for a task refused because its key is at its limit.
-pub fn key_full(spec: &TaskSpec, limit: u32) -> String {
+pub(crate) fn key_full(spec: &TaskSpec, limit: u32) -> String {
     format!(
         "key `{}` is at its limit of {limit} pending or running tasks ([keys] limit)",
         spec.key.as_deref().unwrap_or_default()
     )
 }
 
-fn reject(ctx: &NodeContext, rejection: &Rejection) {
+fn reject(ctx: &IngressArgs, rejection: &Rejection) {
     tracing::warn!(
         id = rejection.id.as_deref().unwrap_or("-"),
         "rejected a channel message: {} (message: {})",

@@ -1,7 +1,9 @@
-//! The node's actors.
+//! The node's actors and what only they use.
 
+pub mod control;
 pub mod dispatcher;
 pub mod ingress;
+pub mod peer;
 pub mod pool;
 pub mod saver;
 pub mod scheduler;

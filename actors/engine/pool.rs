@@ -1,72 +1,94 @@
 //! Worker pools: one pool actor per worker type, supervising `concurrency` slot actors that each
 //! run one attempt at a time.
 //!
-//! Restart policy: a slot that fails (a panicking Rust worker) fails only the attempt it was
-//! running ("worker crashed: …", retried like any failure); the pool records that failure,
-//! restarts the slot at once and hands it the next task. A worker that panics on every task
-//! therefore fails those tasks and nothing else. A failing pool is a bug in the pool and
-//! escalates to the dispatcher.
+//! The pool holds no list of tasks: the dispatcher's lane knows what is queued and running, and
+//! hands the pool a task only when a slot is free. The pool knows which slot runs which task id,
+//! so it can say which attempt a crashed slot took down.
 //!
-//! After an attempt, [`crate::decide::policy::settle`] decides what follows (done, retry later, dead,
-//! failed, cancelled, expired) and [`finish_op`] turns that into the one fenced write.
+//! Restart policy: a slot that fails (a panicking Rust worker) fails only the attempt it was
+//! running; the pool reports [`PoolEvent::Crashed`], and the dispatcher records "worker crashed:
+//! …" for the task like any failure. The slot is restarted at once. A worker that panics on
+//! every task therefore fails those tasks and nothing else. A failing pool is a bug in the pool
+//! and escalates to the dispatcher.
+//!
+//! A slot ends every attempt with [`crate::decide::outcome::conclude`], the one fenced write.
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
+use tokio_util::sync::CancellationToken;
 
-use crate::decide::cron::jitter;
-use crate::decide::policy::{Settle, settle};
-use crate::engine::dispatcher::DispatcherMsg;
-use crate::engine::supervisor::NodeContext;
+use crate::decide::outcome::conclude;
+use crate::engine::saver::SaverHandle;
 use crate::model::events;
 use crate::model::task::{Outcome, Task, now_ms};
 use crate::store::WriteOp;
-use crate::workers::registry::{WorkerEntry, run_attempt};
-use crate::workers::rust::CancelToken;
+use crate::workers::registry::{LiveRegistry, WorkerEntry, run_attempt};
+
+/// What a pool tells its owner.
+#[derive(Debug)]
+pub(crate) enum PoolEvent {
+    /// A slot finished task `id` (its end is written) and is free.
+    Freed {
+        /// Worker type.
+        worker: String,
+        /// Task id.
+        id: String,
+    },
+    /// The slot running task `id` crashed; the pool restarted it. Nothing was written for the
+    /// attempt.
+    Crashed {
+        /// Worker type.
+        worker: String,
+        /// Task id.
+        id: String,
+        /// The panic or failure.
+        why: String,
+    },
+    /// No slot was free for this task; it was not started.
+    Refused {
+        /// Worker type.
+        worker: String,
+        /// Task id.
+        id: String,
+    },
+}
+
+/// Where a pool sends its events.
+pub(crate) type Report = Arc<dyn Fn(PoolEvent) + Send + Sync>;
 
 /// The pool actor of one worker type.
-pub struct Pool;
+pub(crate) struct Pool;
 
 /// What a pool needs.
-pub struct PoolArgs {
+pub(crate) struct PoolArgs {
     /// The worker it runs (its concurrency sizes the pool).
-    pub entry: WorkerEntry,
-    /// Shared node state: run environment, saver, the current registry.
-    pub ctx: Arc<NodeContext>,
-    /// The dispatcher, told when a slot frees up.
-    pub dispatcher: ActorRef<DispatcherMsg>,
+    pub(crate) entry: WorkerEntry,
+    /// The live registry: a slot runs the current version of its worker.
+    pub(crate) workers: Arc<LiveRegistry>,
+    /// Where attempts are recorded.
+    pub(crate) saver: SaverHandle,
+    /// This node's id.
+    pub(crate) node: String,
+    /// Told when a slot frees up or crashes.
+    pub(crate) report: Report,
 }
 
-/// The pool's state.
-pub struct PoolState {
+/// The pool's state: each slot and the id of the task it runs.
+pub(crate) struct PoolState {
     args: PoolArgs,
-    slots: Vec<SlotInfo>,
-    waiting: VecDeque<Task>,
-}
-
-struct SlotInfo {
-    actor: ActorRef<SlotMsg>,
-    running: Option<Running>,
-}
-
-struct Running {
-    task: Task,
-    started: u64,
-    cancel: CancelToken,
+    slots: Vec<(ActorRef<SlotMsg>, Option<String>)>,
 }
 
 /// Messages to a pool.
-pub enum PoolMsg {
-    /// Run this task on a free slot.
-    Run(Task),
+pub(crate) enum PoolMsg {
+    /// Run this task on a free slot, stopping early when the token is cancelled.
+    Run(Task, CancellationToken),
     /// A slot finished its task.
     SlotIdle {
         /// Slot index.
         slot: usize,
     },
-    /// Cancel this task if it waits or runs here.
-    Cancel(String),
 }
 
 impl ractor::Message for PoolMsg {}
@@ -83,16 +105,9 @@ impl Actor for Pool {
     ) -> Result<PoolState, ActorProcessingErr> {
         let mut slots = Vec::with_capacity(args.entry.concurrency as usize);
         for index in 0..args.entry.concurrency as usize {
-            slots.push(SlotInfo {
-                actor: spawn_slot(&myself, &args, index).await?,
-                running: None,
-            });
+            slots.push((spawn_slot(&myself, &args, index).await?, None));
         }
-        Ok(PoolState {
-            args,
-            slots,
-            waiting: VecDeque::new(),
-        })
+        Ok(PoolState { args, slots })
     }
 
     async fn handle(
@@ -102,31 +117,10 @@ impl Actor for Pool {
         state: &mut PoolState,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            PoolMsg::Run(task) => {
-                state.waiting.push_back(task);
-                state.assign();
-            }
+            PoolMsg::Run(task, cancel) => state.run(task, cancel),
             PoolMsg::SlotIdle { slot } => {
-                if let Some(run) = state.slots.get_mut(slot).and_then(|s| s.running.take()) {
-                    state.done(&run.task);
-                }
-                state.assign();
-            }
-            PoolMsg::Cancel(id) => {
-                if let Some(pos) = state.waiting.iter().position(|t| t.id == id) {
-                    if let Some(task) = state.waiting.remove(pos) {
-                        let now = now_ms();
-                        let op = finish_op(&task, &state.args.ctx.node, &Settle::Cancelled, 0, now);
-                        state.args.ctx.saver.write(op);
-                        state.done(&task);
-                    }
-                } else if let Some(run) = state
-                    .slots
-                    .iter()
-                    .filter_map(|s| s.running.as_ref())
-                    .find(|r| r.task.id == id)
-                {
-                    run.cancel.cancel();
+                if let Some(id) = state.slots.get_mut(slot).and_then(|s| s.1.take()) {
+                    state.report_freed(id);
                 }
             }
         }
@@ -149,60 +143,49 @@ impl Actor for Pool {
         let Some(index) = state.slot_of(cell.get_id()) else {
             return Ok(());
         };
-        if let Some(run) = state.slots[index].running.take() {
-            let task = run.task;
-            tracing::warn!(task = %task.id, worker = %task.worker, "worker crashed: {why}");
-            let outcome = Outcome::failed(format!("worker crashed: {why}"));
-            let now = now_ms();
-            let policy = state.args.entry.retry_policy(&task);
-            let next = settle(outcome, task.attempt, &policy, now, jitter(&task.id));
-            let op = finish_op(&task, &state.args.ctx.node, &next, run.started, now);
-            state.args.ctx.saver.write(op);
-            state.done(&task);
+        state.slots[index].0 = spawn_slot(&myself, &state.args, index).await?;
+        if let Some(id) = state.slots[index].1.take() {
+            tracing::warn!(task = %id, worker = %state.args.entry.name, "worker crashed: {why}");
+            (state.args.report)(PoolEvent::Crashed {
+                worker: state.args.entry.name.clone(),
+                id,
+                why,
+            });
         }
-        state.slots[index].actor = spawn_slot(&myself, &state.args, index).await?;
-        state.assign();
         Ok(())
     }
 }
 
 impl PoolState {
     fn slot_of(&self, id: ActorId) -> Option<usize> {
-        self.slots.iter().position(|s| s.actor.get_id() == id)
+        self.slots.iter().position(|s| s.0.get_id() == id)
     }
 
-    fn done(&self, task: &Task) {
-        let _ = self.args.dispatcher.cast(DispatcherMsg::Done {
-            worker: task.worker.clone(),
-            id: task.id.clone(),
+    fn report_freed(&self, id: String) {
+        (self.args.report)(PoolEvent::Freed {
+            worker: self.args.entry.name.clone(),
+            id,
         });
     }
 
-    /// Hands waiting tasks to idle slots.
-    fn assign(&mut self) {
-        while let Some(index) = self.slots.iter().position(|s| s.running.is_none()) {
-            let Some(task) = self.waiting.pop_front() else {
-                return;
-            };
-            let started = now_ms();
-            let cancel = CancelToken::default();
-            match self.slots[index]
-                .actor
-                .cast(SlotMsg::Run(task.clone(), cancel.clone()))
-            {
-                Ok(()) => {
-                    self.slots[index].running = Some(Running {
-                        task,
-                        started,
-                        cancel,
-                    });
-                }
-                Err(_) => {
-                    // The slot is dying; its supervision event will restart it. Keep the task.
-                    self.waiting.push_front(task);
-                    return;
-                }
+    /// Hands `task` to a free slot, or refuses it.
+    fn run(&mut self, task: Task, cancel: CancellationToken) {
+        let id = task.id.clone();
+        let free = self.slots.iter().position(|s| s.1.is_none());
+        let sent = free.is_some_and(|index| {
+            let ok = self.slots[index].0.cast(SlotMsg::Run(task, cancel)).is_ok();
+            if ok {
+                self.slots[index].1 = Some(id.clone());
             }
+            ok
+        });
+        if !sent {
+            // No free slot (or it is dying; its supervision event restarts it): the lane keeps
+            // the task and starts it later.
+            (self.args.report)(PoolEvent::Refused {
+                worker: self.args.entry.name.clone(),
+                id,
+            });
         }
     }
 }
@@ -218,7 +201,9 @@ async fn spawn_slot(
         SlotArgs {
             index,
             entry: args.entry.clone(),
-            ctx: args.ctx.clone(),
+            workers: args.workers.clone(),
+            saver: args.saver.clone(),
+            node: args.node.clone(),
             pool: pool.clone(),
         },
         pool.get_cell(),
@@ -228,20 +213,22 @@ async fn spawn_slot(
 }
 
 /// A slot: runs one attempt at a time.
-pub struct Slot;
+pub(crate) struct Slot;
 
 /// What a slot needs.
-pub struct SlotArgs {
+pub(crate) struct SlotArgs {
     index: usize,
     entry: WorkerEntry,
-    ctx: Arc<NodeContext>,
+    workers: Arc<LiveRegistry>,
+    saver: SaverHandle,
+    node: String,
     pool: ActorRef<PoolMsg>,
 }
 
 /// Messages to a slot.
-pub enum SlotMsg {
+pub(crate) enum SlotMsg {
     /// Run one attempt, stopping early when the token is cancelled.
-    Run(Task, CancelToken),
+    Run(Task, CancellationToken),
 }
 
 impl ractor::Message for SlotMsg {}
@@ -266,74 +253,31 @@ impl Actor for Slot {
         state: &mut SlotArgs,
     ) -> Result<(), ActorProcessingErr> {
         let SlotMsg::Run(task, cancel) = msg;
-        let ctx = &state.ctx;
-        let node = &ctx.node;
+        let node = &state.node;
         // The current version of the worker: a reload applies to the next task it runs.
-        let entry = ctx
-            .registry()
+        let entry = state
+            .workers
             .get(&task.worker)
-            .cloned()
             .unwrap_or_else(|| state.entry.clone());
+        let policy = entry.retry_policy(&task);
         let now = now_ms();
-        let before_start = if task.deadline.is_some_and(|d| now > d) {
-            Some(Settle::Expired)
+        let op = if task.deadline.is_some_and(|d| now > d) {
+            conclude(&task, node, Outcome::Expired, &policy, 0, now)
         } else if cancel.is_cancelled() {
-            Some(Settle::Cancelled)
+            conclude(&task, node, Outcome::Cancelled, &policy, 0, now)
         } else {
-            None
+            state.saver.write(WriteOp::Start {
+                id: task.id.clone(),
+                epoch: task.epoch,
+                attempt: task.attempt,
+                at: now,
+                event: events::started(&task, node, now),
+            });
+            let outcome = run_attempt(&entry, &task, state.workers.env(), &cancel).await;
+            conclude(&task, node, outcome, &policy, now, now_ms())
         };
-        let op = match before_start {
-            Some(end) => finish_op(&task, node, &end, 0, now),
-            None => {
-                ctx.saver.write(WriteOp::Start {
-                    id: task.id.clone(),
-                    epoch: task.epoch,
-                    attempt: task.attempt,
-                    at: now,
-                    event: events::started(&task, node, now),
-                });
-                let outcome = run_attempt(&entry, &task, &ctx.env, &cancel).await;
-                let finished = now_ms();
-                let policy = entry.retry_policy(&task);
-                let unit = jitter(&format!("{}:{}", task.id, task.attempt));
-                let next = settle(outcome, task.attempt, &policy, finished, unit);
-                finish_op(&task, node, &next, now, finished)
-            }
-        };
-        ctx.saver.write(op);
+        state.saver.write(op);
         let _ = state.pool.cast(PoolMsg::SlotIdle { slot: state.index });
         Ok(())
-    }
-}
-
-/// The fenced write that ends an attempt of `task` on `node` with `settle`. A `started` of 0
-/// means the attempt never began (expired or cancelled while queued).
-pub fn finish_op(task: &Task, node: &str, settle: &Settle, started: u64, now: u64) -> WriteOp {
-    let (value, retry_at) = match settle {
-        Settle::Done(v) => (v.to_string(), 0),
-        Settle::Retry { error, at } => (error.clone(), *at),
-        Settle::Dead { error } | Settle::Failed { error } => (error.clone(), 0),
-        Settle::Cancelled => ("cancelled".to_owned(), 0),
-        Settle::Expired => ("deadline passed before the task started".to_owned(), 0),
-    };
-    let error_event = match settle {
-        Settle::Retry { error, .. } | Settle::Dead { error } => {
-            Some(events::error(task, node, error, now))
-        }
-        _ => None,
-    };
-    WriteOp::Finish {
-        id: task.id.clone(),
-        node: node.to_owned(),
-        epoch: task.epoch,
-        attempt: task.attempt,
-        started,
-        finished: now,
-        state: settle.state(),
-        value,
-        retry_at,
-        event: events::transition(task, node, settle, now),
-        started_event: None,
-        error_event,
     }
 }

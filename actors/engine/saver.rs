@@ -109,11 +109,7 @@ impl Actor for Saver {
         args: SaverArgs,
     ) -> Result<SaverState, ActorProcessingErr> {
         Ok(SaverState {
-            flusher: crate::engine::supervisor::watch_task(
-                flush_loop(args),
-                myself,
-                SaverMsg::FlusherDied,
-            ),
+            flusher: crate::wiring::watch_task(flush_loop(args), myself, SaverMsg::FlusherDied),
         })
     }
 

@@ -19,33 +19,37 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
-use crate::decide::cron::{Cron, Recurrence, advance};
-use crate::engine::supervisor::{NodeContext, watch_task};
+use crate::decide::cron::{Cron, Missed, Recurrence, advance};
 use crate::model::task::now_ms;
-use crate::store::DueTemplate;
+use crate::store::{DueTemplate, Store};
+use crate::wiring::watch_task;
 
 /// Longest sleep when nothing is due: a safety net for a wake that was lost.
-pub const MAX_SLEEP: Duration = Duration::from_secs(5);
+pub(crate) const MAX_SLEEP: Duration = Duration::from_secs(5);
 
 /// Entries handled per script call.
 const BATCH: usize = 256;
 
 /// The scheduler actor.
-pub struct Scheduler;
+pub(crate) struct Scheduler;
 
 /// What the scheduler needs.
-pub struct SchedulerArgs {
-    /// Shared node state; `ctx.schedule` wakes the loop.
-    pub ctx: Arc<NodeContext>,
+pub(crate) struct SchedulerArgs {
+    /// The scheduled set and its scripts.
+    pub(crate) store: Store,
+    /// Notified when something was scheduled: the loop wakes early.
+    pub(crate) wake: Arc<Notify>,
+    /// What to do with occurrences missed during an outage.
+    pub(crate) missed: Missed,
 }
 
 /// The scheduler's state: its loop.
-pub struct SchedulerState {
+pub(crate) struct SchedulerState {
     task: JoinHandle<()>,
 }
 
 /// Messages to the scheduler.
-pub enum SchedulerMsg {
+pub(crate) enum SchedulerMsg {
     /// The loop ended unexpectedly.
     LoopDied(String),
 }
@@ -62,7 +66,7 @@ impl Actor for Scheduler {
         myself: ActorRef<SchedulerMsg>,
         args: SchedulerArgs,
     ) -> Result<SchedulerState, ActorProcessingErr> {
-        let task = watch_task(run(args.ctx), myself, SchedulerMsg::LoopDied);
+        let task = watch_task(run(args), myself, SchedulerMsg::LoopDied);
         Ok(SchedulerState { task })
     }
 
@@ -86,17 +90,17 @@ impl Actor for Scheduler {
     }
 }
 
-async fn run(ctx: Arc<NodeContext>) {
+async fn run(ctx: SchedulerArgs) {
     let mut backoff = Duration::from_millis(100);
     loop {
         match tick(&ctx).await {
             Ok(wait) => {
                 backoff = Duration::from_millis(100);
-                sleep_or_wake(wait, &ctx.schedule).await;
+                sleep_or_wake(wait, &ctx.wake).await;
             }
             Err(e) => {
                 tracing::warn!("scheduler cannot reach redis ({e}); retrying in {backoff:?}");
-                sleep_or_wake(backoff, &ctx.schedule).await;
+                sleep_or_wake(backoff, &ctx.wake).await;
                 backoff = (backoff * 2).min(Duration::from_secs(2));
             }
         }
@@ -104,7 +108,7 @@ async fn run(ctx: Arc<NodeContext>) {
 }
 
 /// One pass: fire what is due, expire what is late; returns how long to sleep.
-async fn tick(ctx: &NodeContext) -> Result<Duration, crate::store::StoreError> {
+async fn tick(ctx: &SchedulerArgs) -> Result<Duration, crate::store::StoreError> {
     let store = &ctx.store;
     loop {
         let now = now_ms();
@@ -124,7 +128,7 @@ async fn tick(ctx: &NodeContext) -> Result<Duration, crate::store::StoreError> {
 }
 
 async fn occur(
-    ctx: &NodeContext,
+    ctx: &SchedulerArgs,
     t: &DueTemplate,
     now: u64,
 ) -> Result<(), crate::store::StoreError> {
@@ -140,7 +144,7 @@ async fn occur(
         },
         (None, None) => return Ok(()),
     };
-    let next = advance(&rec, t.due, now, ctx.settings.scheduler.missed);
+    let next = advance(&rec, t.due, now, ctx.missed);
     if ctx.store.occur(&t.id, t.due, next, now).await? {
         tracing::debug!(template = %t.id, due = t.due, ?next, "fired an occurrence");
     }
@@ -148,7 +152,7 @@ async fn occur(
 }
 
 /// How long to sleep until `next_due` (Unix ms), at most [`MAX_SLEEP`].
-pub fn wait_for(next_due: Option<u64>, now: u64) -> Duration {
+pub(crate) fn wait_for(next_due: Option<u64>, now: u64) -> Duration {
     match next_due {
         Some(due) if due <= now => Duration::ZERO,
         Some(due) => Duration::from_millis(due - now).min(MAX_SLEEP),
@@ -157,7 +161,7 @@ pub fn wait_for(next_due: Option<u64>, now: u64) -> Duration {
 }
 
 /// Sleeps `wait`, or less when `wake` is notified. Returns true when woken early.
-pub async fn sleep_or_wake(wait: Duration, wake: &Notify) -> bool {
+pub(crate) async fn sleep_or_wake(wait: Duration, wake: &Notify) -> bool {
     tokio::select! {
         () = tokio::time::sleep(wait) => false,
         () = wake.notified() => true,

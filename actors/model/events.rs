@@ -61,7 +61,7 @@ pub fn transition(task: &Task, node: &str, settle: &Settle, at: u64) -> String {
         e["error"] = json!("cancelled");
     }
     if matches!(settle, Settle::Expired) {
-        e["error"] = json!("deadline passed before the task started");
+        e["error"] = json!(crate::model::task::EXPIRED_ERROR);
     }
     e.to_string()
 }

@@ -144,6 +144,9 @@ impl Target {
     }
 }
 
+/// The error recorded for a task whose deadline passed before it started.
+pub(crate) const EXPIRED_ERROR: &str = "deadline passed before the task started";
+
 /// The lifecycle state of a task, as stored in the `state` field.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

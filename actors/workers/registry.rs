@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use serde_json::Value;
@@ -12,8 +13,10 @@ use crate::config::Settings;
 use crate::decide::policy::RetryPolicy;
 use crate::decide::times::format_duration;
 use crate::model::task::{Outcome, Task};
-use crate::workers::rust::{CancelToken, SharedWorker, TaskContext, WorkerOptions, builtin};
-use crate::workers::script::{ScriptRun, run_script, scan_dir};
+use tokio_util::sync::CancellationToken;
+
+use crate::workers::rust::{SharedWorker, TaskContext, WorkerOptions, builtin};
+use crate::workers::script::{CANCEL_GRACE, ScriptRun, run_script, scan_dir};
 
 /// How a worker runs.
 #[derive(Clone)]
@@ -116,6 +119,13 @@ impl Registry {
         );
     }
 
+    /// Logs what is worth a warning (skipped scripts, shadowed names).
+    pub fn log_notes(&self) {
+        for note in &self.notes {
+            tracing::warn!("{note}");
+        }
+    }
+
     /// The worker named `name`.
     pub fn get(&self, name: &str) -> Option<&WorkerEntry> {
         self.entries.get(name)
@@ -143,9 +153,6 @@ pub struct RunEnv {
     pub output_limit: usize,
 }
 
-/// How long a cancelled attempt may take to stop before it is dropped (Rust) or killed (script).
-pub const CANCEL_GRACE: Duration = Duration::from_secs(5);
-
 impl WorkerEntry {
     /// The retry policy of `task`: the task's own settings, else this worker's.
     pub fn retry_policy(&self, task: &Task) -> RetryPolicy {
@@ -157,13 +164,75 @@ impl WorkerEntry {
     }
 }
 
+/// The worker types a running node offers now, and what it needs to rebuild them: a reload
+/// (`bgnode reload`) rescans the scripts folder and replaces the registry; tasks already
+/// running keep the version they started with.
+pub(crate) struct LiveRegistry {
+    current: RwLock<Arc<Registry>>,
+    rust: Vec<(String, SharedWorker, WorkerOptions)>,
+    settings: Settings,
+    env: RunEnv,
+}
+
+impl LiveRegistry {
+    /// Builds the registry of a node with `rust` workers and `settings`, logging its notes.
+    pub(crate) fn new(
+        rust: Vec<(String, SharedWorker, WorkerOptions)>,
+        settings: &Settings,
+    ) -> LiveRegistry {
+        let registry = Registry::build(&rust, settings);
+        registry.log_notes();
+        let env = RunEnv {
+            node: settings.node.id.clone(),
+            dir: registry
+                .dir
+                .clone()
+                .unwrap_or_else(|| settings.workers.dir.clone()),
+            output_limit: settings.limits.message_bytes as usize,
+        };
+        LiveRegistry {
+            current: RwLock::new(Arc::new(registry)),
+            rust,
+            settings: settings.clone(),
+            env,
+        }
+    }
+
+    /// The worker types offered now.
+    pub(crate) fn current(&self) -> Arc<Registry> {
+        self.current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// The worker named `name`, as offered now.
+    pub(crate) fn get(&self, name: &str) -> Option<WorkerEntry> {
+        self.current().get(name).cloned()
+    }
+
+    /// Rescans the scripts folder and replaces the registry; returns the names offered now.
+    pub(crate) fn reload(&self) -> Vec<String> {
+        let registry = Registry::build(&self.rust, &self.settings);
+        registry.log_notes();
+        let names = registry.names();
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(registry);
+        names
+    }
+
+    /// How workers run on this node.
+    pub(crate) fn env(&self) -> &RunEnv {
+        &self.env
+    }
+}
+
 /// Runs one attempt of `task` with `entry`. A panic in a Rust worker propagates to the caller
 /// (the worker actor), which turns it into a failed attempt and is restarted.
 pub async fn run_attempt(
     entry: &WorkerEntry,
     task: &Task,
     env: &RunEnv,
-    cancel: &CancelToken,
+    cancel: &CancellationToken,
 ) -> Outcome {
     let limit = task.timeout.unwrap_or(entry.timeout);
     match &entry.kind {

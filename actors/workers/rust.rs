@@ -1,12 +1,12 @@
 //! Rust workers: the [`Worker`] trait, the context a run gets, and how an attempt can fail.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
+use tokio_util::sync::CancellationToken;
 
 /// A piece of work the node can run. Register it with [`crate::NodeBuilder::worker`].
 ///
@@ -107,7 +107,7 @@ pub struct TaskContext {
     /// The arguments.
     pub args: Value,
     /// Signalled when the task is cancelled.
-    pub cancel: CancelToken,
+    pub cancel: CancellationToken,
 }
 
 impl TaskContext {
@@ -136,34 +136,6 @@ impl TaskContext {
             .ok_or_else(|| TaskError::fail(format!("missing argument `{name}`")))?;
         serde_json::from_value(value)
             .map_err(|e| TaskError::fail(format!("argument `{name}`: {e}")))
-    }
-}
-
-/// A cancellation signal shared by a running attempt and the node.
-#[derive(Debug, Clone, Default)]
-pub struct CancelToken(Arc<(AtomicBool, tokio::sync::Notify)>);
-
-impl CancelToken {
-    /// Requests cancellation.
-    pub fn cancel(&self) {
-        self.0.0.store(true, Ordering::SeqCst);
-        self.0.1.notify_waiters();
-    }
-
-    /// True once cancellation was requested.
-    pub fn is_cancelled(&self) -> bool {
-        self.0.0.load(Ordering::SeqCst)
-    }
-
-    /// Resolves when cancellation is requested.
-    pub async fn cancelled(&self) {
-        loop {
-            let notified = self.0.1.notified();
-            if self.is_cancelled() {
-                return;
-            }
-            notified.await;
-        }
     }
 }
 

@@ -22,7 +22,10 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use crate::decide::times::format_duration;
 use crate::model::names::validate_worker_name;
 use crate::model::task::Outcome;
-use crate::workers::rust::CancelToken;
+use tokio_util::sync::CancellationToken;
+
+/// How long a cancelled attempt may take to stop before it is dropped (Rust) or killed (script).
+pub const CANCEL_GRACE: Duration = Duration::from_secs(5);
 
 /// How much of stderr is kept for the error message.
 pub const STDERR_TAIL: usize = 2048;
@@ -122,8 +125,8 @@ pub struct ScriptRun<'a> {
     /// Largest stdout accepted, in bytes.
     pub output_limit: usize,
     /// Signalled when the task is cancelled: the group gets SIGTERM, then SIGKILL after
-    /// [`crate::workers::registry::CANCEL_GRACE`].
-    pub cancel: &'a CancelToken,
+    /// [`CANCEL_GRACE`].
+    pub cancel: &'a CancellationToken,
 }
 
 /// Kills the process group when dropped, unless disarmed: a run that is abandoned (its actor
@@ -201,7 +204,7 @@ pub async fn run_script(run: ScriptRun<'_>) -> Outcome {
             r = &mut wait => Some(r),
             () = run.cancel.cancelled() => {
                 guard.terminate();
-                match tokio::time::timeout(crate::workers::registry::CANCEL_GRACE, &mut wait).await {
+                match tokio::time::timeout(CANCEL_GRACE, &mut wait).await {
                     Ok(Ok(Ok(status))) if status.success() => Some(Ok(Ok(status))),
                     _ => None,
                 }
@@ -351,8 +354,8 @@ mod tests {
     }
 
     fn run<'a>(path: &'a Path, dir: &'a Path, args: &'a str, timeout: Duration) -> ScriptRun<'a> {
-        static NEVER: std::sync::LazyLock<CancelToken> =
-            std::sync::LazyLock::new(CancelToken::default);
+        static NEVER: std::sync::LazyLock<CancellationToken> =
+            std::sync::LazyLock::new(CancellationToken::new);
         ScriptRun {
             cancel: &NEVER,
             path,
@@ -506,7 +509,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let d = tmp.path().canonicalize().unwrap();
         let p = write_script(&d, "long.sh", "#!/bin/sh\nsleep 30\n");
-        let token = CancelToken::default();
+        let token = CancellationToken::new();
         let mut r = run(&p, &d, "{}", Duration::from_secs(60));
         r.cancel = &token;
         let started = std::time::Instant::now();

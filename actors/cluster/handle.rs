@@ -1,0 +1,153 @@
+//! The shared face of the cluster: the view of reachable peers with their load, this node's
+//! own load, and sending to peers over the ractor_cluster link.
+//!
+//! The membership actor ([`crate::cluster::membership`]) keeps the view current; the dispatcher
+//! publishes this node's load here; placement, stealing and the ingress read both. Peers find
+//! each other's peer actor through the process group `bgnode.peer.{id}` ([`group`]).
+
+use std::collections::BTreeMap;
+use std::sync::RwLock;
+use std::time::Duration;
+
+use ractor::ActorRef;
+use sha2::{Digest, Sha256};
+
+use crate::cluster::wire::{Body, Envelope, PeerMsg};
+use crate::decide::placement::{Load, NodeLoad};
+
+/// How long a request to a peer may take.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(3);
+/// Largest frame accepted from a peer.
+pub const MAX_FRAME: u64 = 8 << 20;
+
+/// A peer as the view shows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PeerInfo {
+    /// Its incarnation.
+    pub generation: u64,
+    /// Its cluster address.
+    pub addr: String,
+    /// Load of each worker type it offers.
+    pub load: NodeLoad,
+    /// It is shutting down: send it nothing new.
+    pub leaving: bool,
+}
+
+/// The peers this node can reach (answering heartbeats), by node id.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct View {
+    /// Reachable peers.
+    pub peers: BTreeMap<String, PeerInfo>,
+}
+
+/// The shared face of the cluster: the current view, and sending to peers.
+#[derive(Debug)]
+pub struct ClusterHandle {
+    node: String,
+    view: RwLock<View>,
+    own: RwLock<NodeLoad>,
+}
+
+impl ClusterHandle {
+    /// The handle of node `node`, with an empty view.
+    pub fn new(node: &str) -> ClusterHandle {
+        ClusterHandle {
+            node: node.to_owned(),
+            view: RwLock::new(View::default()),
+            own: RwLock::new(NodeLoad::new()),
+        }
+    }
+
+    /// This node's id.
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    /// This node's load per worker type, as the dispatcher last published it.
+    pub fn own_load(&self) -> NodeLoad {
+        self.own.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Publishes this node's load (the dispatcher does, whenever it changes).
+    pub fn set_own_load(&self, load: NodeLoad) {
+        *self.own.write().unwrap_or_else(|e| e.into_inner()) = load;
+    }
+
+    /// The current view.
+    pub fn view(&self) -> View {
+        self.view.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Replaces the view (the membership loop does).
+    pub fn set_view(&self, view: View) {
+        *self.view.write().unwrap_or_else(|e| e.into_inner()) = view;
+    }
+
+    /// Reachable peers that offer `worker`, with their load of it (leaving ones excluded).
+    pub fn peers_offering(&self, worker: &str) -> Vec<(String, Load)> {
+        let view = self.view.read().unwrap_or_else(|e| e.into_inner());
+        view.peers
+            .iter()
+            .filter(|(_, p)| !p.leaving)
+            .filter_map(|(id, p)| p.load.get(worker).map(|l| (id.clone(), *l)))
+            .collect()
+    }
+
+    /// True when some reachable peer offers `worker`.
+    pub fn offered_by_peer(&self, worker: &str) -> bool {
+        !self.peers_offering(worker).is_empty()
+    }
+
+    fn peer_ref(node: &str) -> Option<ActorRef<PeerMsg>> {
+        ractor::pg::get_members(&group(node))
+            .into_iter()
+            .find(|c| !c.get_id().is_local())
+            .map(ActorRef::<PeerMsg>::from)
+    }
+
+    /// Sends `body` to `node`; false when it cannot be reached.
+    pub fn send(&self, node: &str, body: Body) -> bool {
+        let Some(peer) = Self::peer_ref(node) else {
+            return false;
+        };
+        match Envelope::new(&self.node, body).to_bytes() {
+            Ok(bytes) => peer.cast(PeerMsg::Cast(bytes)).is_ok(),
+            Err(e) => {
+                tracing::error!("cannot encode a message to {node}: {e}");
+                false
+            }
+        }
+    }
+
+    /// Sends `body` to every reachable peer.
+    pub fn broadcast(&self, body: &Body) {
+        for node in self.view().peers.keys() {
+            self.send(node, body.clone());
+        }
+    }
+
+    /// Asks `node` and waits for its answer.
+    pub async fn call(&self, node: &str, body: Body, timeout: Duration) -> Result<Body, String> {
+        let peer = Self::peer_ref(node).ok_or_else(|| format!("node {node} is not reachable"))?;
+        let bytes = Envelope::new(&self.node, body)
+            .to_bytes()
+            .map_err(|e| e.to_string())?;
+        let reply = ractor::call_t!(peer, PeerMsg::Call, timeout.as_millis() as u64, bytes)
+            .map_err(|e| format!("node {node} did not answer: {e}"))?;
+        Envelope::from_bytes(&reply)
+            .map(|e| e.body)
+            .map_err(|e| format!("bad answer from {node}: {e}"))
+    }
+}
+
+/// The process group of a node's peer actor.
+pub fn group(node: &str) -> String {
+    format!("bgnode.peer.{node}")
+}
+
+/// A short, stable hash of the cookie: the gossip cluster id and the Redis cookie check. The
+/// cookie itself is never stored or gossiped.
+pub fn cookie_hash(cookie: &str) -> String {
+    let digest = Sha256::digest(format!("bgnode-cookie-v1:{cookie}").as_bytes());
+    digest.iter().take(12).map(|b| format!("{b:02x}")).collect()
+}

@@ -1,0 +1,476 @@
+//! The membership actor: gossip (chitchat over UDP), the ractor_cluster node server (TCP,
+//! cookie-authenticated, TLS optional), heartbeats, and failover of dead nodes.
+//!
+//! Each node gossips its cluster address and the load of each of its worker types. The
+//! membership loop turns the gossip view into a full mesh of ractor_cluster sessions,
+//! reconnecting with backoff, and pings every peer over its session: a peer that stops
+//! answering (a paused process, a hung host) has its session closed, since ractor_cluster itself
+//! never notices. The peers that answer form the [`View`] placement uses.
+//!
+//! Failover: a member (in `{prefix}:members`) that is not in the view is failed over once its
+//! liveness lease in Redis has expired: any survivor runs the hand-back script guarded by that
+//! lease, which moves its owned tasks back to the pending sets with new epochs, then tells every
+//! node to sweep. Redis is the arbiter: a node cut off from its peers but still renewing its
+//! lease keeps its tasks, so a partition between nodes moves nothing.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::{Duration, Instant};
+
+use chitchat::transport::UdpTransport;
+use chitchat::{ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig};
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use ractor_cluster::node::NodeServerSessionInformation;
+use ractor_cluster::{
+    IncomingEncryptionMode, NodeEventSubscription, NodeServer, NodeServerMessage,
+};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::cluster::handle::{ClusterHandle, MAX_FRAME, PeerInfo, View, cookie_hash};
+use crate::cluster::wire::Body;
+use crate::config::Settings;
+use crate::decide::placement::NodeLoad;
+use crate::model::task::now_ms;
+use crate::store::Store;
+use crate::wiring::watch_task;
+
+/// How often peers are pinged and the view refreshed.
+pub(crate) const TICK: Duration = Duration::from_millis(250);
+/// A peer that has not answered a ping for this long is cut off.
+pub(crate) const HEARTBEAT_TIMEOUT: Duration = Duration::from_millis(1_500);
+
+/// Events from the node server, forwarded to the membership loop.
+enum SessionEvent {
+    Ready(NodeServerSessionInformation),
+    Down(NodeServerSessionInformation),
+}
+
+struct Subscription(mpsc::UnboundedSender<SessionEvent>);
+
+impl NodeEventSubscription for Subscription {
+    fn node_session_opened(&self, _ses: NodeServerSessionInformation) {}
+    fn node_session_disconnected(&self, ses: NodeServerSessionInformation) {
+        let _ = self.0.send(SessionEvent::Down(ses));
+    }
+    fn node_session_authenticated(&self, _ses: NodeServerSessionInformation) {}
+    fn node_session_ready(&self, ses: NodeServerSessionInformation) {
+        let _ = self.0.send(SessionEvent::Ready(ses));
+    }
+}
+
+/// The membership actor: owns the node server, the gossip and the loop.
+pub(crate) struct Membership;
+
+/// What the membership actor needs.
+pub(crate) struct MembershipArgs {
+    /// Listen and advertised addresses, cookie, seeds, TLS, lease time.
+    pub(crate) settings: Settings,
+    /// This node's id.
+    pub(crate) node: String,
+    /// This incarnation (gossiped, so a restarted node is a new member).
+    pub(crate) generation: u64,
+    /// Members, leases, failover.
+    pub(crate) store: Store,
+    /// The view this actor keeps current, and this node's load to gossip.
+    pub(crate) cluster: Arc<ClusterHandle>,
+    /// The node is shutting down (reported in its info).
+    pub(crate) leaving: Arc<AtomicBool>,
+    /// Called after this node failed another over: the local dispatcher should sweep.
+    pub(crate) on_failover: Box<dyn Fn() + Send + Sync>,
+}
+
+/// Its state.
+pub(crate) struct MembershipState {
+    server: ActorRef<NodeServerMessage>,
+    chitchat: Arc<ChitchatHandle>,
+    task: JoinHandle<()>,
+}
+
+/// Messages to the membership actor.
+pub(crate) enum MembershipMsg {
+    /// The loop ended unexpectedly.
+    LoopDied(String),
+    /// Gossip that this node is leaving, and answer.
+    Leaving(RpcReplyPort<()>),
+}
+
+impl ractor::Message for MembershipMsg {}
+
+impl Actor for Membership {
+    type Msg = MembershipMsg;
+    type State = MembershipState;
+    type Arguments = MembershipArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<MembershipMsg>,
+        args: MembershipArgs,
+    ) -> Result<MembershipState, ActorProcessingErr> {
+        let ctx = Arc::new(args);
+        let s = &ctx.settings;
+        let listen = s.listen_addr().ok_or("node.listen is not host:port")?;
+        let advertise = s
+            .advertise_addr()
+            .ok_or("node.advertise is not host:port")?;
+        let encryption = match crate::cluster::tls::acceptor(s)? {
+            Some(acceptor) => IncomingEncryptionMode::Tls(acceptor),
+            None => IncomingEncryptionMode::Raw,
+        };
+        let server = NodeServer::new(
+            listen.port(),
+            s.node.cookie.clone(),
+            ctx.node.clone(),
+            advertise.ip().to_string(),
+            Some(encryption),
+            None,
+        )
+        .with_listen_addr(listen.ip())
+        .with_max_inbound_frame_size(MAX_FRAME);
+        let (server, _) = Actor::spawn_linked(None, server, (), myself.get_cell())
+            .await
+            .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+        let (events_tx, events_rx) = mpsc::unbounded_channel();
+        server.cast(NodeServerMessage::SubscribeToEvents {
+            id: "bgnode-membership".into(),
+            subscription: Box::new(Subscription(events_tx)),
+        })?;
+        let chitchat = Arc::new(spawn_gossip(&ctx, listen, advertise).await?);
+        let task = watch_task(
+            run(ctx.clone(), server.clone(), chitchat.clone(), events_rx),
+            myself,
+            MembershipMsg::LoopDied,
+        );
+        tracing::info!(%listen, %advertise, tls = s.tls(), "cluster link listening");
+        Ok(MembershipState {
+            server,
+            chitchat,
+            task,
+        })
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<MembershipMsg>,
+        state: &mut MembershipState,
+    ) -> Result<(), ActorProcessingErr> {
+        state.task.abort();
+        let _ = state.chitchat.initiate_shutdown();
+        state.server.stop(None);
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<MembershipMsg>,
+        msg: MembershipMsg,
+        state: &mut MembershipState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            MembershipMsg::LoopDied(why) => Err(format!("membership loop died: {why}").into()),
+            MembershipMsg::Leaving(reply) => {
+                state
+                    .chitchat
+                    .with_chitchat(|c| c.self_node_state().set("leaving", "1"))
+                    .await;
+                let _ = reply.send(());
+                Ok(())
+            }
+        }
+    }
+}
+
+async fn spawn_gossip(
+    ctx: &MembershipArgs,
+    listen: SocketAddr,
+    advertise: SocketAddr,
+) -> Result<ChitchatHandle, ActorProcessingErr> {
+    let s = &ctx.settings;
+    let config = ChitchatConfig {
+        chitchat_id: ChitchatId::new(ctx.node.clone(), ctx.generation, advertise),
+        cluster_id: format!("bgnode-{}", cookie_hash(&s.node.cookie)),
+        gossip_interval: Duration::from_millis(200),
+        listen_addr: listen,
+        seed_nodes: s.node.seeds.clone(),
+        failure_detector_config: FailureDetectorConfig {
+            phi_threshold: 8.0,
+            sampling_window_size: 1_000,
+            max_interval: Duration::from_secs(2),
+            initial_interval: Duration::from_millis(400),
+            dead_node_grace_period: Duration::from_secs(3_600),
+        },
+        marked_for_deletion_grace_period: Duration::from_secs(3_600),
+        catchup_callback: None,
+        extra_liveness_predicate: None,
+        protocol_version: chitchat::ProtocolVersion::V0,
+    };
+    let initial = vec![
+        ("addr".to_owned(), advertise.to_string()),
+        ("load".to_owned(), "{}".to_owned()),
+    ];
+    chitchat::spawn_chitchat(config, initial, &UdpTransport)
+        .await
+        .map_err(|e| format!("cannot start gossip on {listen} (udp): {e}").into())
+}
+
+/// Per-peer bookkeeping of the membership loop.
+#[derive(Default)]
+struct Link {
+    session: Option<NodeServerSessionInformation>,
+    last_pong: Option<Instant>,
+    next_connect: Option<Instant>,
+    backoff: Duration,
+    seen_since: Option<Instant>,
+}
+
+async fn run(
+    ctx: Arc<MembershipArgs>,
+    server: ActorRef<NodeServerMessage>,
+    chitchat: Arc<ChitchatHandle>,
+    mut events: mpsc::UnboundedReceiver<SessionEvent>,
+) {
+    let (pong_tx, mut pongs) = mpsc::unbounded_channel::<String>();
+    let mut links: HashMap<String, Link> = HashMap::new();
+    let mut tick = tokio::time::interval(TICK);
+    let mut last_load = String::new();
+    let mut last_info = Instant::now() - Duration::from_secs(10);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            Some(event) = events.recv() => {
+                on_session_event(&mut links, event);
+                continue;
+            }
+            Some(node) = pongs.recv() => {
+                links.entry(node).or_default().last_pong = Some(Instant::now());
+                continue;
+            }
+        }
+        // Our own load, gossiped when it changes.
+        let load = ctx.cluster.own_load();
+        let load_text = serde_json::to_string(&load).unwrap_or_else(|_| "{}".into());
+        if load_text != last_load {
+            let text = load_text.clone();
+            chitchat
+                .with_chitchat(|c| c.self_node_state().set("load", text.clone()))
+                .await;
+            last_load = load_text;
+        }
+        // Who gossip says is alive.
+        let gossip: BTreeMap<String, PeerInfo> = chitchat
+            .with_chitchat(|c| {
+                let live: Vec<ChitchatId> = c.live_nodes().cloned().collect();
+                live.into_iter()
+                    .filter(|id| *id.node_id != *ctx.node)
+                    .filter_map(|id| {
+                        let state = c.node_state(&id)?;
+                        let addr = state.get("addr")?.to_owned();
+                        let load: NodeLoad =
+                            serde_json::from_str(state.get("load").unwrap_or("{}")).ok()?;
+                        Some((
+                            id.node_id.to_string(),
+                            PeerInfo {
+                                generation: id.generation_id,
+                                addr,
+                                load,
+                                leaving: state.get("leaving").is_some(),
+                            },
+                        ))
+                    })
+                    .collect()
+            })
+            .await;
+        let now = Instant::now();
+        for (node, info) in &gossip {
+            let link = links.entry(node.clone()).or_default();
+            link.seen_since.get_or_insert(now);
+            if link.session.is_none() && link.next_connect.is_none_or(|t| now >= t) {
+                // The smaller id dials; the other waits a little, then dials too.
+                let dial = ctx.node < *node
+                    || now.duration_since(link.seen_since.unwrap_or(now)) > Duration::from_secs(2);
+                if dial {
+                    link.backoff = (link.backoff * 2)
+                        .clamp(Duration::from_millis(200), Duration::from_secs(5));
+                    link.next_connect = Some(now + link.backoff);
+                    connect(&ctx, &server, node.clone(), info.addr.clone());
+                }
+            }
+        }
+        // Heartbeats; a peer that stopped answering is cut off.
+        let mut view = View::default();
+        for (node, link) in links.iter_mut() {
+            let Some(session) = &link.session else {
+                continue;
+            };
+            let fresh = link
+                .last_pong
+                .is_some_and(|t| now.duration_since(t) < HEARTBEAT_TIMEOUT);
+            if !fresh && link.last_pong.is_some() {
+                tracing::warn!(peer = %node, "no heartbeat for {HEARTBEAT_TIMEOUT:?}; closing the session");
+                session.actor.stop(Some("heartbeat timeout".into()));
+                link.session = None;
+                link.last_pong = None;
+                continue;
+            }
+            ping(&ctx, node.clone(), pong_tx.clone());
+            if fresh && let Some(info) = gossip.get(node) {
+                view.peers.insert(node.clone(), info.clone());
+            }
+        }
+        if view != ctx.cluster.view() {
+            let members: Vec<&String> = view.peers.keys().collect();
+            tracing::debug!(?members, "cluster view changed");
+            ctx.cluster.set_view(view);
+        }
+        fail_over(&ctx).await;
+        if now.duration_since(last_info) >= Duration::from_secs(1) {
+            last_info = now;
+            write_info(&ctx, &load).await;
+        }
+    }
+}
+
+fn on_session_event(links: &mut HashMap<String, Link>, event: SessionEvent) {
+    let name = |ses: &NodeServerSessionInformation| {
+        ses.peer_name
+            .as_ref()
+            .map(|n| n.name.split('@').next().unwrap_or_default().to_owned())
+    };
+    match event {
+        SessionEvent::Ready(ses) => {
+            if let Some(node) = name(&ses) {
+                tracing::info!(peer = %node, addr = %ses.peer_addr, "cluster session ready");
+                let link = links.entry(node).or_default();
+                link.session = Some(ses);
+                link.last_pong = Some(Instant::now());
+                link.backoff = Duration::ZERO;
+                link.next_connect = None;
+            }
+        }
+        SessionEvent::Down(ses) => {
+            if let Some(node) = name(&ses)
+                && let Some(link) = links.get_mut(&node)
+                && link
+                    .session
+                    .as_ref()
+                    .is_some_and(|s| s.actor.get_id() == ses.actor.get_id())
+            {
+                tracing::warn!(peer = %node, "cluster session closed");
+                link.session = None;
+                link.last_pong = None;
+            }
+        }
+    }
+}
+
+fn connect(
+    ctx: &Arc<MembershipArgs>,
+    server: &ActorRef<NodeServerMessage>,
+    node: String,
+    addr: String,
+) {
+    let server = server.clone();
+    let settings = ctx.settings.clone();
+    tokio::spawn(async move {
+        let result = match crate::cluster::tls::connector(&settings) {
+            Ok(Some(connector)) => {
+                let host = addr
+                    .rsplit_once(':')
+                    .map_or(addr.as_str(), |(h, _)| h)
+                    .to_owned();
+                match rustls_pki_types::ServerName::try_from(host) {
+                    Ok(name) => {
+                        ractor_cluster::client_connect_enc(&server, addr.as_str(), connector, name)
+                            .await
+                            .map_err(|e| e.to_string())
+                    }
+                    Err(e) => Err(e.to_string()),
+                }
+            }
+            Ok(None) => ractor_cluster::client_connect(&server, addr.as_str())
+                .await
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        if let Err(e) = result {
+            tracing::debug!(peer = %node, %addr, "cannot connect yet: {e}");
+        }
+    });
+}
+
+fn ping(ctx: &Arc<MembershipArgs>, node: String, pongs: mpsc::UnboundedSender<String>) {
+    let ctx = ctx.clone();
+    tokio::spawn(async move {
+        if let Ok(Body::Pong) = ctx.cluster.call(&node, Body::Ping, HEARTBEAT_TIMEOUT).await {
+            let _ = pongs.send(node);
+        }
+    });
+}
+
+/// Fails over every member that is not in the view and whose lease has expired.
+async fn fail_over(ctx: &MembershipArgs) {
+    let view = ctx.cluster.view();
+    let members = match ctx.store.members().await {
+        Ok(m) => m,
+        Err(e) => {
+            tracing::debug!("cannot read the members ({e})");
+            return;
+        }
+    };
+    let gone: Vec<String> = members
+        .into_iter()
+        .filter(|m| *m != ctx.node && !view.peers.contains_key(m))
+        .collect();
+    if gone.is_empty() {
+        return;
+    }
+    let Ok(alive) = ctx.store.alive(&gone).await else {
+        return;
+    };
+    for (node, alive) in gone.iter().zip(alive) {
+        if alive {
+            continue;
+        }
+        let started = Instant::now();
+        match ctx.store.failover(node).await {
+            Ok(Some(moved)) => {
+                let left = ctx.store.leave(node).await.unwrap_or(false);
+                if moved > 0 || left {
+                    tracing::warn!(
+                        peer = %node,
+                        moved,
+                        "failed over node {node}: it left the view and its lease expired; {moved} tasks handed back in {:?}",
+                        started.elapsed()
+                    );
+                    ctx.cluster.broadcast(&Body::Sweep);
+                    (ctx.on_failover)();
+                }
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!(peer = %node, "failover of {node} failed ({e}); retrying"),
+        }
+    }
+}
+
+async fn write_info(ctx: &MembershipArgs, load: &NodeLoad) {
+    let view = ctx.cluster.view();
+    let info = serde_json::json!({
+        "id": ctx.node,
+        "generation": ctx.generation,
+        "addr": ctx.settings.advertise_addr().map(|a| a.to_string()),
+        "workers": load,
+        "peers": view.peers.keys().collect::<Vec<_>>(),
+        "leaving": ctx.leaving.load(std::sync::atomic::Ordering::SeqCst),
+        "ts": now_ms(),
+    });
+    let ttl = ctx.settings.node.lease_ttl * 2;
+    if let Err(e) = ctx
+        .store
+        .write_info(&ctx.node, &info.to_string(), ttl)
+        .await
+    {
+        tracing::debug!("cannot write node info ({e})");
+    }
+}

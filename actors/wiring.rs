@@ -1,0 +1,119 @@
+//! What ties the node's actors together without tying their files together: the live address
+//! of an actor that may be restarted ([`Link`]), background tasks bound to an actor
+//! ([`watch_task`]), the reasons a node stops on its own ([`StopReason`]), and the freshness of
+//! its liveness lease ([`LeaseClock`]).
+//!
+//! Nothing here knows any actor: each actor receives, in its arguments, the links and handles
+//! it uses, so who talks to whom is read from the `Arguments` structs.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::RwLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use futures::FutureExt;
+use ractor::ActorRef;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::model::task::now_ms;
+
+/// The current address of an actor that its supervisor may restart; readers always get the
+/// live one. The supervisor sets it when it spawns the actor and clears it when the actor dies.
+pub(crate) struct Link<M: ractor::Message>(RwLock<Option<ActorRef<M>>>);
+
+impl<M: ractor::Message> Default for Link<M> {
+    fn default() -> Self {
+        Link(RwLock::new(None))
+    }
+}
+
+impl<M: ractor::Message> Link<M> {
+    /// The live actor, if any.
+    pub(crate) fn get(&self) -> Option<ActorRef<M>> {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Sets or clears the live actor.
+    pub(crate) fn set(&self, actor: Option<ActorRef<M>>) {
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = actor;
+    }
+
+    /// Sends a message to the live actor; false when there is none or it is gone.
+    pub(crate) fn cast(&self, msg: M) -> bool {
+        self.get().is_some_and(|a| a.cast(msg).is_ok())
+    }
+}
+
+/// Why a node stops on its own.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StopReason {
+    /// Asked to (`bgnode stop`): a graceful shutdown, not an error.
+    Requested(String),
+    /// The supervisor gave up on a child.
+    GaveUp(String),
+    /// Another process took this node's id.
+    LostIdentity(String),
+}
+
+impl std::fmt::Display for StopReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StopReason::Requested(why)
+            | StopReason::GaveUp(why)
+            | StopReason::LostIdentity(why) => f.write_str(why),
+        }
+    }
+}
+
+/// Tells the node to stop, and why; the node's handle receives it.
+pub(crate) type Stopper = mpsc::UnboundedSender<StopReason>;
+
+/// Runs `fut` as a task tied to `actor`: if the future ends or panics, the actor is sent
+/// `died(reason)` (and should fail, so its supervisor restarts it). Aborting the returned handle
+/// drops the future and sends nothing.
+pub(crate) fn watch_task<M, F>(fut: F, actor: ActorRef<M>, died: fn(String) -> M) -> JoinHandle<()>
+where
+    M: ractor::Message,
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
+    tokio::spawn(async move {
+        let why = match AssertUnwindSafe(fut).catch_unwind().await {
+            Ok(()) => "ended".to_owned(),
+            Err(panic) => panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "panicked".into()),
+        };
+        let _ = actor.cast(died(why));
+    })
+}
+
+/// When this node last renewed its liveness lease. The lease keeper writes it; the dispatcher
+/// reads it before starting a task, since a node whose lease lapsed may have been failed over.
+#[derive(Debug)]
+pub(crate) struct LeaseClock {
+    renewed: AtomicU64,
+    ttl: Duration,
+}
+
+impl LeaseClock {
+    /// A clock for a lease of `ttl`, renewed now.
+    pub(crate) fn new(ttl: Duration) -> LeaseClock {
+        LeaseClock {
+            renewed: AtomicU64::new(now_ms()),
+            ttl,
+        }
+    }
+
+    /// True while the lease is surely held (renewed within its time to live).
+    pub(crate) fn fresh(&self) -> bool {
+        now_ms().saturating_sub(self.renewed.load(Ordering::SeqCst)) < self.ttl.as_millis() as u64
+    }
+
+    /// Notes a successful renewal.
+    pub(crate) fn renewed_now(&self) {
+        self.renewed.store(now_ms(), Ordering::SeqCst);
+    }
+}
