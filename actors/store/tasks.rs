@@ -10,6 +10,7 @@ use serde_json::Value;
 
 use super::{SCRIPT_CHUNK, Store, StoreError, StoreResult};
 use crate::decide::cron::Recurrence;
+use crate::decide::due::first_run;
 use crate::model::task::{Task, TaskSpec, TaskState, TaskStatus, field, now_ms};
 
 /// What happened to a task handed to [`Store::enqueue_many`].
@@ -86,43 +87,23 @@ impl Store {
             (field::TARGET, spec.target.as_field()),
         ];
         fields.extend(optional.into_iter().filter_map(|(k, v)| v.map(|v| (k, v))));
-        let run_at = spec
-            .run_at
-            .or_else(|| spec.delay.map(|d| now + d.as_millis() as u64));
-        let mut due = run_at.filter(|at| *at > now);
-        let mut deadline = String::new();
+        let when = first_run(spec, now);
         match &spec.repeat {
-            Some(rec) => {
-                match rec {
-                    Recurrence::Every(d) => fields.push((field::EVERY, ms(*d))),
-                    Recurrence::Cron(c) => fields.push((field::CRON, c.as_str().to_owned())),
-                }
-                // The first occurrence: the given time, else now for an interval, else the
-                // next match of the cron expression.
-                let first = run_at.or_else(|| match rec {
-                    Recurrence::Every(_) => Some(now),
-                    Recurrence::Cron(c) => c.next_after(now),
-                });
-                due = Some(first.unwrap_or(u64::MAX / 2));
-                if let Some(d) = spec.deadline {
-                    fields.push((field::DEADLINE_IN, ms(d)));
-                }
-            }
-            None => {
-                if let Some(d) = spec.deadline {
-                    deadline = (now + d.as_millis() as u64).to_string();
-                    fields.push((field::DEADLINE, deadline.clone()));
-                }
-            }
+            Some(Recurrence::Every(d)) => fields.push((field::EVERY, ms(*d))),
+            Some(Recurrence::Cron(c)) => fields.push((field::CRON, c.as_str().to_owned())),
+            None => {}
         }
-        if let Some(due) = due {
+        if let (Some(_), Some(d)) = (&spec.repeat, spec.deadline) {
+            fields.push((field::DEADLINE_IN, ms(d)));
+        }
+        if let Some(deadline) = when.deadline {
+            fields.push((field::DEADLINE, deadline.to_string()));
+        }
+        if let Some(due) = when.due {
             fields.push((field::RUN_AT, due.to_string()));
         }
-        (
-            fields,
-            due.map(|d| d.to_string()).unwrap_or_default(),
-            deadline,
-        )
+        let text = |t: Option<u64>| t.map(|t| t.to_string()).unwrap_or_default();
+        (fields, text(when.due), text(when.deadline))
     }
 
     /// Appends one task to an enqueue call; `wake` publishes its wake notice.
