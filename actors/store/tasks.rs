@@ -211,7 +211,7 @@ impl Store {
     /// Claims up to `n` pending tasks of `worker` for `node`.
     pub async fn claim(&self, worker: &str, node: &str, n: usize) -> StoreResult<Vec<Task>> {
         let mut con = self.con.clone();
-        let rows: Vec<Vec<Option<String>>> = self
+        let rows: Vec<ClaimedRow> = self
             .scripts
             .claim
             .key(self.keys.pending(worker))
@@ -226,7 +226,7 @@ impl Store {
             .arg(&self.names.events)
             .invoke_async(&mut con)
             .await?;
-        rows.iter().map(|r| parse_claimed(r)).collect()
+        rows.iter().map(parse_claimed).collect()
     }
 
     /// Cancels a task.
@@ -325,28 +325,44 @@ impl Store {
     }
 }
 
-/// Reads a row of `claim.lua` or `adopt.lua` into a task.
-pub(super) fn parse_claimed(row: &[Option<String>]) -> StoreResult<Task> {
-    let get = |i: usize| row.get(i).cloned().flatten().filter(|s| !s.is_empty());
-    let num = |i: usize| get(i).and_then(|s| s.parse::<u64>().ok());
-    let ms = |i: usize| num(i).filter(|ms| *ms > 0).map(Duration::from_millis);
-    let id = get(0).ok_or_else(|| StoreError::Corrupt("claimed task without id".into()))?;
-    let worker = get(2).ok_or_else(|| StoreError::Corrupt(format!("task {id} has no worker")))?;
+/// The name in a claimed-task row of whether the task is pinned to a node (`1`) or may move
+/// (`0`). Not a record field: `claim.lua` and `adopt.lua` decide it (`pinned_node` in
+/// `common.lua`) from the record's `target`.
+const PINNED: &str = "pinned";
+
+/// A claimed-task row: what `claim.lua` and `adopt.lua` return per task, by name (their
+/// `take_ownership`).
+pub(super) type ClaimedRow = HashMap<String, String>;
+
+/// Reads a row of `claim.lua` or `adopt.lua` into a task, by field name. The fields the script
+/// always writes (`id`, `epoch`, `pinned`) and the worker are required; a record field the row
+/// lacks takes its default.
+pub(super) fn parse_claimed(row: &ClaimedRow) -> StoreResult<Task> {
+    let get = |name: &str| row.get(name).filter(|v| !v.is_empty()).cloned();
+    let num = |name: &str| get(name).and_then(|v| v.parse::<u64>().ok());
+    let ms = |name: &str| num(name).filter(|ms| *ms > 0).map(Duration::from_millis);
+    let id = get(field::ID).ok_or_else(|| StoreError::Corrupt("claimed task without id".into()))?;
+    let missing = |name: &str| StoreError::Corrupt(format!("claimed task {id} has no {name}"));
+    let epoch = num(field::EPOCH).ok_or_else(|| missing(field::EPOCH))?;
+    let pinned = get(PINNED).ok_or_else(|| missing(PINNED))? == "1";
+    let worker = get(field::WORKER).ok_or_else(|| missing(field::WORKER))?;
     Ok(Task {
-        epoch: num(1).unwrap_or(0),
         worker,
-        args: get(3).unwrap_or_else(|| "null".into()),
-        priority: get(4).and_then(|s| s.parse().ok()).unwrap_or(0),
+        args: get(field::ARGS).unwrap_or_else(|| "null".into()),
+        priority: get(field::PRIORITY)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0),
         // The stored attempt is the last one that started; this run is the next.
-        attempt: num(5).unwrap_or(0) as u32 + 1,
-        attempts: num(6).filter(|a| *a > 0).map(|a| a as u32),
-        timeout: ms(7),
-        created: num(8).unwrap_or(0),
-        reply: get(9).as_deref() == Some("1"),
-        deadline: num(10),
-        backoff: ms(11),
-        backoff_cap: ms(12),
-        pinned: get(13).is_some_and(|t| t.starts_with("node:")),
+        attempt: num(field::ATTEMPT).unwrap_or(0) as u32 + 1,
+        attempts: num(field::ATTEMPTS).filter(|a| *a > 0).map(|a| a as u32),
+        timeout: ms(field::TIMEOUT),
+        backoff: ms(field::BACKOFF),
+        backoff_cap: ms(field::BACKOFF_CAP),
+        deadline: num(field::DEADLINE),
+        epoch,
+        created: num(field::CREATED).unwrap_or(0),
+        reply: get(field::REPLY).as_deref() == Some("1"),
+        pinned,
         id,
     })
 }
