@@ -1,14 +1,17 @@
 //! The store's scripts against a real Redis: fencing follows the same table as the Rust rule,
-//! claims honour priority and age, and an id is the idempotency key.
+//! claims honour priority and age, an id is the idempotency key, a claimed task carries every
+//! field it was enqueued with, and pinned tasks stay on their node.
 
 mod common;
 
+use std::time::Duration;
+
 use background::TaskSpec;
 use background::decide::fencing::{CASES, Verdict};
-use background::model::task::TaskState;
+use background::model::task::{Target, Task, TaskState, now_ms};
 use background::store::{Accepted, Store, WriteOp, WriteResult};
 use common::Redis;
-use serde_json::json;
+use serde_json::{Value, json};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn finish_script_applies_the_fencing_table() {
@@ -117,4 +120,179 @@ async fn scripts_are_reloaded_after_redis_forgets_them() {
         .await
         .unwrap();
     assert_eq!(stored[0].1, Accepted::Queued);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_claimed_task_carries_every_field_it_was_enqueued_with() {
+    let redis = Redis::start();
+    let store = Store::connect(&redis.settings()).await.unwrap();
+    let mut full = TaskSpec::new("w", json!({"to": "a@example.com", "n": [1, 2]}))
+        .id("full")
+        .priority(7)
+        .attempts(4)
+        .timeout(Duration::from_secs(9))
+        .backoff(Duration::from_millis(250), Duration::from_secs(30))
+        .deadline(Duration::from_secs(60));
+    full.reply = true;
+    let bare = TaskSpec::new("w", json!(null)).id("bare");
+    let before = now_ms();
+    store
+        .enqueue_many(&[full.clone(), bare], false)
+        .await
+        .unwrap();
+    let after = now_ms();
+    let claimed = store.claim("w", "n1", 10).await.unwrap();
+    assert_eq!(claimed.len(), 2);
+
+    // Taken apart without `..`: a field added to `Task` does not compile here until it is
+    // checked against what was enqueued.
+    let Task {
+        id,
+        worker,
+        args,
+        priority,
+        attempt,
+        attempts,
+        timeout,
+        backoff,
+        backoff_cap,
+        deadline,
+        epoch,
+        created,
+        reply,
+        pinned,
+    } = claimed[0].clone();
+    assert_eq!(id, "full");
+    assert_eq!(worker, "w");
+    assert_eq!(serde_json::from_str::<Value>(&args).unwrap(), full.args);
+    assert_eq!(priority, 7);
+    assert_eq!(attempt, 1, "the first run");
+    assert_eq!(attempts, Some(4));
+    assert_eq!(timeout, Some(Duration::from_secs(9)));
+    assert_eq!(backoff, Some(Duration::from_millis(250)));
+    assert_eq!(backoff_cap, Some(Duration::from_secs(30)));
+    assert!((before..=after).contains(&created), "{created}");
+    assert_eq!(deadline, Some(created + 60_000));
+    assert_eq!(epoch, 1);
+    assert!(reply);
+    assert!(!pinned);
+
+    let Task {
+        id,
+        worker,
+        args,
+        priority,
+        attempt,
+        attempts,
+        timeout,
+        backoff,
+        backoff_cap,
+        deadline,
+        epoch,
+        created,
+        reply,
+        pinned,
+    } = claimed[1].clone();
+    assert_eq!(
+        (id.as_str(), worker.as_str(), args.as_str()),
+        ("bare", "w", "null")
+    );
+    assert_eq!((priority, attempt, epoch), (0, 1, 1));
+    assert_eq!(
+        (attempts, timeout, backoff, backoff_cap),
+        (None, None, None, None)
+    );
+    assert_eq!(deadline, None);
+    assert!((before..=after).contains(&created), "{created}");
+    assert!(!reply && !pinned);
+
+    // Adoption returns the same row, under the next epoch.
+    let offered: Vec<(String, u64)> = claimed.iter().map(|t| (t.id.clone(), t.epoch)).collect();
+    let adopted = store.adopt("n1", "n2", &offered).await.unwrap();
+    assert_eq!(adopted.len(), 2);
+    for (claimed, adopted) in claimed.iter().zip(adopted) {
+        assert_eq!(adopted.epoch, claimed.epoch + 1);
+        let same_epoch = Task {
+            epoch: claimed.epoch,
+            ..adopted
+        };
+        assert_eq!(format!("{same_epoch:?}"), format!("{claimed:?}"));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pinned_tasks_are_never_adopted_and_the_claim_says_which_are_pinned() {
+    let redis = Redis::start();
+    let store = Store::connect(&redis.settings()).await.unwrap();
+    store.join("n1").await.unwrap();
+    let specs = [
+        TaskSpec::new("w", json!(1)).id("anywhere"),
+        TaskSpec::new("w", json!(2)).id("any").target(Target::Any),
+        TaskSpec::new("w", json!(3))
+            .id("on-n1")
+            .target(Target::Node("n1".into())),
+        TaskSpec::new("w", json!(4))
+            .id("here")
+            .target(Target::Local.resolve("n1")),
+        // A broadcast: its occurrence `everywhere@n1` is pinned to n1.
+        TaskSpec::new("w", json!(5))
+            .id("everywhere")
+            .target(Target::All),
+    ];
+    store.enqueue_many(&specs, false).await.unwrap();
+    let mut claimed = store.claim("w", "n1", 10).await.unwrap();
+    claimed.sort_by(|a, b| a.id.cmp(&b.id));
+    let pinned: Vec<(&str, bool)> = claimed.iter().map(|t| (t.id.as_str(), t.pinned)).collect();
+    assert_eq!(
+        pinned,
+        [
+            ("any", false),
+            ("anywhere", false),
+            ("everywhere@n1", true),
+            ("here", true),
+            ("on-n1", true),
+        ]
+    );
+
+    // Offered everything, n2 adopts exactly the tasks the claim called not pinned.
+    let offered: Vec<(String, u64)> = claimed.iter().map(|t| (t.id.clone(), t.epoch)).collect();
+    let mut adopted: Vec<String> = store
+        .adopt("n1", "n2", &offered)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|t| t.id)
+        .collect();
+    adopted.sort();
+    let movable: Vec<String> = claimed
+        .iter()
+        .filter(|t| !t.pinned)
+        .map(|t| t.id.clone())
+        .collect();
+    assert_eq!(adopted, movable);
+    let kept: Vec<(String, u64)> = claimed
+        .iter()
+        .filter(|t| t.pinned)
+        .map(|t| (t.id.clone(), t.epoch))
+        .collect();
+    assert_eq!(
+        store.still_owned("n1", &kept).await.unwrap(),
+        [true, true, true]
+    );
+
+    // Handed back, pinned tasks wait for their own node only.
+    store.release_owned("n1").await.unwrap();
+    store.release_owned("n2").await.unwrap();
+    let mut by_n2: Vec<String> = store
+        .claim("w", "n2", 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|t| t.id)
+        .collect();
+    by_n2.sort();
+    assert_eq!(by_n2, movable);
+    let by_n1 = store.claim("w", "n1", 10).await.unwrap();
+    assert_eq!(by_n1.len(), 3);
+    assert!(by_n1.iter().all(|t| t.pinned));
 }

@@ -1,6 +1,7 @@
 //! Pure decisions, free of I/O: each is a plain function or struct with unit tests.
 
 pub mod cron;
+pub mod due;
 pub mod fencing;
 pub mod outcome;
 pub mod placement;

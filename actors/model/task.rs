@@ -518,7 +518,8 @@ pub struct Task {
     pub created: u64,
     /// A caller waits for the result.
     pub reply: bool,
-    /// Pinned to this node (target `node:<id>`): never handed to another.
+    /// Pinned to this node (target `node:<id>`): never handed to another. Decided by the
+    /// store's claim and adopt scripts, which hold the one rule.
     pub pinned: bool,
 }
 

@@ -5,7 +5,7 @@
 -- KEYS[1] pending set, KEYS[2] owned set of the node, KEYS[3] this node's own pending set
 -- ARGV[1] key prefix, ARGV[2] node id, ARGV[3] N, ARGV[4] now, ARGV[5] result ttl (ms),
 -- ARGV[6] task channel, ARGV[7] events channel
--- Returns one row per task (see take_ownership).
+-- Returns one named row per task (see RUN_FIELDS).
 local want = tonumber(ARGV[3])
 local popped = redis.call('ZPOPMIN', KEYS[3], want)
 if #popped / 2 < want then
@@ -17,11 +17,11 @@ end
 local out = {}
 for i = 1, #popped, 2 do
   local id = popped[i]
-  local f = redis.call('HMGET', ARGV[1] .. ':task:' .. id, unpack(TASK_ROW))
-  if f[1] == 'queued' and f[14] == '1' then
+  local f = read_claimable(ARGV[1], id)
+  if f.state == 'queued' and f.cancel == '1' then
     close_unrun(ARGV[1], id, 'cancelled', 'cancelled before it started', ARGV[4], ARGV[5], ARGV[6],
       ARGV[7])
-  elseif f[1] == 'queued' then
+  elseif f.state == 'queued' then
     out[#out + 1] = take_ownership(ARGV[1], id, f, ARGV[2], KEYS[2])
   end
 end

@@ -26,28 +26,70 @@ local function answer(prefix, id, event, ttl)
   redis.call('PEXPIRE', reply, ttl)
 end
 
--- The fields a node needs to run a task, in the order the store reads them.
-local TASK_ROW = {'state', 'worker', 'args', 'priority', 'attempt', 'attempts', 'timeout', 'created',
-  'reply', 'deadline', 'backoff', 'backoff_cap', 'target', 'cancel', 'epoch'}
-
--- Make `node` the owner of task `id` (its fields `f`, read with TASK_ROW): a new epoch, the
--- owner recorded, the id in the owner's set. Returns the row the store turns into a task:
--- {id, epoch, worker, args, priority, attempt, attempts, timeout, created, reply, deadline,
--- backoff, backoff_cap, target}.
-local function take_ownership(prefix, id, f, node, owned)
-  local tk = prefix .. ':task:' .. id
-  local epoch = (tonumber(f[15]) or 0) + 1
-  redis.call('HSET', tk, 'epoch', epoch, 'node', node)
-  redis.call('SADD', owned, id)
-  return {id, tostring(epoch), f[2], f[3], f[4], f[5], f[6], f[7], f[8], f[9], f[10], f[11], f[12],
-    f[13]}
+-- The node a task is pinned to, or nil. The one definition of "pinned": a task whose target is
+-- `node:<id>` (given so, `local` resolved when it was enqueued, or a broadcast's occurrence)
+-- waits in that node's own pending set, is never handed to another node, and returns to that
+-- set when it is handed back. Any other task (no target, `any`) waits in its worker's shared
+-- set, from which every node may take it, so it may also move between nodes. (`all` marks a
+-- broadcast, which waits nowhere itself: its occurrences are pinned.)
+local function pinned_node(target)
+  if target and string.sub(target, 1, 5) == 'node:' then
+    return string.sub(target, 6)
+  end
+  return nil
 end
 
--- The pending set a task waits in: its worker's, or, for a task pinned to a node (target
--- `node:<id>`), that node's own set for the worker.
+-- The record fields a node needs to run a task. A claim or an adoption returns them by name in
+-- one flat list {name, value, name, value, ...} (the shape of HGETALL), after `id`, the new
+-- `epoch` and `pinned` ('1' or '0'), and leaves out fields the record lacks. This list is the
+-- row's one definition; the store reads the row by name.
+local RUN_FIELDS = {'worker', 'args', 'priority', 'attempt', 'attempts', 'timeout', 'created',
+  'reply', 'deadline', 'backoff', 'backoff_cap'}
+
+-- What a claim or an adoption reads of a record: what it decides on, then RUN_FIELDS.
+local CLAIM_READ = {'state', 'cancel', 'epoch', 'target'}
+for _, name in ipairs(RUN_FIELDS) do
+  CLAIM_READ[#CLAIM_READ + 1] = name
+end
+
+-- The fields of CLAIM_READ of task `id`, by name (absent fields are nil).
+local function read_claimable(prefix, id)
+  local values = redis.call('HMGET', prefix .. ':task:' .. id, unpack(CLAIM_READ))
+  local f = {}
+  for i, name in ipairs(CLAIM_READ) do
+    if values[i] then
+      f[name] = values[i]
+    end
+  end
+  return f
+end
+
+-- Make `node` the owner of task `id` (its fields `f`, from read_claimable): a new epoch, the
+-- owner recorded, the id in the owner's set. Returns the named row (see RUN_FIELDS).
+local function take_ownership(prefix, id, f, node, owned)
+  local epoch = (tonumber(f.epoch) or 0) + 1
+  redis.call('HSET', prefix .. ':task:' .. id, 'epoch', epoch, 'node', node)
+  redis.call('SADD', owned, id)
+  local pinned = '0'
+  if pinned_node(f.target) then
+    pinned = '1'
+  end
+  local row = {'id', id, 'epoch', tostring(epoch), 'pinned', pinned}
+  for _, name in ipairs(RUN_FIELDS) do
+    if f[name] then
+      row[#row + 1] = name
+      row[#row + 1] = f[name]
+    end
+  end
+  return row
+end
+
+-- The pending set a task waits in: its worker's, or, for a task pinned to a node, that node's
+-- own set for the worker.
 local function pending_key(prefix, worker, target)
-  if target and string.sub(target, 1, 5) == 'node:' then
-    return prefix .. ':pending:' .. worker .. '@' .. string.sub(target, 6)
+  local node = pinned_node(target)
+  if node then
+    return prefix .. ':pending:' .. worker .. '@' .. node
   end
   return prefix .. ':pending:' .. worker
 end
@@ -66,10 +108,7 @@ local function make_pending(prefix, id, worker, priority, created, channel, targ
     redis.call('SADD', prefix .. ':workers', worker)
     KNOWN_WORKERS[worker] = true
   end
-  local wake = {op = 'wake', worker = worker}
-  if target and string.sub(target, 1, 5) == 'node:' then
-    wake.node = string.sub(target, 6)
-  end
+  local wake = {op = 'wake', worker = worker, node = pinned_node(target)}
   publish_json(channel, wake)
 end
 

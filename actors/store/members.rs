@@ -1,0 +1,152 @@
+//! The cluster's members: joining and leaving, liveness leases, what nodes report about
+//! themselves, the cookie check, and leases in general (liveness, ingress).
+
+use std::time::Duration;
+
+use super::{Store, StoreResult};
+use crate::model::task::now_ms;
+
+/// The answer to a lease request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Lease {
+    /// We held it and renewed it.
+    Renewed,
+    /// It was free (expired, or never taken) and is ours now.
+    Taken,
+    /// Someone else holds it.
+    HeldBy(String),
+}
+
+impl Store {
+    /// Makes `node` a member; it gets its occurrence of every running broadcast.
+    pub async fn join(&self, node: &str) -> StoreResult<usize> {
+        let mut con = self.con.clone();
+        Ok(self
+            .scripts
+            .join
+            .arg(self.keys.prefix())
+            .arg(node)
+            .arg(now_ms())
+            .arg(&self.names.channel)
+            .arg(&self.names.events)
+            .invoke_async(&mut con)
+            .await?)
+    }
+
+    /// Removes `node` from the members; its unfinished broadcast occurrences are cancelled.
+    pub async fn leave(&self, node: &str) -> StoreResult<bool> {
+        let mut con = self.con.clone();
+        let n: i64 = self
+            .scripts
+            .leave
+            .arg(self.keys.prefix())
+            .arg(node)
+            .arg(now_ms())
+            .arg(self.names.result_ttl.as_millis() as u64)
+            .arg(&self.names.channel)
+            .arg(&self.names.events)
+            .invoke_async(&mut con)
+            .await?;
+        Ok(n == 1)
+    }
+
+    /// The member node ids.
+    pub async fn members(&self) -> StoreResult<Vec<String>> {
+        let mut con = self.con.clone();
+        let mut members: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(self.keys.members())
+            .query_async(&mut con)
+            .await?;
+        members.sort();
+        Ok(members)
+    }
+
+    /// Which of `nodes` hold their liveness lease.
+    pub async fn alive(&self, nodes: &[String]) -> StoreResult<Vec<bool>> {
+        if nodes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut con = self.con.clone();
+        let mut pipe = redis::pipe();
+        for n in nodes {
+            pipe.cmd("EXISTS").arg(self.keys.alive(n));
+        }
+        let found: Vec<i64> = pipe.query_async(&mut con).await?;
+        Ok(found.into_iter().map(|n| n == 1).collect())
+    }
+
+    /// Stores what a node reports about itself, for `ttl`.
+    pub async fn write_info(&self, node: &str, info: &str, ttl: Duration) -> StoreResult<()> {
+        let mut con = self.con.clone();
+        redis::cmd("SET")
+            .arg(self.keys.info(node))
+            .arg(info)
+            .arg("PX")
+            .arg(ttl.as_millis() as u64)
+            .query_async::<()>(&mut con)
+            .await?;
+        Ok(())
+    }
+
+    /// The reports of `nodes` (`None` for a node that has none: down, or not started yet).
+    pub async fn infos(&self, nodes: &[String]) -> StoreResult<Vec<Option<String>>> {
+        if nodes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut con = self.con.clone();
+        let mut pipe = redis::pipe();
+        for n in nodes {
+            pipe.cmd("GET").arg(self.keys.info(n));
+        }
+        Ok(pipe.query_async(&mut con).await?)
+    }
+
+    /// Records the cookie hash for this key prefix, or checks it against the recorded one.
+    /// Returns false when another cookie is recorded.
+    pub async fn check_cookie(&self, hash: &str) -> StoreResult<bool> {
+        let mut con = self.con.clone();
+        let (_, stored): ((), String) = redis::pipe()
+            .cmd("SET")
+            .arg(self.keys.cluster())
+            .arg(hash)
+            .arg("NX")
+            .ignore()
+            .cmd("GET")
+            .arg(self.keys.cluster())
+            .query_async(&mut con)
+            .await
+            .map(|(stored,): (String,)| ((), stored))?;
+        Ok(stored == hash)
+    }
+
+    /// Takes or renews the lease `key` for `holder`.
+    pub async fn lease(&self, key: &str, holder: &str, ttl: Duration) -> StoreResult<Lease> {
+        let mut con = self.con.clone();
+        let (code, who): (i64, String) = self
+            .scripts
+            .lease
+            .key(key)
+            .arg(holder)
+            .arg(ttl.as_millis() as u64)
+            .invoke_async(&mut con)
+            .await?;
+        Ok(match code {
+            1 => Lease::Renewed,
+            2 => Lease::Taken,
+            _ => Lease::HeldBy(who),
+        })
+    }
+
+    /// Drops the lease `key` if `holder` has it.
+    pub async fn unlease(&self, key: &str, holder: &str) -> StoreResult<bool> {
+        let mut con = self.con.clone();
+        let n: i64 = self
+            .scripts
+            .unlease
+            .key(key)
+            .arg(holder)
+            .invoke_async(&mut con)
+            .await?;
+        Ok(n == 1)
+    }
+}

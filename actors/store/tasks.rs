@@ -1,0 +1,408 @@
+//! A task's life outside a node: enqueueing, claiming, cancelling, retrying, and reading its
+//! status, result and reply.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use redis::AsyncConnectionConfig;
+use serde::Serialize;
+use serde_json::Value;
+
+use super::{SCRIPT_CHUNK, Store, StoreError, StoreResult};
+use crate::decide::cron::Recurrence;
+use crate::decide::due::first_run;
+use crate::model::task::{Task, TaskSpec, TaskState, TaskStatus, field, now_ms};
+
+/// What happened to a task handed to [`Store::enqueue_many`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Accepted {
+    /// Stored and queued for a node.
+    Queued,
+    /// Stored; waits for a slot of its key.
+    Deferred,
+    /// Stored; waits for its time (delayed or recurring).
+    Scheduled,
+    /// A task with this id exists; nothing changed.
+    Exists,
+    /// Refused: its key is at its limit and the policy is to reject. Nothing stored.
+    Refused,
+}
+
+/// What `cancel` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CancelResult {
+    /// The task was waiting and is now cancelled.
+    Cancelled,
+    /// A node holds it; the node was asked to stop it.
+    Requested,
+    /// No such task.
+    NotFound,
+    /// It had finished already.
+    Finished,
+}
+
+/// What `retry` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RetryResult {
+    /// Queued again.
+    Queued,
+    /// Waiting for a slot of its key.
+    Deferred,
+    /// No such task.
+    NotFound,
+    /// It has not finished (or is a recurring template): nothing to retry.
+    NotFinished,
+}
+
+impl Store {
+    /// The record fields of a new task, and its due time and deadline (script arguments).
+    fn record(
+        id: &str,
+        spec: &TaskSpec,
+        now: u64,
+    ) -> (Vec<(&'static str, String)>, String, String) {
+        let ms = |d: Duration| (d.as_millis() as u64).to_string();
+        let mut fields = vec![
+            (field::ID, id.to_owned()),
+            (field::WORKER, spec.worker.clone()),
+            (field::ARGS, spec.args.to_string()),
+            (field::PRIORITY, spec.priority.to_string()),
+            (field::ATTEMPTS, spec.attempts.unwrap_or(0).to_string()),
+            (field::ATTEMPT, "0".into()),
+            (field::TIMEOUT, spec.timeout.map_or("0".into(), ms)),
+            (field::REPLY, if spec.reply { "1" } else { "0" }.into()),
+            (field::STATE, TaskState::Queued.as_str().into()),
+            (field::NODE, String::new()),
+            (field::EPOCH, "0".into()),
+            (field::CREATED, now.to_string()),
+        ];
+        let optional = [
+            (field::BACKOFF, spec.backoff.map(ms)),
+            (field::BACKOFF_CAP, spec.backoff_cap.map(ms)),
+            (field::KEY, spec.key.clone()),
+            (field::RESULT_KEY, spec.result_key.clone()),
+            (field::TARGET, spec.target.as_field()),
+        ];
+        fields.extend(optional.into_iter().filter_map(|(k, v)| v.map(|v| (k, v))));
+        let when = first_run(spec, now);
+        match &spec.repeat {
+            Some(Recurrence::Every(d)) => fields.push((field::EVERY, ms(*d))),
+            Some(Recurrence::Cron(c)) => fields.push((field::CRON, c.as_str().to_owned())),
+            None => {}
+        }
+        if let (Some(_), Some(d)) = (&spec.repeat, spec.deadline) {
+            fields.push((field::DEADLINE_IN, ms(d)));
+        }
+        if let Some(deadline) = when.deadline {
+            fields.push((field::DEADLINE, deadline.to_string()));
+        }
+        if let Some(due) = when.due {
+            fields.push((field::RUN_AT, due.to_string()));
+        }
+        let text = |t: Option<u64>| t.map(|t| t.to_string()).unwrap_or_default();
+        (fields, text(when.due), text(when.deadline))
+    }
+
+    /// Appends one task to an enqueue call; `wake` publishes its wake notice.
+    fn enqueue_args(
+        cmd: &mut redis::Cmd,
+        id: &str,
+        spec: &TaskSpec,
+        wake: bool,
+        now: u64,
+        limit: u32,
+    ) {
+        let (mut fields, due, deadline) = Self::record(id, spec, now);
+        if spec.key.is_some() {
+            fields.push((field::KEY_LIMIT, limit.to_string()));
+        }
+        cmd.arg(id)
+            .arg(&spec.worker)
+            .arg(if wake { "1" } else { "0" })
+            .arg(spec.priority)
+            .arg(now)
+            .arg(due)
+            .arg(spec.key.as_deref().unwrap_or(""))
+            .arg(deadline)
+            .arg(fields.len() * 2);
+        for (name, value) in fields {
+            cmd.arg(name).arg(value);
+        }
+    }
+
+    /// Stores new tasks in one script call, each task on its own. With `wake`, the last task of
+    /// each worker in the batch publishes the wake notice (after the tasks before it were
+    /// stored), and scheduled tasks announce themselves to the schedulers. Returns each id with
+    /// what happened to it.
+    pub async fn enqueue_many(
+        &self,
+        specs: &[TaskSpec],
+        wake: bool,
+    ) -> StoreResult<Vec<(String, Accepted)>> {
+        if specs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<String> = specs
+            .iter()
+            .map(|s| s.id.clone().unwrap_or_else(crate::model::task::new_task_id))
+            .collect();
+        let mut wakes = vec![false; specs.len()];
+        let mut woken: std::collections::HashSet<&str> = std::collections::HashSet::new();
+        for (i, spec) in specs.iter().enumerate().rev() {
+            let last_of_worker = woken.insert(spec.worker.as_str());
+            let scheduled = spec.run_at.is_some() || spec.delay.is_some() || spec.repeat.is_some();
+            wakes[i] = wake && (last_of_worker || scheduled);
+        }
+        let now = now_ms();
+        let limit = self.names.key_limit;
+        let mut pipe = redis::pipe();
+        let all: Vec<((&String, &TaskSpec), bool)> = ids.iter().zip(specs).zip(wakes).collect();
+        for chunk in all.chunks(SCRIPT_CHUNK) {
+            let mut cmd = redis::cmd("EVALSHA");
+            cmd.arg(self.scripts.enqueue.get_hash())
+                .arg(0)
+                .arg(self.keys.prefix())
+                .arg(&self.names.channel)
+                .arg(&self.names.events)
+                .arg(now)
+                .arg(limit)
+                .arg(self.names.key_policy.as_str());
+            for ((id, spec), wake) in chunk {
+                Self::enqueue_args(&mut cmd, id, spec, *wake, now, limit);
+            }
+            pipe.add_command(cmd);
+        }
+        let codes: Vec<i64> = self
+            .run_pipeline::<Vec<Vec<i64>>>(&pipe)
+            .await?
+            .into_iter()
+            .flatten()
+            .collect();
+        if codes.len() != ids.len() {
+            return Err(StoreError::Corrupt(format!(
+                "enqueue answered {} codes for {} tasks",
+                codes.len(),
+                ids.len()
+            )));
+        }
+        ids.into_iter()
+            .zip(codes)
+            .map(|(id, code)| {
+                let accepted = match code {
+                    1 => Accepted::Queued,
+                    2 => Accepted::Deferred,
+                    3 => Accepted::Scheduled,
+                    0 => Accepted::Exists,
+                    -1 => Accepted::Refused,
+                    _ => {
+                        return Err(StoreError::Corrupt(format!(
+                            "task {id} could not be stored (the script failed on it)"
+                        )));
+                    }
+                };
+                Ok((id, accepted))
+            })
+            .collect()
+    }
+
+    /// Claims up to `n` pending tasks of `worker` for `node`.
+    pub async fn claim(&self, worker: &str, node: &str, n: usize) -> StoreResult<Vec<Task>> {
+        let mut con = self.con.clone();
+        let rows: Vec<ClaimedRow> = self
+            .scripts
+            .claim
+            .key(self.keys.pending(worker))
+            .key(self.keys.owned(node))
+            .key(self.keys.node_pending(worker, node))
+            .arg(self.keys.prefix())
+            .arg(node)
+            .arg(n)
+            .arg(now_ms())
+            .arg(self.names.result_ttl.as_millis() as u64)
+            .arg(&self.names.channel)
+            .arg(&self.names.events)
+            .invoke_async(&mut con)
+            .await?;
+        rows.iter().map(parse_claimed).collect()
+    }
+
+    /// Cancels a task.
+    pub async fn cancel(&self, id: &str) -> StoreResult<CancelResult> {
+        let mut con = self.con.clone();
+        let n: i64 = self
+            .scripts
+            .cancel
+            .key(self.keys.task(id))
+            .arg(self.keys.prefix())
+            .arg(id)
+            .arg(now_ms())
+            .arg(self.names.result_ttl.as_millis() as u64)
+            .arg(&self.names.channel)
+            .arg(&self.names.events)
+            .invoke_async(&mut con)
+            .await?;
+        Ok(match n {
+            1 => CancelResult::Cancelled,
+            2 => CancelResult::Requested,
+            0 => CancelResult::NotFound,
+            _ => CancelResult::Finished,
+        })
+    }
+
+    /// Queues a finished task again.
+    pub async fn retry(&self, id: &str) -> StoreResult<RetryResult> {
+        let mut con = self.con.clone();
+        let n: i64 = self
+            .scripts
+            .retry
+            .key(self.keys.task(id))
+            .arg(self.keys.prefix())
+            .arg(id)
+            .arg(now_ms())
+            .arg(&self.names.channel)
+            .arg(&self.names.events)
+            .invoke_async(&mut con)
+            .await?;
+        Ok(match n {
+            1 => RetryResult::Queued,
+            2 => RetryResult::Deferred,
+            0 => RetryResult::NotFound,
+            _ => RetryResult::NotFinished,
+        })
+    }
+
+    /// The result stored under a result key, as JSON text.
+    pub async fn result_by_key(&self, name: &str) -> StoreResult<Option<String>> {
+        let mut con = self.con.clone();
+        Ok(redis::cmd("GET")
+            .arg(self.keys.result(name))
+            .query_async(&mut con)
+            .await?)
+    }
+
+    /// Deletes the result stored under a result key; true when there was one.
+    pub async fn reset_result_key(&self, name: &str) -> StoreResult<bool> {
+        let mut con = self.con.clone();
+        let n: i64 = redis::cmd("DEL")
+            .arg(self.keys.result(name))
+            .query_async(&mut con)
+            .await?;
+        Ok(n == 1)
+    }
+
+    /// Reads a task's record.
+    pub async fn status(&self, id: &str) -> StoreResult<Option<TaskStatus>> {
+        let mut con = self.con.clone();
+        let map: HashMap<String, String> = redis::cmd("HGETALL")
+            .arg(self.keys.task(id))
+            .query_async(&mut con)
+            .await?;
+        if map.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(parse_status(id, &map)))
+    }
+
+    /// Waits up to `timeout` for the final event of a task that was enqueued with `reply`.
+    /// Uses its own connection: a blocking pop must not stall the shared one.
+    pub async fn wait_reply(&self, id: &str, timeout: Duration) -> StoreResult<Option<String>> {
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(5)))
+            .set_response_timeout(Some(timeout + Duration::from_secs(5)));
+        let mut con = self
+            .client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await?;
+        let popped: Option<(String, String)> = redis::cmd("BLPOP")
+            .arg(self.keys.reply(id))
+            .arg(timeout.as_secs_f64().max(0.01))
+            .query_async(&mut con)
+            .await?;
+        Ok(popped.map(|(_, v)| v))
+    }
+}
+
+/// The name in a claimed-task row of whether the task is pinned to a node (`1`) or may move
+/// (`0`). Not a record field: `claim.lua` and `adopt.lua` decide it (`pinned_node` in
+/// `common.lua`) from the record's `target`.
+const PINNED: &str = "pinned";
+
+/// A claimed-task row: what `claim.lua` and `adopt.lua` return per task, by name (their
+/// `take_ownership`).
+pub(super) type ClaimedRow = HashMap<String, String>;
+
+/// Reads a row of `claim.lua` or `adopt.lua` into a task, by field name. The fields the script
+/// always writes (`id`, `epoch`, `pinned`) and the worker are required; a record field the row
+/// lacks takes its default.
+pub(super) fn parse_claimed(row: &ClaimedRow) -> StoreResult<Task> {
+    let get = |name: &str| row.get(name).filter(|v| !v.is_empty()).cloned();
+    let num = |name: &str| get(name).and_then(|v| v.parse::<u64>().ok());
+    let ms = |name: &str| num(name).filter(|ms| *ms > 0).map(Duration::from_millis);
+    let id = get(field::ID).ok_or_else(|| StoreError::Corrupt("claimed task without id".into()))?;
+    let missing = |name: &str| StoreError::Corrupt(format!("claimed task {id} has no {name}"));
+    let epoch = num(field::EPOCH).ok_or_else(|| missing(field::EPOCH))?;
+    let pinned = get(PINNED).ok_or_else(|| missing(PINNED))? == "1";
+    let worker = get(field::WORKER).ok_or_else(|| missing(field::WORKER))?;
+    Ok(Task {
+        worker,
+        args: get(field::ARGS).unwrap_or_else(|| "null".into()),
+        priority: get(field::PRIORITY)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0),
+        // The stored attempt is the last one that started; this run is the next.
+        attempt: num(field::ATTEMPT).unwrap_or(0) as u32 + 1,
+        attempts: num(field::ATTEMPTS).filter(|a| *a > 0).map(|a| a as u32),
+        timeout: ms(field::TIMEOUT),
+        backoff: ms(field::BACKOFF),
+        backoff_cap: ms(field::BACKOFF_CAP),
+        deadline: num(field::DEADLINE),
+        epoch,
+        created: num(field::CREATED).unwrap_or(0),
+        reply: get(field::REPLY).as_deref() == Some("1"),
+        pinned,
+        id,
+    })
+}
+
+/// Reads a task record (HGETALL) into its status.
+pub(super) fn parse_status(id: &str, map: &HashMap<String, String>) -> TaskStatus {
+    let get = |k: &str| map.get(k).filter(|v| !v.is_empty()).cloned();
+    let num = |k: &str| get(k).and_then(|v| v.parse::<u64>().ok());
+    let state = get(field::STATE).unwrap_or_else(|| "unknown".into());
+    let progress = TaskState::parse(&state).map_or(0, TaskState::progress);
+    let json = |k: &str| {
+        get(k).map(|text| serde_json::from_str::<Value>(&text).unwrap_or(Value::String(text)))
+    };
+    TaskStatus {
+        id: id.to_owned(),
+        worker: get(field::WORKER).unwrap_or_default(),
+        state,
+        progress,
+        node: get(field::NODE),
+        attempt: num(field::ATTEMPT).unwrap_or(0) as u32,
+        attempts: num(field::ATTEMPTS).filter(|a| *a > 0).map(|a| a as u32),
+        priority: get(field::PRIORITY)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0),
+        args: json(field::ARGS).unwrap_or(Value::Null),
+        result: json(field::RESULT),
+        error: get(field::ERROR),
+        epoch: num(field::EPOCH).unwrap_or(0),
+        created: num(field::CREATED),
+        started: num(field::STARTED),
+        finished: num(field::FINISHED),
+        run_at: num(field::RUN_AT),
+        retry_at: num(field::RETRY_AT),
+        every: num(field::EVERY),
+        cron: get(field::CRON),
+        deadline: num(field::DEADLINE),
+        key: get(field::KEY),
+        result_key: get(field::RESULT_KEY),
+        template: get(field::TEMPLATE),
+        target: get(field::TARGET),
+        parent: get(field::PARENT),
+    }
+}

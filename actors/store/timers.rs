@@ -1,0 +1,109 @@
+//! Time-driven work: firing due delayed and retrying tasks and recurring templates, creating
+//! occurrences, expiring tasks whose deadline passed, and the next time anything is due.
+
+use std::time::Duration;
+
+use super::{Store, StoreResult};
+
+/// A recurring template that came due.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DueTemplate {
+    /// Template id.
+    pub id: String,
+    /// The due time (Unix ms).
+    pub due: u64,
+    /// How it recurs, as stored.
+    pub every: Option<u64>,
+    /// Cron expression, as stored.
+    pub cron: Option<String>,
+}
+
+/// Grace a node gets to start a claimed task whose deadline just passed.
+const DEADLINE_GRACE: Duration = Duration::from_secs(1);
+
+impl Store {
+    /// Fires what is due at `now` (at most `max` entries): one-shot tasks become runnable;
+    /// recurring templates are returned for [`Store::occur`].
+    pub async fn fire_due(&self, now: u64, max: usize) -> StoreResult<Vec<DueTemplate>> {
+        let mut con = self.con.clone();
+        let rows: Vec<(String, String, String, String)> = self
+            .scripts
+            .fire
+            .key(self.keys.scheduled())
+            .arg(self.keys.prefix())
+            .arg(now)
+            .arg(max)
+            .arg(&self.names.channel)
+            .arg(&self.names.events)
+            .invoke_async(&mut con)
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(id, due, every, cron)| DueTemplate {
+                id,
+                due: due.parse::<f64>().map_or(0, |d| d as u64),
+                every: every.parse().ok(),
+                cron: Some(cron).filter(|c| !c.is_empty()),
+            })
+            .collect())
+    }
+
+    /// Creates the occurrence of template `id` due at `due` and moves the template to `next`,
+    /// if nobody did it first. Returns true when this call created it.
+    pub async fn occur(
+        &self,
+        id: &str,
+        due: u64,
+        next: Option<u64>,
+        now: u64,
+    ) -> StoreResult<bool> {
+        let mut con = self.con.clone();
+        let n: i64 = self
+            .scripts
+            .occur
+            .key(self.keys.scheduled())
+            .key(self.keys.task(id))
+            .arg(self.keys.prefix())
+            .arg(id)
+            .arg(due)
+            .arg(next.map(|n| n.to_string()).unwrap_or_default())
+            .arg(now)
+            .arg(&self.names.channel)
+            .arg(&self.names.events)
+            .invoke_async(&mut con)
+            .await?;
+        Ok(n == 1)
+    }
+
+    /// Expires tasks whose deadline passed before they started. Returns how many.
+    pub async fn expire_due(&self, now: u64, max: usize) -> StoreResult<usize> {
+        let mut con = self.con.clone();
+        Ok(self
+            .scripts
+            .expire
+            .key(self.keys.deadlines())
+            .arg(self.keys.prefix())
+            .arg(now)
+            .arg(max)
+            .arg(self.names.result_ttl.as_millis() as u64)
+            .arg(&self.names.channel)
+            .arg(&self.names.events)
+            .arg(DEADLINE_GRACE.as_millis() as u64)
+            .invoke_async(&mut con)
+            .await?)
+    }
+
+    /// The earliest time something scheduled or a deadline is due.
+    pub async fn next_due(&self) -> StoreResult<Option<u64>> {
+        let mut con = self.con.clone();
+        let mut pipe = redis::pipe();
+        for key in [self.keys.scheduled(), self.keys.deadlines()] {
+            pipe.cmd("ZRANGE").arg(key).arg(0).arg(0).arg("WITHSCORES");
+        }
+        let heads: Vec<Vec<(String, f64)>> = pipe.query_async(&mut con).await?;
+        Ok(heads
+            .into_iter()
+            .filter_map(|h| h.first().map(|(_, s)| *s as u64))
+            .min())
+    }
+}
