@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
 
-use crate::decide::cron::jitter;
+use crate::decide::backoff::jitter;
 use crate::decide::policy::{Settle, settle};
 use crate::engine::dispatcher::DispatcherMsg;
 use crate::engine::supervisor::NodeContext;
