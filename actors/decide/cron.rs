@@ -5,7 +5,8 @@
 //! fields are matched in UTC, so every node computes the same occurrences whatever its local
 //! time zone.
 
-use crate::decide::times::civil_from_days;
+use jiff::Timestamp;
+use jiff::tz::Offset;
 use std::time::Duration;
 
 /// One cron field: the allowed values as a bit set.
@@ -98,25 +99,23 @@ impl Cron {
 
     /// The first matching minute strictly after `after_ms`, within eight years.
     pub fn next_after(&self, after_ms: u64) -> Option<u64> {
-        let start_min = after_ms / 60_000 + 1;
-        let first_day = start_min / 1_440;
-        for day in first_day..first_day + 366 * 8 {
-            let (_, month, dom) = civil_from_days(day as i64);
-            let dow = ((day + 4) % 7) as u32; // 1970-01-01 was a Thursday
-            if !self.day_matches(dom, month, dow) {
-                continue;
-            }
-            let from = if day == first_day {
-                start_min % 1_440
-            } else {
-                0
-            };
-            for m in from..1_440 {
-                let (h, mi) = ((m / 60) as u32, (m % 60) as u32);
-                if self.hour.has(h) && self.minute.has(mi) {
-                    return Some((day * 1_440 + m) * 60_000);
+        let next_minute = i64::try_from(after_ms / 60_000 + 1).ok()?.checked_mul(60)?;
+        let start = Offset::UTC.to_datetime(Timestamp::from_second(next_minute).ok()?);
+        let mut date = start.date();
+        for _ in 0..366 * 8 {
+            let dow = date.weekday().to_sunday_zero_offset();
+            if self.day_matches(date.day() as u32, date.month() as u32, dow as u32) {
+                for hour in (0..24).filter(|h| self.hour.has(*h as u32)) {
+                    for minute in (0..60).filter(|m| self.minute.has(*m as u32)) {
+                        let at = date.at(hour, minute, 0, 0);
+                        if at >= start {
+                            let at = Offset::UTC.to_timestamp(at).ok()?;
+                            return u64::try_from(at.as_millisecond()).ok();
+                        }
+                    }
                 }
             }
+            date = date.tomorrow().ok()?;
         }
         None
     }
