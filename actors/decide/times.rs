@@ -141,7 +141,7 @@ const MAX_OFFSET_SECS: i32 = 14 * 3_600;
 /// - human forms, their words in any order: `December 31st 2014 23:59:59`, `31 Dec 2014 11pm`,
 ///   `Dec 31, 2014 10:59:59pm`, `2014-12-31 11pm`, `2014-12-31 9:30am`.
 ///
-/// Either kind takes an offset (`Z`, `UTC`, `GMT`, `+01:00`, `-0500`, `+01`),
+/// Either kind takes an offset (`Z`, `UTC`, `GMT`, `+01:00`, `+1:00`, `-0500`, `-5:30`, `+1`),
 /// glued to the time or apart from it; without one the time is UTC. Time zone names are not
 /// read: there is no time zone database here. Leap seconds (`:60`) read as `:59`. Times before
 /// 1970 are refused.
@@ -358,7 +358,7 @@ fn read_hour(lower: &str) -> Option<Time> {
     Time::new(from_twelve(small(hour)?, pm)?, 0, 0, 0).ok()
 }
 
-/// An offset from UTC: `+01:00`, `-0530` or `+01`, at most 14 hours.
+/// An offset from UTC: `+01:00`, `+1:00`, `-0530`, `+01` or `+1`, at most 14 hours.
 fn read_offset(word: &str) -> Option<Offset> {
     let (sign, body) = match (word.strip_prefix('+'), word.strip_prefix('-')) {
         (Some(body), _) => (1, body),
@@ -366,11 +366,10 @@ fn read_offset(word: &str) -> Option<Offset> {
         _ => return None,
     };
     let (hours, minutes) = match body.split_once(':') {
-        Some((h, m)) if h.len() == 2 && m.len() == 2 => (h, m),
+        Some((h, m)) if m.len() == 2 => (h, m),
         Some(_) => return None,
         None if body.len() == 4 && all_digits(body) => body.split_at(2),
-        None if body.len() == 2 => (body, "0"),
-        None => return None,
+        None => (body, "0"),
     };
     let (hours, minutes) = (i32::from(small(hours)?), i32::from(small(minutes)?));
     let secs = hours * 3_600 + minutes * 60;
@@ -507,6 +506,12 @@ mod tests {
             "2014-12-31 10:59:59pm",
             "2014-12-31 10:59:59PM +00:00",
             "2014-12-31T9:59:59pm-01:00",
+            // One-digit hours in offsets.
+            "2014-12-31T23:59:59+1:00",
+            "2014-12-31 23:59:59 +1:00",
+            "2014-12-31 23:59:59 +1",
+            "2014-12-31 17:29:59 -5:30",
+            "December 31st 2014 17:29:59-5:30",
             // Human dates, in any order, with ordinals, abbreviations and commas.
             "December 31st 2014 22:59:59",
             "december 31 2014 22:59:59",
