@@ -1,9 +1,8 @@
 //! Schedule arithmetic, free of I/O: cron expressions, intervals and coalescing of missed
 //! occurrences.
 //!
-//! All times are Unix milliseconds in UTC. A time typed without an offset is UTC, and cron
-//! fields are matched in UTC, so every node computes the same occurrences whatever its local
-//! time zone.
+//! All times are Unix milliseconds in UTC and cron fields are matched on the UTC calendar
+//! (jiff's), so every node computes the same occurrences whatever its local time zone.
 
 use jiff::Timestamp;
 use jiff::tz::Offset;

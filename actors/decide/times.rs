@@ -136,8 +136,8 @@ const MAX_OFFSET_SECS: i32 = 14 * 3_600;
 /// Reads a point in time as Unix milliseconds.
 ///
 /// Accepted:
-/// - RFC 3339 and the ISO 8601 forms of it: `2014-12-31T23:59:59+01:00`, `2014-12-31 23:59:59`,
-///   `2014-12-31T23:59`, `2015-01-01`, fractions of a second, offsets `Z`, `+01`, `+0100`;
+/// - RFC 3339 and the ISO 8601 forms of it, read by jiff: `2014-12-31T23:59:59+01:00`,
+///   `2014-12-31 23:59:59`, `2014-12-31T23:59`, `2015-01-01`, with fractions of a second;
 /// - human forms, their words in any order: `December 31st 2014 23:59:59`, `31 Dec 2014 11pm`,
 ///   `Dec 31, 2014 10:59:59pm`, `2014-12-31 11pm`, `2014-12-31 9:30am`.
 ///
