@@ -7,8 +7,8 @@ use std::process::ExitCode;
 
 use anyhow::{Context, anyhow};
 use background::cluster::wire::ControlOp;
-use background::decide::cron::{Cron, Recurrence, parse_time};
-use background::decide::times::{format_duration, format_timestamp, parse_duration};
+use background::decide::cron::{Cron, Recurrence};
+use background::decide::times::{format_duration, format_timestamp, parse_duration, parse_time};
 use background::model::task::Target;
 use background::store::{Accepted, CancelResult, Overview, RetryResult, TaskRow};
 use background::{

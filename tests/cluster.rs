@@ -233,7 +233,7 @@ impl Scenario {
             .flat_map(|(_, n)| n.log().lines().map(str::to_owned).collect::<Vec<_>>())
             .filter_map(|l| {
                 let stamp = l.split_whitespace().next()?;
-                let ms = background::decide::cron::parse_time(stamp).ok()?;
+                let ms = background::decide::times::parse_time(stamp).ok()?;
                 Some((ms * 1000, l))
             })
             .collect()

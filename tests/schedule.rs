@@ -70,7 +70,7 @@ async fn a_task_due_in_two_seconds_runs_between_two_and_three_seconds_later() {
     .await;
     wait_state(&redis, "at-time", "done").await;
     let started = num(&redis, "at-time", "started").await;
-    let due = background::decide::cron::parse_time(&at).unwrap();
+    let due = background::decide::times::parse_time(&at).unwrap();
     assert!(
         started >= due && started < due + 1_000,
         "ran {} ms after its time",

@@ -1,10 +1,11 @@
-//! Schedule arithmetic, free of I/O: cron expressions, intervals, coalescing of missed
-//! occurrences, retry backoff with jitter, and reading the times users type.
+//! Schedule arithmetic, free of I/O: cron expressions, intervals and coalescing of missed
+//! occurrences.
 //!
-//! All times are Unix milliseconds in UTC. A time typed without an offset is UTC, and cron
-//! fields are matched in UTC, so every node computes the same occurrences whatever its local
-//! time zone.
+//! All times are Unix milliseconds in UTC and cron fields are matched on the UTC calendar
+//! (jiff's), so every node computes the same occurrences whatever its local time zone.
 
+use jiff::Timestamp;
+use jiff::tz::Offset;
 use std::time::Duration;
 
 /// One cron field: the allowed values as a bit set.
@@ -97,25 +98,23 @@ impl Cron {
 
     /// The first matching minute strictly after `after_ms`, within eight years.
     pub fn next_after(&self, after_ms: u64) -> Option<u64> {
-        let start_min = after_ms / 60_000 + 1;
-        let first_day = start_min / 1_440;
-        for day in first_day..first_day + 366 * 8 {
-            let (_, month, dom) = civil_from_days(day as i64);
-            let dow = ((day + 4) % 7) as u32; // 1970-01-01 was a Thursday
-            if !self.day_matches(dom, month, dow) {
-                continue;
-            }
-            let from = if day == first_day {
-                start_min % 1_440
-            } else {
-                0
-            };
-            for m in from..1_440 {
-                let (h, mi) = ((m / 60) as u32, (m % 60) as u32);
-                if self.hour.has(h) && self.minute.has(mi) {
-                    return Some((day * 1_440 + m) * 60_000);
+        let next_minute = i64::try_from(after_ms / 60_000 + 1).ok()?.checked_mul(60)?;
+        let start = Offset::UTC.to_datetime(Timestamp::from_second(next_minute).ok()?);
+        let mut date = start.date();
+        for _ in 0..366 * 8 {
+            let dow = date.weekday().to_sunday_zero_offset();
+            if self.day_matches(date.day() as u32, date.month() as u32, dow as u32) {
+                for hour in (0..24).filter(|h| self.hour.has(*h as u32)) {
+                    for minute in (0..60).filter(|m| self.minute.has(*m as u32)) {
+                        let at = date.at(hour, minute, 0, 0);
+                        if at >= start {
+                            let at = Offset::UTC.to_timestamp(at).ok()?;
+                            return u64::try_from(at.as_millisecond()).ok();
+                        }
+                    }
                 }
             }
+            date = date.tomorrow().ok()?;
         }
         None
     }
@@ -224,282 +223,13 @@ pub fn occurrence_id(template: &str, due: u64) -> String {
     format!("{template}@{due}")
 }
 
-/// Retry backoff: `base * 2^(attempt-1)`, capped, with "equal jitter": half of it fixed, half
-/// random. Delays therefore grow with the attempt while never synchronising retries.
-/// `unit` is a number in `[0, 1)` (the jitter draw).
-pub fn backoff(attempt: u32, base: Duration, cap: Duration, unit: f64) -> Duration {
-    let exp = attempt.saturating_sub(1).min(30);
-    let full = base.saturating_mul(1u32 << exp).min(cap);
-    full / 2 + full.mul_f64(unit.clamp(0.0, 1.0) / 2.0)
-}
-
-/// A jitter draw in `[0, 1)` for `key`, different in every process.
-pub fn jitter(key: &str) -> f64 {
-    use std::hash::BuildHasher;
-    let h = std::collections::hash_map::RandomState::new().hash_one(key);
-    (h >> 11) as f64 / (1u64 << 53) as f64
-}
-
-/// Days since 1970-01-01 for a civil date.
-pub fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y.rem_euclid(400);
-    let mp = (m as i64 + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d as i64 - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-/// Civil date (year, month, day) of a day count since 1970-01-01.
-pub fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (yoe + era * 400 + i64::from(month <= 2), month, day)
-}
-
-fn days_in_month(y: i64, m: u32) -> u32 {
-    (days_from_civil(
-        if m == 12 { y + 1 } else { y },
-        if m == 12 { 1 } else { m + 1 },
-        1,
-    ) - days_from_civil(y, m, 1)) as u32
-}
-
-/// Reads a point in time: RFC 3339 (`2014-12-31T23:59:59+01:00`), `2014-12-31 23:59[:59]`, and
-/// human forms such as `December 31st 2014 23:59:59` or `31 Dec 2014 11pm`, each with an optional
-/// offset (`+01:00`, `-0500`, `Z`, `UTC`). Without an offset the time is UTC.
-pub fn parse_time(input: &str) -> Result<u64, String> {
-    let bad = |why: &str| {
-        format!(
-            "`{input}`: {why} (try 2014-12-31T23:59:59+01:00 or \"December 31st 2014 23:59:59\")"
-        )
-    };
-    let text = input.trim();
-    if text.is_empty() {
-        return Err(bad("empty time"));
-    }
-    let mut year: Option<i64> = None;
-    let mut month: Option<u32> = None;
-    let mut day: Option<u32> = None;
-    let mut clock: Option<(u32, u32, u32, u32)> = None; // h, m, s, ms
-    let mut offset_min: i64 = 0;
-    // Split "2014-12-31T23:59:59+01:00" into date, clock and offset tokens.
-    let chars: Vec<char> = text.chars().collect();
-    let spaced: String = chars
-        .iter()
-        .enumerate()
-        .map(|(i, &c)| {
-            let between_digits = i > 0
-                && chars[i - 1].is_ascii_digit()
-                && chars.get(i + 1).is_some_and(char::is_ascii_digit);
-            match c {
-                'T' | 't' if between_digits => ' ',
-                ',' => ' ',
-                c => c,
-            }
-        })
-        .collect();
-    let mut tokens: Vec<String> = Vec::new();
-    for raw in spaced.split_whitespace() {
-        // A clock glued to its offset: 23:59:59+01:00 or 23:59:59Z.
-        let t = raw.to_owned();
-        if t.contains(':') {
-            if let Some(pos) = t[1..].find(['+', '-']).map(|p| p + 1) {
-                tokens.push(t[..pos].to_owned());
-                tokens.push(t[pos..].to_owned());
-                continue;
-            }
-            if let Some(stripped) = t.strip_suffix(['Z', 'z']) {
-                tokens.push(stripped.to_owned());
-                tokens.push("Z".into());
-                continue;
-            }
-        }
-        tokens.push(t);
-    }
-    let mut i = 0;
-    while i < tokens.len() {
-        let tok = tokens[i].as_str();
-        let lower = tok.to_ascii_lowercase();
-        i += 1;
-        if let Some((y, m, d)) = iso_date(tok) {
-            (year, month, day) = (Some(y), Some(m), Some(d));
-        } else if tok.contains(':') && !tok.starts_with(['+', '-']) {
-            clock =
-                Some(read_clock(tok).ok_or_else(|| bad(&format!("`{tok}` is not a time of day")))?);
-        } else if matches!(lower.as_str(), "z" | "utc" | "gmt") {
-            offset_min = 0;
-        } else if tok.starts_with(['+', '-']) && tok.len() > 1 {
-            offset_min =
-                read_offset(tok).ok_or_else(|| bad(&format!("`{tok}` is not an offset")))?;
-        } else if let Some(m) = MONTHS.iter().position(|n| lower.starts_with(n)) {
-            month = Some(m as u32 + 1);
-        } else if let Some(h) = read_meridiem(&lower) {
-            clock = Some((h, 0, 0, 0));
-        } else {
-            let digits = lower.trim_end_matches(|c: char| c.is_ascii_alphabetic());
-            let suffix = &lower[digits.len()..];
-            let Ok(n) = digits.parse::<i64>() else {
-                return Err(bad(&format!("cannot read `{tok}`")));
-            };
-            if !matches!(suffix, "" | "st" | "nd" | "rd" | "th") {
-                return Err(bad(&format!("cannot read `{tok}`")));
-            }
-            if digits.len() == 4 && suffix.is_empty() {
-                year = Some(n);
-            } else if (1..=31).contains(&n) && day.is_none() {
-                day = Some(n as u32);
-            } else {
-                return Err(bad(&format!("cannot read `{tok}`")));
-            }
-        }
-    }
-    let (Some(y), Some(m), Some(d)) = (year, month, day) else {
-        return Err(bad("needs a year, a month and a day"));
-    };
-    if d == 0 || d > days_in_month(y, m) {
-        return Err(bad(&format!("day {d} does not exist in that month")));
-    }
-    let (h, mi, s, ms) = clock.unwrap_or((0, 0, 0, 0));
-    let secs = days_from_civil(y, m, d) * 86_400
-        + i64::from(h) * 3_600
-        + i64::from(mi) * 60
-        + i64::from(s)
-        - offset_min * 60;
-    if secs < 0 {
-        return Err(bad("before 1970"));
-    }
-    Ok(secs as u64 * 1000 + u64::from(ms))
-}
-
-fn iso_date(tok: &str) -> Option<(i64, u32, u32)> {
-    let mut it = tok.split('-');
-    let (y, m, d) = (it.next()?, it.next()?, it.next()?);
-    if it.next().is_some() || y.len() != 4 {
-        return None;
-    }
-    let m: u32 = m.parse().ok()?;
-    if !(1..=12).contains(&m) {
-        return None;
-    }
-    Some((y.parse().ok()?, m, d.parse().ok()?))
-}
-
-fn read_clock(tok: &str) -> Option<(u32, u32, u32, u32)> {
-    let lower = tok.to_ascii_lowercase();
-    let (body, pm) = match (lower.strip_suffix("pm"), lower.strip_suffix("am")) {
-        (Some(b), _) => (b.to_owned(), Some(true)),
-        (_, Some(b)) => (b.to_owned(), Some(false)),
-        _ => (lower.clone(), None),
-    };
-    let mut parts = body.split(':');
-    let mut h: u32 = parts.next()?.parse().ok()?;
-    let m: u32 = parts.next()?.parse().ok()?;
-    let (s, ms) = match parts.next() {
-        None => (0, 0),
-        Some(sec) => {
-            let (whole, frac) = sec.split_once('.').unwrap_or((sec, ""));
-            let ms = if frac.is_empty() {
-                0
-            } else {
-                format!("{frac:0<3}")[..3].parse().ok()?
-            };
-            (whole.parse().ok()?, ms)
-        }
-    };
-    if parts.next().is_some() {
-        return None;
-    }
-    if let Some(pm) = pm {
-        if h == 0 || h > 12 {
-            return None;
-        }
-        h = h % 12 + if pm { 12 } else { 0 };
-    }
-    (h < 24 && m < 60 && s < 61).then_some((h, m, s.min(59), ms))
-}
-
-fn read_meridiem(lower: &str) -> Option<u32> {
-    let (n, pm) = match (lower.strip_suffix("pm"), lower.strip_suffix("am")) {
-        (Some(n), _) => (n, true),
-        (_, Some(n)) => (n, false),
-        _ => return None,
-    };
-    let h: u32 = n.parse().ok()?;
-    (1..=12)
-        .contains(&h)
-        .then_some(h % 12 + if pm { 12 } else { 0 })
-}
-
-fn read_offset(tok: &str) -> Option<i64> {
-    let sign = if tok.starts_with('-') { -1 } else { 1 };
-    let digits: String = tok[1..].chars().filter(char::is_ascii_digit).collect();
-    let (h, m) = match digits.len() {
-        2 => (digits.parse::<i64>().ok()?, 0),
-        4 => (
-            digits[..2].parse::<i64>().ok()?,
-            digits[2..].parse::<i64>().ok()?,
-        ),
-        _ => return None,
-    };
-    (h <= 14 && m < 60).then_some(sign * (h * 60 + m))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::decide::times::parse_time;
 
     fn at(text: &str) -> u64 {
         parse_time(text).unwrap()
-    }
-
-    #[test]
-    fn times_in_every_documented_form() {
-        let want = at("2014-12-31T22:59:59Z");
-        assert_eq!(at("2014-12-31T23:59:59+01:00"), want);
-        assert_eq!(at("December 31st 2014 23:59:59 +01:00"), want);
-        assert_eq!(at("2014-12-31 22:59:59"), want);
-        assert_eq!(at("31 Dec 2014 22:59:59 UTC"), want);
-        assert_eq!(at("Dec 31, 2014 10:59:59pm"), want);
-        assert_eq!(
-            at("December 31st 2014 23:59:59"),
-            want + 3_600_000,
-            "no offset means UTC"
-        );
-        assert_eq!(
-            at("2014-12-31T23:59:59.250-0100"),
-            at("2015-01-01T00:59:59.250Z")
-        );
-        assert_eq!(at("1 jan 2015 3pm"), at("2015-01-01T15:00:00Z"));
-        assert_eq!(at("2015-01-01"), 1_420_070_400_000);
-    }
-
-    #[test]
-    fn bad_times_say_why() {
-        assert!(parse_time("").unwrap_err().contains("empty"));
-        assert!(
-            parse_time("February 30th 2015")
-                .unwrap_err()
-                .contains("does not exist")
-        );
-        assert!(
-            parse_time("next tuesday")
-                .unwrap_err()
-                .contains("cannot read")
-        );
-        assert!(parse_time("12:00").unwrap_err().contains("needs a year"));
-        assert!(
-            parse_time("2015-01-01 25:00")
-                .unwrap_err()
-                .contains("not a time")
-        );
     }
 
     #[test]
@@ -586,32 +316,5 @@ mod tests {
             Some(at("2026-11-23T01:00:00Z"))
         );
         assert_eq!(occurrence_id("tpl", 42), "tpl@42");
-    }
-
-    #[test]
-    fn backoff_grows_is_capped_and_jittered() {
-        let base = Duration::from_secs(1);
-        let cap = Duration::from_secs(60);
-        assert_eq!(backoff(1, base, cap, 0.0), Duration::from_millis(500));
-        assert_eq!(backoff(1, base, cap, 1.0), Duration::from_secs(1));
-        assert_eq!(backoff(3, base, cap, 0.0), Duration::from_secs(2));
-        assert_eq!(backoff(20, base, cap, 1.0), cap);
-        // Ranges of successive attempts do not overlap downwards: delays grow.
-        for a in 1..6 {
-            assert!(backoff(a + 1, base, cap, 0.0) >= backoff(a, base, cap, 1.0));
-        }
-        let j = jitter("task-1:2");
-        assert!((0.0..1.0).contains(&j));
-    }
-
-    #[test]
-    fn civil_dates_round_trip() {
-        for days in [-1_000_000i64, -1, 0, 59, 10_957, 20_415, 1_000_000] {
-            let (y, m, d) = civil_from_days(days);
-            assert_eq!(days_from_civil(y, m, d), days);
-        }
-        assert_eq!(days_in_month(2024, 2), 29);
-        assert_eq!(days_in_month(2100, 2), 28);
-        assert_eq!(days_in_month(2026, 12), 31);
     }
 }

@@ -1,5 +1,6 @@
 //! Pure decisions, free of I/O: each is a plain function or struct with unit tests.
 
+pub mod backoff;
 pub mod cron;
 pub mod due;
 pub mod fencing;

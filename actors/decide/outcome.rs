@@ -3,7 +3,7 @@
 //! cancelled or expired before it started. The saver applies the write; nothing else decides
 //! what an attempt's outcome means.
 
-use crate::decide::cron::jitter;
+use crate::decide::backoff::jitter;
 use crate::decide::policy::{RetryPolicy, Settle, settle};
 use crate::model::events;
 use crate::model::task::{EXPIRED_ERROR, Outcome, Task};

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::decide::cron::backoff;
+use crate::decide::backoff::backoff;
 use crate::model::task::{Outcome, Retry, TaskState};
 
 /// Retry settings resolved for one task (task, else worker, else `[workers]`).

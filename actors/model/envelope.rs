@@ -10,8 +10,8 @@ use std::time::Duration;
 use serde_json::{Map, Value};
 
 use crate::cluster::wire::ControlOp;
-use crate::decide::cron::{Cron, Recurrence, parse_time};
-use crate::decide::times::parse_duration;
+use crate::decide::cron::{Cron, Recurrence};
+use crate::decide::times::{parse_duration, parse_time};
 use crate::model::names::shorten;
 use crate::model::task::{SpecError, Target, TaskSpec};
 
