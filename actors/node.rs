@@ -32,6 +32,7 @@ use crate::cluster::handle::{ClusterHandle, cookie_hash};
 use crate::cluster::membership::MembershipMsg;
 use crate::cluster::wire::Body;
 use crate::config::Settings;
+use crate::decide::backoff::Backoff;
 use crate::decide::restart::RestartPolicy;
 use crate::engine::control::Control;
 use crate::engine::dispatcher::{DispatcherMsg, LaneStats};
@@ -423,7 +424,7 @@ impl NodeHandle {
 async fn connect(settings: &Settings) -> Result<Store, NodeError> {
     let url = &settings.redis.url;
     let deadline = Instant::now() + Duration::from_secs(30);
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = Backoff::default();
     loop {
         let attempt = async {
             let store = Store::connect(settings).await?;
@@ -434,8 +435,7 @@ async fn connect(settings: &Settings) -> Result<Store, NodeError> {
             Ok(store) => return Ok(store),
             Err(e) if Instant::now() < deadline => {
                 tracing::warn!("waiting for redis at {url}: {e}");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(2));
+                tokio::time::sleep(backoff.next_delay()).await;
             }
             Err(source) => {
                 return Err(NodeError::Redis {

@@ -32,6 +32,7 @@ use tokio::task::JoinHandle;
 use crate::cluster::handle::{ClusterHandle, MAX_FRAME, PeerInfo, View, cookie_hash};
 use crate::cluster::wire::Body;
 use crate::config::Settings;
+use crate::decide::backoff::Backoff;
 use crate::decide::placement::NodeLoad;
 use crate::model::task::now_ms;
 use crate::store::Store;
@@ -216,13 +217,25 @@ async fn spawn_gossip(
 }
 
 /// Per-peer bookkeeping of the membership loop.
-#[derive(Default)]
 struct Link {
     session: Option<NodeServerSessionInformation>,
     last_pong: Option<Instant>,
     next_connect: Option<Instant>,
-    backoff: Duration,
+    /// Between dials of a peer with no session: 200 ms doubling to 5 s.
+    backoff: Backoff,
     seen_since: Option<Instant>,
+}
+
+impl Default for Link {
+    fn default() -> Link {
+        Link {
+            session: None,
+            last_pong: None,
+            next_connect: None,
+            backoff: Backoff::new(Duration::from_millis(200), Duration::from_secs(5)),
+            seen_since: None,
+        }
+    }
 }
 
 async fn run(
@@ -291,9 +304,7 @@ async fn run(
                 let dial = ctx.node < *node
                     || now.duration_since(link.seen_since.unwrap_or(now)) > Duration::from_secs(2);
                 if dial {
-                    link.backoff = (link.backoff * 2)
-                        .clamp(Duration::from_millis(200), Duration::from_secs(5));
-                    link.next_connect = Some(now + link.backoff);
+                    link.next_connect = Some(now + link.backoff.next_delay());
                     connect(&ctx, &server, node.clone(), info.addr.clone());
                 }
             }
@@ -345,7 +356,7 @@ fn on_session_event(links: &mut HashMap<String, Link>, event: SessionEvent) {
                 let link = links.entry(node).or_default();
                 link.session = Some(ses);
                 link.last_pong = Some(Instant::now());
-                link.backoff = Duration::ZERO;
+                link.backoff.reset();
                 link.next_connect = None;
             }
         }

@@ -29,6 +29,7 @@ use tokio::task::JoinHandle;
 use crate::cluster::handle::{CALL_TIMEOUT, ClusterHandle};
 use crate::cluster::wire::{Body, ControlOp};
 use crate::config::Settings;
+use crate::decide::backoff::Backoff;
 use crate::decide::placement::{Load, Target as Place, place};
 use crate::engine::control::Control;
 use crate::engine::dispatcher::DispatcherMsg;
@@ -173,7 +174,7 @@ async fn listen(ctx: Arc<IngressArgs>, mut stop: watch::Receiver<bool>) {
     let holder = ctx.holder();
     let ttl = ctx.settings.node.lease_ttl;
     let channel = ctx.settings.redis.channel.clone();
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(1));
     let mut warned = false;
     let mut rng = fastrand::Rng::with_seed(ctx.generation);
     while !*stop.borrow() {
@@ -191,10 +192,9 @@ async fn listen(ctx: Arc<IngressArgs>, mut stop: watch::Receiver<bool>) {
                     tracing::warn!("ingress cannot reach redis ({e}); retrying");
                     warned = true;
                 }
-                if wait_or_stop(&mut stop, backoff).await {
+                if wait_or_stop(&mut stop, backoff.next_delay()).await {
                     break;
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(1));
                 continue;
             }
         }
@@ -202,7 +202,7 @@ async fn listen(ctx: Arc<IngressArgs>, mut stop: watch::Receiver<bool>) {
             Ok(p) => p,
             Err(e) => {
                 tracing::warn!("ingress cannot open a subscription ({e}); retrying");
-                if wait_or_stop(&mut stop, backoff).await {
+                if wait_or_stop(&mut stop, backoff.peek()).await {
                     break;
                 }
                 continue;
@@ -212,7 +212,7 @@ async fn listen(ctx: Arc<IngressArgs>, mut stop: watch::Receiver<bool>) {
             tracing::warn!("ingress cannot subscribe to {channel} ({e}); retrying");
             continue;
         }
-        backoff = Duration::from_millis(100);
+        backoff.reset();
         warned = false;
         tracing::info!(channel, "holding the ingress lease; subscribed");
         ctx.dispatcher.cast(DispatcherMsg::Sweep);
@@ -262,7 +262,7 @@ async fn listen(ctx: Arc<IngressArgs>, mut stop: watch::Receiver<bool>) {
 /// Listens on this node's control channel for as long as the node runs.
 async fn control(ctx: Arc<IngressArgs>) {
     let channel = ctx.store.control_channel(&ctx.node);
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = Backoff::default();
     loop {
         let subscribed = async {
             let mut pubsub = ctx.store.client().get_async_pubsub().await?;
@@ -273,12 +273,11 @@ async fn control(ctx: Arc<IngressArgs>) {
             Ok(p) => p,
             Err(e) => {
                 tracing::debug!("control channel not subscribed yet ({e})");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(2));
+                tokio::time::sleep(backoff.next_delay()).await;
                 continue;
             }
         };
-        backoff = Duration::from_millis(100);
+        backoff.reset();
         let mut stream = pubsub.into_on_message();
         while let Some(msg) = stream.next().await {
             let limit = ctx.settings.limits.message_bytes as usize;
@@ -362,7 +361,7 @@ async fn handle_batch(ctx: &Arc<IngressArgs>, batch: &[Vec<u8>], rng: &mut fastr
         for spec in &mut specs {
             spec.id.get_or_insert_with(crate::model::task::new_task_id);
         }
-        let mut backoff = Duration::from_millis(50);
+        let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(1));
         let started = Instant::now();
         loop {
             match ctx.store.enqueue_many(&specs, false).await {
@@ -402,8 +401,7 @@ async fn handle_batch(ctx: &Arc<IngressArgs>, batch: &[Vec<u8>], rng: &mut fastr
                 }
                 Err(e) if started.elapsed() < Duration::from_secs(5) => {
                     tracing::warn!("cannot store {} raw tasks yet ({e}); retrying", specs.len());
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                    tokio::time::sleep(backoff.next_delay()).await;
                 }
                 Err(e) => {
                     tracing::error!(

@@ -19,6 +19,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 
+use crate::decide::backoff::Backoff;
 use crate::store::{Store, WriteOp, WriteResult};
 
 /// The saver actor: owns the flusher task that drains the write queue.
@@ -148,7 +149,7 @@ async fn flush_loop(args: SaverArgs) {
             shared.wake.notified().await;
             continue;
         }
-        let mut backoff = Duration::from_millis(50);
+        let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
         loop {
             match args.store.write(&ops).await {
                 Ok(results) => {
@@ -169,8 +170,7 @@ async fn flush_loop(args: SaverArgs) {
                         );
                         outage = Some(std::time::Instant::now());
                     }
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                    tokio::time::sleep(backoff.next_delay()).await;
                 }
             }
         }

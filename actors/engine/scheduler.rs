@@ -19,6 +19,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
+use crate::decide::backoff::Backoff;
 use crate::decide::cron::{Cron, Missed, Recurrence, advance};
 use crate::model::task::now_ms;
 use crate::store::{DueTemplate, Store};
@@ -91,17 +92,17 @@ impl Actor for Scheduler {
 }
 
 async fn run(ctx: SchedulerArgs) {
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = Backoff::default();
     loop {
         match tick(&ctx).await {
             Ok(wait) => {
-                backoff = Duration::from_millis(100);
+                backoff.reset();
                 sleep_or_wake(wait, &ctx.wake).await;
             }
             Err(e) => {
-                tracing::warn!("scheduler cannot reach redis ({e}); retrying in {backoff:?}");
-                sleep_or_wake(backoff, &ctx.wake).await;
-                backoff = (backoff * 2).min(Duration::from_secs(2));
+                let delay = backoff.next_delay();
+                tracing::warn!("scheduler cannot reach redis ({e}); retrying in {delay:?}");
+                sleep_or_wake(delay, &ctx.wake).await;
             }
         }
     }

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
+use crate::decide::backoff::Backoff;
 use crate::decide::placement::Load;
 use crate::model::task::Task;
 
@@ -86,8 +87,8 @@ pub(crate) struct Lane {
     claiming: bool,
     /// A wake arrived while a claim was in flight: the claim's answer may predate that task.
     woken: bool,
-    /// Delay before the next claim after a failure; zero after a success.
-    backoff: Duration,
+    /// Delay before the next claim after a failure.
+    backoff: Backoff,
     /// When the pending set was last looked at.
     last_claim: Option<Instant>,
     /// When this lane last asked a peer for work.
@@ -106,7 +107,7 @@ impl Lane {
             more: true,
             claiming: false,
             woken: false,
-            backoff: Duration::ZERO,
+            backoff: Backoff::new(CLAIM_BACKOFF, CLAIM_BACKOFF_CAP),
             last_claim: None,
             last_steal: None,
         }
@@ -162,7 +163,7 @@ impl Lane {
     /// empty at that moment, unless a wake arrived since.
     pub(crate) fn claimed(&mut self, tasks: Vec<Task>, asked: usize) {
         self.claiming = false;
-        self.backoff = Duration::ZERO;
+        self.backoff.reset();
         self.more = tasks.len() >= asked || std::mem::take(&mut self.woken);
         self.push(tasks);
     }
@@ -170,9 +171,8 @@ impl Lane {
     /// A claim failed; returns how long to wait before the next, and whether this is the first
     /// failure of a streak (worth a warning).
     pub(crate) fn claim_failed(&mut self) -> (Duration, bool) {
-        let first = self.backoff.is_zero();
-        self.backoff = (self.backoff * 2).clamp(CLAIM_BACKOFF, CLAIM_BACKOFF_CAP);
-        (self.backoff, first)
+        let first = self.backoff.failures() == 0;
+        (self.backoff.next_delay(), first)
     }
 
     /// The wait after a failed claim is over: a claim may start again.

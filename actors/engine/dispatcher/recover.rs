@@ -8,13 +8,14 @@ use std::time::Duration;
 use ractor::ActorRef;
 
 use super::{DispatcherMsg, DispatcherState, Internal};
+use crate::decide::backoff::Backoff;
 use crate::engine::saver::SaverHandle;
 use crate::store::Store;
 
 /// Makes the owned set consistent before claiming: flush the saver, then hand back everything
 /// `node` still owns. Retries while Redis is unreachable.
 pub(super) async fn recover(store: &Store, saver: &SaverHandle, node: &str) {
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = Backoff::default();
     saver.flush(Duration::from_secs(30)).await;
     loop {
         match store.release_owned(node).await {
@@ -28,8 +29,7 @@ pub(super) async fn recover(store: &Store, saver: &SaverHandle, node: &str) {
             }
             Err(e) => {
                 tracing::warn!("cannot recover owned tasks yet ({e}); retrying");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(2));
+                tokio::time::sleep(backoff.next_delay()).await;
             }
         }
     }
