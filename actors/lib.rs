@@ -25,49 +25,52 @@
 //!
 //! # Layout
 //!
-//! - [`config`]: settings from `cluster.toml`, the environment and flags, with precise errors.
-//! - [`duration`]: human durations (`90s`, `10 minutes`, `day`).
-//! - [`names`]: the worker-name allowlist.
-//! - [`task`]: the task model (spec, claimed task, outcome, status, record fields).
-//! - [`envelope`]: parsing and validating channel messages.
-//! - [`fencing`]: the epoch rule that decides whether a completion may be written.
-//! - [`schedule`]: cron, intervals, coalescing, backoff, typed times (pure).
-//! - [`policy`]: what an attempt leads to: done, retry, dead, failed, cancelled, expired (pure).
-//! - [`store`]: Redis keys, the atomic Lua scripts, every round trip.
-//! - [`events`]: event messages on the events channel.
-//! - [`worker`]: the Rust [`Worker`] trait, its context and errors, the built-in workers.
-//! - [`script`]: script workers: scanning the folder, running a script safely.
-//! - [`registry`]: the worker types a node offers, and running one attempt of any of them.
-//! - [`supervisor`]: the root actor, its restart policy, shared node context.
-//! - [`saver`]: the single writer of task state: batched, pipelined, outage-proof.
-//! - [`scheduler`]: fires due delayed, retrying and recurring tasks; expires late ones.
-//! - [`dispatcher`]: claiming and the node-local priority queues.
-//! - [`pool`]: per-worker pools of slot actors.
-//! - [`ingress`]: the lease-holding subscriber of the task channel; routes wakes by placement.
-//! - [`cluster`]: gossip membership, the cluster link, heartbeats, failover, the peer actor.
-//! - [`placement`]: where a wake goes and whom an idle node steals from (pure).
-//! - [`wire`]: the messages nodes exchange, versioned; [`codec`]: their encoding (bincode).
-//! - [`tls`]: TLS for the cluster link.
-//! - [`node`]: start-up, liveness lease, graceful shutdown; the entry point.
-//! - [`client`]: the Rust client.
+//! The public API is re-exported at the crate root: [`Client`] to enqueue and inspect tasks,
+//! [`Node`] to run a node in a program, [`Worker`] to write Rust workers, [`TaskSpec`] and
+//! [`TaskStatus`] for tasks, [`Settings`] for configuration, [`time`] for human times. Inside,
+//! one folder per concern:
+//!
+//! - `model/`: the task model and the formats tasks travel in: `task` (spec, claimed task,
+//!   outcome, status, record fields), `envelope` (channel messages), `events`, `names`.
+//! - `decide/`: pure decisions, unit-tested without I/O: `policy` (what an attempt leads to),
+//!   `outcome` (an attempt's end as one fenced write), `placement`, `fencing`, `cron`, `due`
+//!   (a new task's first run), `times`, `backoff`, `restart` (supervisors' restart policy).
+//! - `store/`: every Redis round trip: `keys`, `tasks`, `writes`, `ownership`, `timers`,
+//!   `members`, `views`, and the atomic scripts in `lua/`.
+//! - `engine/`: the node's actors: `supervisor`, `ingress`, `scheduler`, `dispatcher` (with
+//!   its `lane`, stealing and recovery), `pool`, `saver`, `peer`, and `control` (stop, reload).
+//! - `cluster/`: the link between nodes: `membership` (gossip, sessions, heartbeats,
+//!   failover), `handle` (the view, this node's load, sending to peers), `wire`, `codec`,
+//!   `tls`.
+//! - `workers/`: the worker types a node offers: `registry`, `rust` (the [`Worker`] trait),
+//!   `script`, `eval`.
+//! - `wiring`: links to actors that may restart, background tasks tied to actors, the lease
+//!   clock; `node`: start-up, liveness lease, graceful shutdown; `client`; `config`.
 
-pub mod client;
-pub mod cluster;
+mod client;
+mod cluster;
 pub mod config;
-pub mod decide;
-pub mod engine;
-pub mod model;
-pub mod node;
-pub mod store;
-pub mod wiring;
-pub mod workers;
+mod decide;
+mod engine;
+mod model;
+mod node;
+mod store;
+pub mod time;
+mod wiring;
+mod workers;
 
-pub use client::{Client, ClientError, TaskResult};
-pub use config::{Settings, Sources};
+pub use client::{Client, ClientError, ControlAnswer, MemberInfo, TaskResult};
+pub use cluster::wire::ControlOp;
+pub use config::{ConfigError, Settings, Sources};
+pub use decide::cron::{Cron, Missed, Recurrence};
 pub use decide::restart::RestartPolicy;
 pub use engine::dispatcher::LaneStats;
-pub use model::task::{Outcome, TaskSpec, TaskState, TaskStatus};
+pub use model::names::NameError;
+pub use model::task::{
+    Outcome, Retry, SpecError, Target, TaskSpec, TaskState, TaskStatus, new_task_id,
+};
 pub use node::{Node, NodeBuilder, NodeError, NodeHandle, ShutdownReport};
+pub use store::{Accepted, CancelResult, Overview, RetryResult, StoreError, TaskRow};
 pub use wiring::StopReason;
 pub use workers::eval::{EvalError, Evaluation, eval};
 pub use workers::rust::{TaskContext, TaskError, Worker, WorkerOptions};

@@ -6,13 +6,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, anyhow};
-use background::cluster::wire::ControlOp;
-use background::decide::cron::{Cron, Recurrence};
-use background::decide::times::{format_duration, format_timestamp, parse_duration, parse_time};
-use background::model::task::Target;
-use background::store::{Accepted, CancelResult, Overview, RetryResult, TaskRow};
+use background::time::{format_duration, format_timestamp, parse_duration, parse_time};
 use background::{
-    Client, ClientError, Node, Outcome, Settings, Sources, TaskResult, TaskSpec, TaskStatus,
+    Accepted, CancelResult, Client, ClientError, ControlOp, Cron, MemberInfo, Node, Outcome,
+    Overview, Recurrence, RetryResult, Settings, Sources, Target, TaskResult, TaskRow, TaskSpec,
+    TaskStatus,
 };
 use clap::{Args, Parser, Subcommand};
 use serde_json::{Value, json};
@@ -511,7 +509,7 @@ async fn control(cli: &Cli, op: ControlOp, select: &NodeSelect) -> Result<u8, Ex
     }
 }
 
-fn print_info(members: &[background::client::MemberInfo]) {
+fn print_info(members: &[MemberInfo]) {
     if members.is_empty() {
         println!("no live node");
     }

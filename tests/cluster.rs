@@ -233,7 +233,7 @@ impl Scenario {
             .flat_map(|(_, n)| n.log().lines().map(str::to_owned).collect::<Vec<_>>())
             .filter_map(|l| {
                 let stamp = l.split_whitespace().next()?;
-                let ms = background::decide::times::parse_time(stamp).ok()?;
+                let ms = background::time::parse_time(stamp).ok()?;
                 Some((ms * 1000, l))
             })
             .collect()
@@ -640,7 +640,7 @@ async fn targets_reach_all_nodes_or_one_node() {
         .enqueue(
             TaskSpec::new("chaos", json!({"ms": 3_000}))
                 .id("everyone")
-                .target(background::model::task::Target::All),
+                .target(background::Target::All),
         )
         .await
         .unwrap();
@@ -691,7 +691,7 @@ async fn targets_reach_all_nodes_or_one_node() {
         .map(|i| {
             TaskSpec::new("chaos", json!({"ms": 10}))
                 .id(format!("only{i}"))
-                .target(background::model::task::Target::Node("n2".into()))
+                .target(background::Target::Node("n2".into()))
         })
         .collect();
     let ids = s.client.enqueue_all(pinned).await.unwrap();

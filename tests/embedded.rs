@@ -219,7 +219,7 @@ async fn a_running_rust_worker_sees_its_cancellation_token() {
     let started = std::time::Instant::now();
     assert_eq!(
         client.cancel("p1").await.unwrap(),
-        background::store::CancelResult::Requested
+        background::CancelResult::Requested
     );
     let status = eventually(Duration::from_secs(10), "p1 to be cancelled", || async {
         client

@@ -62,7 +62,7 @@ async fn a_task_due_in_two_seconds_runs_between_two_and_three_seconds_later() {
     );
 
     // `--at` with an offset reads the same way.
-    let at = background::decide::times::format_timestamp(background::model::task::now_ms() + 1_500);
+    let at = background::time::format_timestamp(background::time::now_ms() + 1_500);
     ok(
         &redis,
         &["do", "record", "{}", "--at", &at, "--id", "at-time"],
@@ -70,7 +70,7 @@ async fn a_task_due_in_two_seconds_runs_between_two_and_three_seconds_later() {
     .await;
     wait_state(&redis, "at-time", "done").await;
     let started = num(&redis, "at-time", "started").await;
-    let due = background::decide::times::parse_time(&at).unwrap();
+    let due = background::time::parse_time(&at).unwrap();
     assert!(
         started >= due && started < due + 1_000,
         "ran {} ms after its time",

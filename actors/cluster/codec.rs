@@ -7,7 +7,7 @@ use serde::de::DeserializeOwned;
 
 /// Largest message decoded from a peer, in bytes (inbound frames are capped at the transport
 /// too).
-pub const DECODE_LIMIT: usize = 4 << 20;
+pub(crate) const DECODE_LIMIT: usize = 4 << 20;
 
 fn config() -> impl bincode::config::Config {
     bincode::config::standard().with_limit::<DECODE_LIMIT>()
@@ -15,7 +15,7 @@ fn config() -> impl bincode::config::Config {
 
 /// A message that could not be encoded or decoded.
 #[derive(Debug, thiserror::Error)]
-pub enum CodecError {
+pub(crate) enum CodecError {
     /// Encoding failed.
     #[error("cannot encode: {0}")]
     Encode(String),
@@ -25,12 +25,12 @@ pub enum CodecError {
 }
 
 /// Encodes `value`.
-pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, CodecError> {
+pub(crate) fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, CodecError> {
     bincode::serde::encode_to_vec(value, config()).map_err(|e| CodecError::Encode(e.to_string()))
 }
 
 /// Decodes a `T` from `bytes`, refusing trailing bytes and anything over [`DECODE_LIMIT`].
-pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
+pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
     if bytes.len() > DECODE_LIMIT {
         return Err(CodecError::Decode(format!(
             "{} bytes, over the {DECODE_LIMIT}-byte limit",

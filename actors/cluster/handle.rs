@@ -16,13 +16,13 @@ use crate::cluster::wire::{Body, Envelope, PeerMsg};
 use crate::decide::placement::{Load, NodeLoad};
 
 /// How long a request to a peer may take.
-pub const CALL_TIMEOUT: Duration = Duration::from_secs(3);
+pub(crate) const CALL_TIMEOUT: Duration = Duration::from_secs(3);
 /// Largest frame accepted from a peer.
-pub const MAX_FRAME: u64 = 8 << 20;
+pub(crate) const MAX_FRAME: u64 = 8 << 20;
 
 /// A peer as the view shows it.
 #[derive(Debug, Clone, PartialEq)]
-pub struct PeerInfo {
+pub(crate) struct PeerInfo {
     /// Its incarnation.
     pub generation: u64,
     /// Its cluster address.
@@ -35,14 +35,14 @@ pub struct PeerInfo {
 
 /// The peers this node can reach (answering heartbeats), by node id.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct View {
+pub(crate) struct View {
     /// Reachable peers.
     pub peers: BTreeMap<String, PeerInfo>,
 }
 
 /// The shared face of the cluster: the current view, and sending to peers.
 #[derive(Debug)]
-pub struct ClusterHandle {
+pub(crate) struct ClusterHandle {
     node: String,
     view: RwLock<View>,
     own: RwLock<NodeLoad>,
@@ -50,7 +50,7 @@ pub struct ClusterHandle {
 
 impl ClusterHandle {
     /// The handle of node `node`, with an empty view.
-    pub fn new(node: &str) -> ClusterHandle {
+    pub(crate) fn new(node: &str) -> ClusterHandle {
         ClusterHandle {
             node: node.to_owned(),
             view: RwLock::new(View::default()),
@@ -58,33 +58,28 @@ impl ClusterHandle {
         }
     }
 
-    /// This node's id.
-    pub fn node(&self) -> &str {
-        &self.node
-    }
-
     /// This node's load per worker type, as the dispatcher last published it.
-    pub fn own_load(&self) -> NodeLoad {
+    pub(crate) fn own_load(&self) -> NodeLoad {
         self.own.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// Publishes this node's load (the dispatcher does, whenever it changes).
-    pub fn set_own_load(&self, load: NodeLoad) {
+    pub(crate) fn set_own_load(&self, load: NodeLoad) {
         *self.own.write().unwrap_or_else(|e| e.into_inner()) = load;
     }
 
     /// The current view.
-    pub fn view(&self) -> View {
+    pub(crate) fn view(&self) -> View {
         self.view.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// Replaces the view (the membership loop does).
-    pub fn set_view(&self, view: View) {
+    pub(crate) fn set_view(&self, view: View) {
         *self.view.write().unwrap_or_else(|e| e.into_inner()) = view;
     }
 
     /// Reachable peers that offer `worker`, with their load of it (leaving ones excluded).
-    pub fn peers_offering(&self, worker: &str) -> Vec<(String, Load)> {
+    pub(crate) fn peers_offering(&self, worker: &str) -> Vec<(String, Load)> {
         let view = self.view.read().unwrap_or_else(|e| e.into_inner());
         view.peers
             .iter()
@@ -94,7 +89,7 @@ impl ClusterHandle {
     }
 
     /// True when some reachable peer offers `worker`.
-    pub fn offered_by_peer(&self, worker: &str) -> bool {
+    pub(crate) fn offered_by_peer(&self, worker: &str) -> bool {
         !self.peers_offering(worker).is_empty()
     }
 
@@ -106,7 +101,7 @@ impl ClusterHandle {
     }
 
     /// Sends `body` to `node`; false when it cannot be reached.
-    pub fn send(&self, node: &str, body: Body) -> bool {
+    pub(crate) fn send(&self, node: &str, body: Body) -> bool {
         let Some(peer) = Self::peer_ref(node) else {
             return false;
         };
@@ -120,14 +115,19 @@ impl ClusterHandle {
     }
 
     /// Sends `body` to every reachable peer.
-    pub fn broadcast(&self, body: &Body) {
+    pub(crate) fn broadcast(&self, body: &Body) {
         for node in self.view().peers.keys() {
             self.send(node, body.clone());
         }
     }
 
     /// Asks `node` and waits for its answer.
-    pub async fn call(&self, node: &str, body: Body, timeout: Duration) -> Result<Body, String> {
+    pub(crate) async fn call(
+        &self,
+        node: &str,
+        body: Body,
+        timeout: Duration,
+    ) -> Result<Body, String> {
         let peer = Self::peer_ref(node).ok_or_else(|| format!("node {node} is not reachable"))?;
         let bytes = Envelope::new(&self.node, body)
             .to_bytes()
@@ -141,13 +141,13 @@ impl ClusterHandle {
 }
 
 /// The process group of a node's peer actor.
-pub fn group(node: &str) -> String {
+pub(crate) fn group(node: &str) -> String {
     format!("bgnode.peer.{node}")
 }
 
 /// A short, stable hash of the cookie: the gossip cluster id and the Redis cookie check. The
 /// cookie itself is never stored or gossiped.
-pub fn cookie_hash(cookie: &str) -> String {
+pub(crate) fn cookie_hash(cookie: &str) -> String {
     let digest = Sha256::digest(format!("bgnode-cookie-v1:{cookie}").as_bytes());
     digest.iter().take(12).map(|b| format!("{b:02x}")).collect()
 }

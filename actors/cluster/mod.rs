@@ -4,8 +4,8 @@
 //! nodes over; [`handle`] is the view and the way to send to a peer; [`wire`] the versioned
 //! messages, [`codec`] their encoding, [`tls`] the optional TLS of the link.
 
-pub mod codec;
-pub mod handle;
-pub mod membership;
-pub mod tls;
-pub mod wire;
+pub(crate) mod codec;
+pub(crate) mod handle;
+pub(crate) mod membership;
+pub(crate) mod tls;
+pub(crate) mod wire;

@@ -15,7 +15,7 @@ use crate::config::Settings;
 /// A TLS setting that cannot be used.
 #[derive(Debug, thiserror::Error)]
 #[error("TLS: {0}")]
-pub struct TlsError(String);
+pub(crate) struct TlsError(String);
 
 fn certs(settings: &Settings) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let path = &settings.node.tls_cert;
@@ -52,7 +52,7 @@ fn roots(settings: &Settings) -> Result<RootCertStore, TlsError> {
 }
 
 /// The acceptor for incoming cluster connections, when TLS is configured.
-pub fn acceptor(settings: &Settings) -> Result<Option<TlsAcceptor>, TlsError> {
+pub(crate) fn acceptor(settings: &Settings) -> Result<Option<TlsAcceptor>, TlsError> {
     if !settings.tls() {
         return Ok(None);
     }
@@ -67,7 +67,7 @@ pub fn acceptor(settings: &Settings) -> Result<Option<TlsAcceptor>, TlsError> {
 }
 
 /// The connector for outgoing cluster connections, when TLS is configured.
-pub fn connector(settings: &Settings) -> Result<Option<TlsConnector>, TlsError> {
+pub(crate) fn connector(settings: &Settings) -> Result<Option<TlsConnector>, TlsError> {
     if !settings.tls() {
         return Ok(None);
     }

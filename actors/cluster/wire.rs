@@ -12,11 +12,11 @@ use serde::{Deserialize, Serialize};
 use crate::cluster::codec::{CodecError, decode, encode};
 
 /// Version of the messages below.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub(crate) const PROTOCOL_VERSION: u16 = 1;
 
 /// What travels between the peer actors of two nodes.
 #[derive(RactorClusterMessage)]
-pub enum PeerMsg {
+pub(crate) enum PeerMsg {
     /// A one-way message: an encoded [`Envelope`].
     Cast(Vec<u8>),
     /// A request: an encoded [`Envelope`]; the reply is an encoded [`Envelope`] too.
@@ -26,7 +26,7 @@ pub enum PeerMsg {
 
 /// One message with its version and sender.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Envelope {
+pub(crate) struct Envelope {
     /// [`PROTOCOL_VERSION`] of the sender.
     pub version: u16,
     /// The sender's node id.
@@ -37,7 +37,7 @@ pub struct Envelope {
 
 /// A task handed from one node to another (never started, so only its ownership moves).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Handed {
+pub(crate) struct Handed {
     /// Task id.
     pub id: String,
     /// The epoch the sender owns it under: the receiver adopts it only if it is unchanged.
@@ -55,7 +55,7 @@ pub enum ControlOp {
 
 /// The messages.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub enum Body {
+pub(crate) enum Body {
     /// Heartbeat request; answered with [`Body::Pong`].
     Ping,
     /// Heartbeat answer.
@@ -100,7 +100,7 @@ pub enum Body {
 
 impl Envelope {
     /// A message from `from`.
-    pub fn new(from: &str, body: Body) -> Envelope {
+    pub(crate) fn new(from: &str, body: Body) -> Envelope {
         Envelope {
             version: PROTOCOL_VERSION,
             from: from.to_owned(),
@@ -109,12 +109,12 @@ impl Envelope {
     }
 
     /// Encodes the envelope.
-    pub fn to_bytes(&self) -> Result<Vec<u8>, CodecError> {
+    pub(crate) fn to_bytes(&self) -> Result<Vec<u8>, CodecError> {
         encode(self)
     }
 
     /// Decodes an envelope, refusing another protocol version.
-    pub fn from_bytes(bytes: &[u8]) -> Result<Envelope, CodecError> {
+    pub(crate) fn from_bytes(bytes: &[u8]) -> Result<Envelope, CodecError> {
         let env: Envelope = decode(bytes)?;
         if env.version != PROTOCOL_VERSION {
             return Err(CodecError::Decode(format!(

@@ -7,7 +7,7 @@ use std::time::Duration;
 /// Retry backoff: `base * 2^(attempt-1)`, capped, with "equal jitter": half of it fixed, half
 /// random. Delays therefore grow with the attempt while never synchronising retries.
 /// `unit` is a number in `[0, 1)` (the jitter draw).
-pub fn backoff(attempt: u32, base: Duration, cap: Duration, unit: f64) -> Duration {
+pub(crate) fn backoff(attempt: u32, base: Duration, cap: Duration, unit: f64) -> Duration {
     let exp = attempt.saturating_sub(1).min(30);
     let full = base.saturating_mul(1u32 << exp).min(cap);
     full / 2 + full.mul_f64(unit.clamp(0.0, 1.0) / 2.0)
@@ -18,7 +18,7 @@ pub fn backoff(attempt: u32, base: Duration, cap: Duration, unit: f64) -> Durati
 /// The key is hashed with SHA-256 and the first 53 bits of the digest become the fraction, so
 /// the draw is the same on every node, build and platform: a retry keyed `"{id}:{attempt}"` gets
 /// the same delay whichever node computes it, while different tasks and attempts spread out.
-pub fn jitter(key: &str) -> f64 {
+pub(crate) fn jitter(key: &str) -> f64 {
     let digest = Sha256::digest(key.as_bytes());
     let mut first = [0u8; 8];
     first.copy_from_slice(&digest[..8]);
@@ -39,7 +39,7 @@ pub fn jitter(key: &str) -> f64 {
 /// assert_eq!(delay.next_delay(), Duration::from_millis(100));
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Backoff {
+pub(crate) struct Backoff {
     first: Duration,
     cap: Duration,
     current: Duration,
@@ -49,7 +49,7 @@ pub struct Backoff {
 impl Backoff {
     /// Delays that start at `first` and double up to `cap`. A `first` above `cap` is lowered to
     /// `cap`; a zero `first` never grows.
-    pub fn new(first: Duration, cap: Duration) -> Backoff {
+    pub(crate) fn new(first: Duration, cap: Duration) -> Backoff {
         let first = first.min(cap);
         Backoff {
             first,
@@ -60,7 +60,7 @@ impl Backoff {
     }
 
     /// The delay to wait now; the one after it is twice as long, up to the cap.
-    pub fn next_delay(&mut self) -> Duration {
+    pub(crate) fn next_delay(&mut self) -> Duration {
         let now = self.current;
         self.current = self.current.saturating_mul(2).min(self.cap);
         self.failures = self.failures.saturating_add(1);
@@ -68,18 +68,18 @@ impl Backoff {
     }
 
     /// The delay [`Backoff::next_delay`] will return, without advancing.
-    pub fn peek(&self) -> Duration {
+    pub(crate) fn peek(&self) -> Duration {
         self.current
     }
 
     /// How many delays were handed out since the start or the last reset: 0 means the coming
     /// failure is the first one, which is the one worth logging.
-    pub fn failures(&self) -> u32 {
+    pub(crate) fn failures(&self) -> u32 {
         self.failures
     }
 
     /// Starts again from the first delay (after a success).
-    pub fn reset(&mut self) {
+    pub(crate) fn reset(&mut self) {
         self.current = self.first;
         self.failures = 0;
     }

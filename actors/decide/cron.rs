@@ -201,7 +201,7 @@ pub enum Missed {
 
 /// The decision for a template that came due at `due`: fire the occurrence `due`, and schedule
 /// the next one at `next` (`None`: the schedule has no further occurrence).
-pub fn advance(rec: &Recurrence, due: u64, now: u64, missed: Missed) -> Option<u64> {
+pub(crate) fn advance(rec: &Recurrence, due: u64, now: u64, missed: Missed) -> Option<u64> {
     let next = rec.next_after(due)?;
     match missed {
         Missed::All => Some(next),
@@ -219,7 +219,7 @@ pub fn advance(rec: &Recurrence, due: u64, now: u64, missed: Missed) -> Option<u
 
 /// The id of the occurrence of template `template` due at `due`: the same on every node, so
 /// an occurrence can be created only once.
-pub fn occurrence_id(template: &str, due: u64) -> String {
+pub(crate) fn occurrence_id(template: &str, due: u64) -> String {
     format!("{template}@{due}")
 }
 

@@ -8,11 +8,11 @@ use crate::model::task::TaskSpec;
 
 /// The due time of a recurring template whose schedule never matches again (a cron
 /// expression such as `0 0 30 2 *`): it stays in the scheduled set and never fires.
-pub const NEVER: u64 = u64::MAX / 2;
+pub(crate) const NEVER: u64 = u64::MAX / 2;
 
 /// When a task stored now first comes due, and its deadline.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct FirstRun {
+pub(crate) struct FirstRun {
     /// When it is due (Unix ms); `None`: it may run at once. A recurring template always has
     /// one: its first occurrence, or [`NEVER`].
     pub due: Option<u64>,
@@ -27,7 +27,7 @@ pub struct FirstRun {
 /// has passed or none was given. A recurring template's first occurrence is the time given, even
 /// a past one (it fires at once); else `now` for an interval and the next match after `now` for
 /// a cron expression.
-pub fn first_run(spec: &TaskSpec, now: u64) -> FirstRun {
+pub(crate) fn first_run(spec: &TaskSpec, now: u64) -> FirstRun {
     let ms = |d: Duration| d.as_millis() as u64;
     let given = spec.run_at.or_else(|| spec.delay.map(|d| now + ms(d)));
     match &spec.repeat {

@@ -12,7 +12,7 @@ use crate::model::task::TaskState;
 
 /// What happens to a completion.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verdict {
+pub(crate) enum Verdict {
     /// The writer still owns the task: write the result.
     Apply,
     /// The task moved on (failed over, handed back): refuse and count a stale duplicate.
@@ -24,7 +24,11 @@ pub enum Verdict {
 }
 
 /// Judges a completion carrying `carried` against the stored `epoch` and `state`.
-pub fn judge(stored_epoch: Option<u64>, stored_state: Option<TaskState>, carried: u64) -> Verdict {
+pub(crate) fn judge(
+    stored_epoch: Option<u64>,
+    stored_state: Option<TaskState>,
+    carried: u64,
+) -> Verdict {
     match stored_epoch {
         None => Verdict::Gone,
         Some(epoch) if epoch != carried => Verdict::Stale,
@@ -35,7 +39,7 @@ pub fn judge(stored_epoch: Option<u64>, stored_state: Option<TaskState>, carried
 
 /// The cases both the Rust rule and the Lua script are checked against:
 /// (stored epoch, stored state, carried epoch, verdict).
-pub const CASES: &[(Option<u64>, Option<TaskState>, u64, Verdict)] = &[
+pub(crate) const CASES: &[(Option<u64>, Option<TaskState>, u64, Verdict)] = &[
     (Some(1), Some(TaskState::Running), 1, Verdict::Apply),
     (Some(1), Some(TaskState::Queued), 1, Verdict::Apply),
     (Some(2), Some(TaskState::Running), 1, Verdict::Stale),

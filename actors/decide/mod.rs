@@ -1,11 +1,12 @@
 //! Pure decisions, free of I/O: each is a plain function or struct with unit tests.
 
-pub mod backoff;
-pub mod cron;
-pub mod due;
-pub mod fencing;
-pub mod outcome;
-pub mod placement;
-pub mod policy;
-pub mod restart;
-pub mod times;
+pub(crate) mod backoff;
+pub(crate) mod cron;
+pub(crate) mod due;
+#[cfg(test)]
+pub(crate) mod fencing;
+pub(crate) mod outcome;
+pub(crate) mod placement;
+pub(crate) mod policy;
+pub(crate) mod restart;
+pub(crate) mod times;

@@ -34,11 +34,11 @@ impl Load {
 }
 
 /// Loads of every worker type of one node.
-pub type NodeLoad = BTreeMap<String, Load>;
+pub(crate) type NodeLoad = BTreeMap<String, Load>;
 
 /// Where a wake should go.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Target {
+pub(crate) enum Target {
     /// This node.
     Local,
     /// That peer.
@@ -48,7 +48,7 @@ pub enum Target {
 }
 
 /// A source of random indexes (so tests can be deterministic).
-pub trait Pick {
+pub(crate) trait Pick {
     /// A number in `0..n` (`n > 0`).
     fn below(&mut self, n: usize) -> usize;
 }
@@ -73,7 +73,7 @@ fn two(n: usize, pick: &mut impl Pick) -> (usize, usize) {
 
 /// Decides where a wake for a worker goes. `local` is this node's load of that worker (`None`
 /// when it does not offer it); `peers` those of the peers that offer it.
-pub fn place(local: Option<Load>, peers: &[(String, Load)], pick: &mut impl Pick) -> Target {
+pub(crate) fn place(local: Option<Load>, peers: &[(String, Load)], pick: &mut impl Pick) -> Target {
     let Some(local) = local else {
         if peers.is_empty() {
             return Target::Nowhere;
@@ -107,7 +107,7 @@ pub fn place(local: Option<Load>, peers: &[(String, Load)], pick: &mut impl Pick
 }
 
 /// For an idle `local` lane, the peer to steal from and how many tasks to ask for.
-pub fn steal_from(
+pub(crate) fn steal_from(
     local: Load,
     peers: &[(String, Load)],
     pick: &mut impl Pick,

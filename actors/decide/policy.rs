@@ -10,7 +10,7 @@ use crate::model::task::{Outcome, Retry, TaskState};
 
 /// Retry settings resolved for one task (task, else worker, else `[workers]`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RetryPolicy {
+pub(crate) struct RetryPolicy {
     /// Maximum attempts.
     pub attempts: u32,
     /// Backoff of the first retry.
@@ -21,7 +21,7 @@ pub struct RetryPolicy {
 
 /// The transition an attempt leads to.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Settle {
+pub(crate) enum Settle {
     /// Finished with a result.
     Done(Value),
     /// Run again at `at` (Unix ms).
@@ -49,7 +49,7 @@ pub enum Settle {
 
 impl Settle {
     /// The state this transition stores.
-    pub fn state(&self) -> TaskState {
+    pub(crate) fn state(&self) -> TaskState {
         match self {
             Settle::Done(_) => TaskState::Done,
             Settle::Retry { .. } => TaskState::Retrying,
@@ -59,21 +59,17 @@ impl Settle {
             Settle::Expired => TaskState::Expired,
         }
     }
-
-    /// The error of a failed attempt, if this transition is one.
-    pub fn error(&self) -> Option<&str> {
-        match self {
-            Settle::Retry { error, .. } | Settle::Dead { error } | Settle::Failed { error } => {
-                Some(error)
-            }
-            _ => None,
-        }
-    }
 }
 
 /// Decides what `outcome` of attempt number `attempt` leads to at time `now` (Unix ms), with
 /// `unit` the jitter draw in `[0, 1)`.
-pub fn settle(outcome: Outcome, attempt: u32, policy: &RetryPolicy, now: u64, unit: f64) -> Settle {
+pub(crate) fn settle(
+    outcome: Outcome,
+    attempt: u32,
+    policy: &RetryPolicy,
+    now: u64,
+    unit: f64,
+) -> Settle {
     match outcome {
         Outcome::Done(v) => Settle::Done(v),
         Outcome::Cancelled => Settle::Cancelled,

@@ -380,7 +380,7 @@ fn read_offset(word: &str) -> Option<Offset> {
 }
 
 /// Serde support for durations written as human strings or as integer seconds.
-pub mod serde_human {
+pub(crate) mod serde_human {
     use super::{format_duration, parse_duration};
     use serde::{Deserialize, Deserializer, Serializer, de::Error};
     use std::time::Duration;
@@ -393,7 +393,7 @@ pub mod serde_human {
     }
 
     /// Reads `"90s"`, `"10 minutes"` or `90`.
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         match Raw::deserialize(d)? {
             Raw::Secs(s) => Ok(Duration::from_secs(s)),
             Raw::Text(t) => parse_duration(&t).map_err(D::Error::custom),
@@ -401,7 +401,7 @@ pub mod serde_human {
     }
 
     /// Writes the short human form.
-    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    pub(crate) fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&format_duration(*d))
     }
 }

@@ -1,10 +1,10 @@
 //! The node's actors and what only they use.
 
-pub mod control;
-pub mod dispatcher;
-pub mod ingress;
-pub mod peer;
-pub mod pool;
-pub mod saver;
-pub mod scheduler;
-pub mod supervisor;
+pub(crate) mod control;
+pub(crate) mod dispatcher;
+pub(crate) mod ingress;
+pub(crate) mod peer;
+pub(crate) mod pool;
+pub(crate) mod saver;
+pub(crate) mod scheduler;
+pub(crate) mod supervisor;

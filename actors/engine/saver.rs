@@ -23,12 +23,12 @@ use crate::decide::backoff::Backoff;
 use crate::store::{Store, WriteOp, WriteResult};
 
 /// The saver actor: owns the flusher task that drains the write queue.
-pub struct Saver;
+pub(crate) struct Saver;
 
 /// The write queue. It belongs to the supervisor and outlives saver restarts, so a write handed
 /// to it is never lost to a crash of the saver; every actor that writes holds a clone.
 #[derive(Clone)]
-pub struct SaverHandle {
+pub(crate) struct SaverHandle {
     shared: Arc<Shared>,
 }
 
@@ -54,7 +54,7 @@ impl Default for SaverHandle {
 
 impl SaverHandle {
     /// Queues a durable write.
-    pub fn write(&self, op: WriteOp) {
+    pub(crate) fn write(&self, op: WriteOp) {
         lock(&self.shared.batch).push(op);
         self.shared.pushed.fetch_add(1, Ordering::SeqCst);
         self.shared.wake.notify_one();
@@ -62,7 +62,7 @@ impl SaverHandle {
 
     /// Waits until every write queued before this call is in Redis, at most `timeout`.
     /// Returns false on timeout.
-    pub async fn flush(&self, timeout: Duration) -> bool {
+    pub(crate) async fn flush(&self, timeout: Duration) -> bool {
         let target = self.shared.pushed.load(Ordering::SeqCst);
         let mut written = self.shared.written.subscribe();
         tokio::time::timeout(timeout, written.wait_for(|w| *w >= target))
@@ -71,13 +71,13 @@ impl SaverHandle {
     }
 
     /// Writes queued and not yet in Redis.
-    pub fn backlog(&self) -> u64 {
+    pub(crate) fn backlog(&self) -> u64 {
         self.shared.pushed.load(Ordering::SeqCst) - *self.shared.written.borrow()
     }
 }
 
 /// What the saver needs.
-pub struct SaverArgs {
+pub(crate) struct SaverArgs {
     /// The queue it drains.
     pub handle: SaverHandle,
     /// The store.
@@ -87,12 +87,12 @@ pub struct SaverArgs {
 }
 
 /// The saver's state.
-pub struct SaverState {
+pub(crate) struct SaverState {
     flusher: JoinHandle<()>,
 }
 
 /// Messages to the saver.
-pub enum SaverMsg {
+pub(crate) enum SaverMsg {
     /// The flusher task ended unexpectedly: fail, so the supervisor restarts the saver.
     FlusherDied(String),
 }
@@ -205,7 +205,7 @@ fn report(ops: &[WriteOp], results: &[WriteResult]) {
 
 /// The queue of writes, in order, with starts that a later finish has absorbed left as holes.
 #[derive(Debug, Default)]
-pub struct Batch {
+pub(crate) struct Batch {
     ops: VecDeque<Option<WriteOp>>,
     /// Position (counted from the first op ever pushed) of each start not yet taken.
     starts: HashMap<(String, u64), u64>,
@@ -215,7 +215,7 @@ pub struct Batch {
 
 impl Batch {
     /// Queues a write, folding a finish into its own queued start.
-    pub fn push(&mut self, mut op: WriteOp) {
+    pub(crate) fn push(&mut self, mut op: WriteOp) {
         match &mut op {
             WriteOp::Start { id, epoch, .. } => {
                 let pos = self.base + self.ops.len() as u64;
@@ -241,7 +241,7 @@ impl Batch {
 
     /// Takes up to `max` writes in order. Returns them and how many queue entries they account
     /// for (absorbed starts included), for flush bookkeeping.
-    pub fn take(&mut self, max: usize) -> (Vec<WriteOp>, usize) {
+    pub(crate) fn take(&mut self, max: usize) -> (Vec<WriteOp>, usize) {
         let mut out = Vec::new();
         let mut taken = 0;
         while out.len() < max {
@@ -260,13 +260,9 @@ impl Batch {
         (out, taken)
     }
 
-    /// Number of queued entries.
-    pub fn len(&self) -> usize {
-        self.ops.len()
-    }
-
     /// True when nothing is queued.
-    pub fn is_empty(&self) -> bool {
+    #[cfg(test)]
+    fn is_empty(&self) -> bool {
         self.ops.is_empty()
     }
 }

@@ -20,7 +20,7 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
 use crate::decide::backoff::Backoff;
-use crate::decide::cron::{Cron, Missed, Recurrence, advance};
+use crate::decide::cron::{Cron, Missed, Recurrence, advance, occurrence_id};
 use crate::model::task::now_ms;
 use crate::store::{DueTemplate, Store};
 use crate::wiring::watch_task;
@@ -147,7 +147,7 @@ async fn occur(
     };
     let next = advance(&rec, t.due, now, ctx.missed);
     if ctx.store.occur(&t.id, t.due, next, now).await? {
-        tracing::debug!(template = %t.id, due = t.due, ?next, "fired an occurrence");
+        tracing::debug!(occurrence = %occurrence_id(&t.id, t.due), ?next, "fired an occurrence");
     }
     Ok(())
 }

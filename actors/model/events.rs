@@ -19,12 +19,12 @@ fn base(kind: &str, task: &Task, node: &str, at: u64) -> Value {
 }
 
 /// `started`: an attempt began.
-pub fn started(task: &Task, node: &str, at: u64) -> String {
+pub(crate) fn started(task: &Task, node: &str, at: u64) -> String {
     base("started", task, node, at).to_string()
 }
 
 /// `error`: an attempt failed (followed by `retry` or `dead`, or final as state `failed`).
-pub fn error(task: &Task, node: &str, error: &str, at: u64) -> String {
+pub(crate) fn error(task: &Task, node: &str, error: &str, at: u64) -> String {
     let mut e = base("error", task, node, at);
     e["error"] = json!(error);
     e.to_string()
@@ -32,7 +32,7 @@ pub fn error(task: &Task, node: &str, error: &str, at: u64) -> String {
 
 /// The event of a transition: `done`, `retry`, `dead`, `error` (failed without retry),
 /// `cancelled` or `expired`. For a final state it is also the reply a waiting caller receives.
-pub fn transition(task: &Task, node: &str, settle: &Settle, at: u64) -> String {
+pub(crate) fn transition(task: &Task, node: &str, settle: &Settle, at: u64) -> String {
     let mut e = match settle {
         Settle::Done(result) => {
             let mut e = base("done", task, node, at);
@@ -67,7 +67,7 @@ pub fn transition(task: &Task, node: &str, settle: &Settle, at: u64) -> String {
 }
 
 /// `rejected`: a channel message was refused.
-pub fn rejected(rejection: &Rejection, node: &str) -> String {
+pub(crate) fn rejected(rejection: &Rejection, node: &str) -> String {
     json!({
         "event": "rejected", "reason": rejection.reason, "id": rejection.id,
         "worker": rejection.worker, "excerpt": rejection.excerpt, "node": node, "ts": now_ms(),
@@ -77,7 +77,7 @@ pub fn rejected(rejection: &Rejection, node: &str) -> String {
 
 /// How a task ended, read back from its final event (a reply).
 #[derive(Debug, Clone, PartialEq)]
-pub enum Ending {
+pub(crate) enum Ending {
     /// `done`, with the result.
     Done(Value),
     /// Any other final event: its kind (`error`, `dead`, `cancelled`, `expired`) and message.
@@ -90,7 +90,7 @@ pub enum Ending {
 }
 
 /// Reads a final event (a reply).
-pub fn ending_of(event: &str) -> Option<Ending> {
+pub(crate) fn ending_of(event: &str) -> Option<Ending> {
     let v: Value = serde_json::from_str(event).ok()?;
     let kind = v.get("event")?.as_str()?;
     Some(match kind {

@@ -1,6 +1,6 @@
 //! The task model and the formats tasks travel in.
 
-pub mod envelope;
-pub mod events;
-pub mod names;
-pub mod task;
+pub(crate) mod envelope;
+pub(crate) mod events;
+pub(crate) mod names;
+pub(crate) mod task;

@@ -7,7 +7,7 @@
 use std::fmt;
 
 /// Longest worker name accepted.
-pub const MAX_NAME_LEN: usize = 64;
+pub(crate) const MAX_NAME_LEN: usize = 64;
 
 /// Why a worker name was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,7 +55,7 @@ fn describe(ch: char) -> String {
 }
 
 /// Checks a worker name against the allowlist.
-pub fn validate_worker_name(name: &str) -> Result<(), NameError> {
+pub(crate) fn validate_worker_name(name: &str) -> Result<(), NameError> {
     if name.is_empty() {
         return Err(NameError::Empty);
     }
@@ -76,7 +76,7 @@ pub fn validate_worker_name(name: &str) -> Result<(), NameError> {
 
 /// An escaped prefix of `text`, at most `max` characters once escaped (then `…`), safe to print
 /// in a log or an error.
-pub fn shorten(text: &str, max: usize) -> String {
+pub(crate) fn shorten(text: &str, max: usize) -> String {
     let mut out = String::new();
     let mut len = 0;
     for ch in text.chars() {

@@ -13,82 +13,78 @@ use crate::decide::cron::Recurrence;
 use crate::model::names::{NameError, validate_worker_name};
 
 /// Lowest accepted priority.
-pub const MIN_PRIORITY: i32 = -100;
+pub(crate) const MIN_PRIORITY: i32 = -100;
 /// Highest accepted priority.
-pub const MAX_PRIORITY: i32 = 100;
+pub(crate) const MAX_PRIORITY: i32 = 100;
 /// Most attempts a task may ask for.
-pub const MAX_ATTEMPTS: u32 = 100;
+pub(crate) const MAX_ATTEMPTS: u32 = 100;
 /// Longest client-chosen task id, key or result key.
-pub const MAX_ID_LEN: usize = 128;
+pub(crate) const MAX_ID_LEN: usize = 128;
 /// Shortest interval of a recurring task.
-pub const MIN_INTERVAL: Duration = Duration::from_secs(1);
+pub(crate) const MIN_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Field names of the task hash.
-pub mod field {
+pub(crate) mod field {
     /// Task id.
-    pub const ID: &str = "id";
+    pub(crate) const ID: &str = "id";
     /// Worker name.
-    pub const WORKER: &str = "worker";
+    pub(crate) const WORKER: &str = "worker";
     /// Arguments, JSON text.
-    pub const ARGS: &str = "args";
+    pub(crate) const ARGS: &str = "args";
     /// Priority, higher runs first.
-    pub const PRIORITY: &str = "priority";
+    pub(crate) const PRIORITY: &str = "priority";
     /// Maximum number of attempts (0: the worker's default).
-    pub const ATTEMPTS: &str = "attempts";
+    pub(crate) const ATTEMPTS: &str = "attempts";
     /// The latest attempt that started (0 before the first run).
-    pub const ATTEMPT: &str = "attempt";
+    pub(crate) const ATTEMPT: &str = "attempt";
     /// Run-time limit in milliseconds (0: the worker's default).
-    pub const TIMEOUT: &str = "timeout";
+    pub(crate) const TIMEOUT: &str = "timeout";
     /// Retry backoff base in milliseconds (absent: the worker's default).
-    pub const BACKOFF: &str = "backoff";
+    pub(crate) const BACKOFF: &str = "backoff";
     /// Retry backoff cap in milliseconds (absent: the worker's default).
-    pub const BACKOFF_CAP: &str = "backoff_cap";
+    pub(crate) const BACKOFF_CAP: &str = "backoff_cap";
     /// `1` when a caller waits on the reply list.
-    pub const REPLY: &str = "reply";
+    pub(crate) const REPLY: &str = "reply";
     /// Lifecycle state, see [`super::TaskState`].
-    pub const STATE: &str = "state";
+    pub(crate) const STATE: &str = "state";
     /// Owning node id (empty while not on a node).
-    pub const NODE: &str = "node";
+    pub(crate) const NODE: &str = "node";
     /// Fencing token, bumped on every change of owner.
-    pub const EPOCH: &str = "epoch";
+    pub(crate) const EPOCH: &str = "epoch";
     /// Result, JSON text.
-    pub const RESULT: &str = "result";
+    pub(crate) const RESULT: &str = "result";
     /// Error message (of the latest failed attempt).
-    pub const ERROR: &str = "error";
+    pub(crate) const ERROR: &str = "error";
     /// Creation time, Unix milliseconds.
-    pub const CREATED: &str = "created";
+    pub(crate) const CREATED: &str = "created";
     /// Start of the latest attempt, Unix milliseconds.
-    pub const STARTED: &str = "started";
+    pub(crate) const STARTED: &str = "started";
     /// End of the task, Unix milliseconds.
-    pub const FINISHED: &str = "finished";
-    /// Completions rejected by fencing (stale duplicates).
-    pub const STALE: &str = "stale";
+    pub(crate) const FINISHED: &str = "finished";
     /// When a delayed task is due, or a recurring template's next occurrence.
-    pub const RUN_AT: &str = "run_at";
+    pub(crate) const RUN_AT: &str = "run_at";
     /// Interval of a recurring template, in milliseconds.
-    pub const EVERY: &str = "every";
+    pub(crate) const EVERY: &str = "every";
     /// Cron expression of a recurring template.
-    pub const CRON: &str = "cron";
+    pub(crate) const CRON: &str = "cron";
     /// Must have started by this time (Unix ms), else it expires.
-    pub const DEADLINE: &str = "deadline";
+    pub(crate) const DEADLINE: &str = "deadline";
     /// Deadline of each occurrence of a template, relative to its due time (ms).
-    pub const DEADLINE_IN: &str = "deadline_in";
+    pub(crate) const DEADLINE_IN: &str = "deadline_in";
     /// Per-key limit group.
-    pub const KEY: &str = "key";
+    pub(crate) const KEY: &str = "key";
     /// The limit of that key when the task was accepted.
-    pub const KEY_LIMIT: &str = "klimit";
+    pub(crate) const KEY_LIMIT: &str = "klimit";
     /// Name under which the result is also stored.
-    pub const RESULT_KEY: &str = "result_key";
+    pub(crate) const RESULT_KEY: &str = "result_key";
     /// The template an occurrence came from.
-    pub const TEMPLATE: &str = "template";
+    pub(crate) const TEMPLATE: &str = "template";
     /// When a retrying task runs again (Unix ms).
-    pub const RETRY_AT: &str = "retry_at";
-    /// `1` when cancellation was requested while a node held the task.
-    pub const CANCEL: &str = "cancel";
+    pub(crate) const RETRY_AT: &str = "retry_at";
     /// Where the task may run: absent or `any`, `all`, `node:<id>`.
-    pub const TARGET: &str = "target";
+    pub(crate) const TARGET: &str = "target";
     /// The broadcast an occurrence belongs to.
-    pub const PARENT: &str = "parent";
+    pub(crate) const PARENT: &str = "parent";
 }
 
 /// Where a task may run (BackgrounDRb's `:host`).
@@ -455,7 +451,7 @@ pub enum SpecError {
 }
 
 /// Checks a client-chosen id, key or result key: `[A-Za-z0-9_.:-]`, 1 to 128 characters.
-pub fn validate_token(field: &'static str, text: &str) -> Result<(), SpecError> {
+pub(crate) fn validate_token(field: &'static str, text: &str) -> Result<(), SpecError> {
     let bad = |reason: String| SpecError::Field { field, reason };
     if text.is_empty() {
         return Err(bad("is empty".into()));
@@ -480,7 +476,7 @@ pub fn validate_token(field: &'static str, text: &str) -> Result<(), SpecError> 
 }
 
 /// Checks a client-chosen task id.
-pub fn validate_task_id(id: &str) -> Result<(), SpecError> {
+pub(crate) fn validate_task_id(id: &str) -> Result<(), SpecError> {
     validate_token("id", id)
 }
 

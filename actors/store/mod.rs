@@ -32,12 +32,12 @@ mod timers;
 mod views;
 mod writes;
 
-pub use keys::Keys;
-pub use members::Lease;
+pub(crate) use keys::Keys;
+pub(crate) use members::Lease;
 pub use tasks::{Accepted, CancelResult, RetryResult};
-pub use timers::DueTemplate;
+pub(crate) use timers::DueTemplate;
 pub use views::{Overview, TaskRow};
-pub use writes::{WriteOp, WriteResult};
+pub(crate) use writes::{WriteOp, WriteResult};
 
 /// A store error: Redis unreachable or answering something unexpected.
 #[derive(Debug, thiserror::Error)]
@@ -51,11 +51,11 @@ pub enum StoreError {
 }
 
 /// Result of store operations.
-pub type StoreResult<T> = Result<T, StoreError>;
+pub(crate) type StoreResult<T> = Result<T, StoreError>;
 
 /// Most tasks or writes in one script call: one call per task costs Redis a call's overhead
 /// each, and one call for a whole batch would hold Redis up for every other client meanwhile.
-pub const SCRIPT_CHUNK: usize = 32;
+pub(crate) const SCRIPT_CHUNK: usize = 32;
 
 macro_rules! lua {
     ($file:literal) => {
@@ -239,3 +239,6 @@ impl Store {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests;

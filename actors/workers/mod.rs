@@ -1,6 +1,6 @@
 //! The worker types a node offers: Rust workers, script workers, and the registry of both.
 
-pub mod eval;
-pub mod registry;
-pub mod rust;
-pub mod script;
+pub(crate) mod eval;
+pub(crate) mod registry;
+pub(crate) mod rust;
+pub(crate) mod script;

@@ -20,7 +20,7 @@ use crate::workers::script::{CANCEL_GRACE, ScriptRun, run_script, scan_dir};
 
 /// How a worker runs.
 #[derive(Clone)]
-pub enum WorkerKind {
+pub(crate) enum WorkerKind {
     /// A Rust worker in this process.
     Rust(SharedWorker),
     /// An executable in the workers folder (canonical path).
@@ -38,7 +38,7 @@ impl std::fmt::Debug for WorkerKind {
 
 /// One worker type on this node.
 #[derive(Debug, Clone)]
-pub struct WorkerEntry {
+pub(crate) struct WorkerEntry {
     /// Name.
     pub name: String,
     /// How it runs.
@@ -53,7 +53,7 @@ pub struct WorkerEntry {
 
 /// The worker types a node offers.
 #[derive(Debug, Clone, Default)]
-pub struct Registry {
+pub(crate) struct Registry {
     entries: BTreeMap<String, WorkerEntry>,
     /// The canonical workers folder, when it exists.
     pub dir: Option<PathBuf>,
@@ -64,7 +64,10 @@ pub struct Registry {
 impl Registry {
     /// Builds the registry from the built-ins, `rust` workers and the scripts folder.
     /// Rust workers take precedence over built-ins and scripts of the same name.
-    pub fn build(rust: &[(String, SharedWorker, WorkerOptions)], settings: &Settings) -> Registry {
+    pub(crate) fn build(
+        rust: &[(String, SharedWorker, WorkerOptions)],
+        settings: &Settings,
+    ) -> Registry {
         let mut reg = Registry::default();
         let defaults = WorkerOptions::default();
         for (name, worker) in builtin::all() {
@@ -120,31 +123,31 @@ impl Registry {
     }
 
     /// Logs what is worth a warning (skipped scripts, shadowed names).
-    pub fn log_notes(&self) {
+    pub(crate) fn log_notes(&self) {
         for note in &self.notes {
             tracing::warn!("{note}");
         }
     }
 
     /// The worker named `name`.
-    pub fn get(&self, name: &str) -> Option<&WorkerEntry> {
+    pub(crate) fn get(&self, name: &str) -> Option<&WorkerEntry> {
         self.entries.get(name)
     }
 
     /// Every worker, by name.
-    pub fn entries(&self) -> impl Iterator<Item = &WorkerEntry> {
+    pub(crate) fn entries(&self) -> impl Iterator<Item = &WorkerEntry> {
         self.entries.values()
     }
 
     /// Worker names, sorted.
-    pub fn names(&self) -> Vec<String> {
+    pub(crate) fn names(&self) -> Vec<String> {
         self.entries.keys().cloned().collect()
     }
 }
 
 /// Everything an attempt needs besides the task.
 #[derive(Debug, Clone)]
-pub struct RunEnv {
+pub(crate) struct RunEnv {
     /// This node's id.
     pub node: String,
     /// The canonical workers folder (scripts run there).
@@ -155,7 +158,7 @@ pub struct RunEnv {
 
 impl WorkerEntry {
     /// The retry policy of `task`: the task's own settings, else this worker's.
-    pub fn retry_policy(&self, task: &Task) -> RetryPolicy {
+    pub(crate) fn retry_policy(&self, task: &Task) -> RetryPolicy {
         RetryPolicy {
             attempts: task.attempts.unwrap_or(self.retry.attempts),
             base: task.backoff.unwrap_or(self.retry.base),
@@ -228,7 +231,7 @@ impl LiveRegistry {
 
 /// Runs one attempt of `task` with `entry`. A panic in a Rust worker propagates to the caller
 /// (the worker actor), which turns it into a failed attempt and is restarted.
-pub async fn run_attempt(
+pub(crate) async fn run_attempt(
     entry: &WorkerEntry,
     task: &Task,
     env: &RunEnv,

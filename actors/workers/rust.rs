@@ -179,14 +179,14 @@ impl WorkerOptions {
 }
 
 /// A shareable worker.
-pub type SharedWorker = Arc<dyn Worker>;
+pub(crate) type SharedWorker = Arc<dyn Worker>;
 
 /// Workers every node offers, for smoke tests and benchmarks.
-pub mod builtin {
+pub(crate) mod builtin {
     use super::*;
 
     /// `bg-noop`: returns `null` at once. The benchmark worker.
-    pub struct Noop;
+    pub(crate) struct Noop;
 
     #[async_trait]
     impl Worker for Noop {
@@ -196,7 +196,7 @@ pub mod builtin {
     }
 
     /// `bg-echo`: returns its arguments.
-    pub struct Echo;
+    pub(crate) struct Echo;
 
     #[async_trait]
     impl Worker for Echo {
@@ -206,7 +206,7 @@ pub mod builtin {
     }
 
     /// `bg-sleep`: waits `{"ms": N}` milliseconds (at most an hour), then returns `{"slept_ms": N}`.
-    pub struct Sleep;
+    pub(crate) struct Sleep;
 
     #[async_trait]
     impl Worker for Sleep {
@@ -221,7 +221,7 @@ pub mod builtin {
     }
 
     /// The built-in workers by name.
-    pub fn all() -> Vec<(&'static str, SharedWorker)> {
+    pub(crate) fn all() -> Vec<(&'static str, SharedWorker)> {
         vec![
             ("bg-noop", Arc::new(Noop)),
             ("bg-echo", Arc::new(Echo)),

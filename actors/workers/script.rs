@@ -25,14 +25,14 @@ use crate::model::task::Outcome;
 use tokio_util::sync::CancellationToken;
 
 /// How long a cancelled attempt may take to stop before it is dropped (Rust) or killed (script).
-pub const CANCEL_GRACE: Duration = Duration::from_secs(5);
+pub(crate) const CANCEL_GRACE: Duration = Duration::from_secs(5);
 
 /// How much of stderr is kept for the error message.
-pub const STDERR_TAIL: usize = 2048;
+pub(crate) const STDERR_TAIL: usize = 2048;
 
 /// What scanning the workers folder found.
 #[derive(Debug, Default)]
-pub struct Scan {
+pub(crate) struct Scan {
     /// Runnable scripts by worker name, with canonical paths.
     pub found: BTreeMap<String, PathBuf>,
     /// Files that were not taken, with the reason (for the log).
@@ -40,7 +40,7 @@ pub struct Scan {
 }
 
 /// Scans `dir` for script workers.
-pub fn scan_dir(dir: &Path) -> std::io::Result<Scan> {
+pub(crate) fn scan_dir(dir: &Path) -> std::io::Result<Scan> {
     let root = dir.canonicalize()?;
     let mut scan = Scan::default();
     let mut seen: BTreeMap<String, Vec<PathBuf>> = BTreeMap::new();
@@ -105,7 +105,7 @@ pub fn scan_dir(dir: &Path) -> std::io::Result<Scan> {
 
 /// One run of a script.
 #[derive(Debug, Clone)]
-pub struct ScriptRun<'a> {
+pub(crate) struct ScriptRun<'a> {
     /// Canonical path of the executable.
     pub path: &'a Path,
     /// The workers folder (working directory and `BG_DIR`).
@@ -154,7 +154,7 @@ impl Drop for GroupGuard {
 }
 
 /// Runs a script once and reports how it ended.
-pub async fn run_script(run: ScriptRun<'_>) -> Outcome {
+pub(crate) async fn run_script(run: ScriptRun<'_>) -> Outcome {
     let mut cmd = tokio::process::Command::new(run.path);
     cmd.env_clear();
     for var in ["PATH", "HOME", "LANG"] {
@@ -268,7 +268,7 @@ pub async fn run_script(run: ScriptRun<'_>) -> Outcome {
 }
 
 /// Reads a script's stdout as the result: JSON when it parses, else the text, `null` when empty.
-pub fn parse_output(bytes: &[u8]) -> Value {
+pub(crate) fn parse_output(bytes: &[u8]) -> Value {
     let text = String::from_utf8_lossy(bytes);
     let text = text.trim_end_matches(['\n', '\r']);
     if text.trim().is_empty() {

@@ -2,21 +2,31 @@
 //! claims honour priority and age, an id is the idempotency key, a claimed task carries every
 //! field it was enqueued with, and pinned tasks stay on their node.
 
-mod common;
-
 use std::time::Duration;
 
-use background::TaskSpec;
-use background::decide::fencing::{CASES, Verdict};
-use background::model::task::{Target, Task, TaskState, now_ms};
-use background::store::{Accepted, Store, WriteOp, WriteResult};
-use common::Redis;
 use serde_json::{Value, json};
+
+use crate::config::Settings;
+use crate::decide::fencing::{CASES, Verdict};
+use crate::model::task::{Target, Task, TaskSpec, TaskState, now_ms};
+use crate::store::{Accepted, Store, WriteOp, WriteResult};
+
+#[path = "../../tests/common/redis.rs"]
+mod redis_server;
+
+use redis_server::Redis;
+
+/// Settings pointing at `redis`.
+fn settings(redis: &Redis) -> Settings {
+    let mut s = Settings::defaults();
+    s.redis.url = redis.url.clone();
+    s
+}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn finish_script_applies_the_fencing_table() {
     let redis = Redis::start();
-    let store = Store::connect(&redis.settings()).await.unwrap();
+    let store = Store::connect(&settings(&redis)).await.unwrap();
     let mut con = redis.con().await;
     for (i, (epoch, state, carried, verdict)) in CASES.iter().enumerate() {
         let id = format!("fence-{i}");
@@ -70,7 +80,7 @@ async fn finish_script_applies_the_fencing_table() {
 #[tokio::test(flavor = "multi_thread")]
 async fn claims_take_the_highest_priority_then_the_oldest_and_ids_are_unique() {
     let redis = Redis::start();
-    let store = Store::connect(&redis.settings()).await.unwrap();
+    let store = Store::connect(&settings(&redis)).await.unwrap();
     let specs = vec![
         TaskSpec::new("w", json!(1)).id("low"),
         TaskSpec::new("w", json!(2)).id("high").priority(10),
@@ -104,7 +114,7 @@ async fn claims_take_the_highest_priority_then_the_oldest_and_ids_are_unique() {
 #[tokio::test(flavor = "multi_thread")]
 async fn scripts_are_reloaded_after_redis_forgets_them() {
     let redis = Redis::start();
-    let store = Store::connect(&redis.settings()).await.unwrap();
+    let store = Store::connect(&settings(&redis)).await.unwrap();
     store
         .enqueue_many(&[TaskSpec::new("w", json!(1))], false)
         .await
@@ -125,7 +135,7 @@ async fn scripts_are_reloaded_after_redis_forgets_them() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_claimed_task_carries_every_field_it_was_enqueued_with() {
     let redis = Redis::start();
-    let store = Store::connect(&redis.settings()).await.unwrap();
+    let store = Store::connect(&settings(&redis)).await.unwrap();
     let mut full = TaskSpec::new("w", json!({"to": "a@example.com", "n": [1, 2]}))
         .id("full")
         .priority(7)
@@ -223,7 +233,7 @@ async fn a_claimed_task_carries_every_field_it_was_enqueued_with() {
 #[tokio::test(flavor = "multi_thread")]
 async fn pinned_tasks_are_never_adopted_and_the_claim_says_which_are_pinned() {
     let redis = Redis::start();
-    let store = Store::connect(&redis.settings()).await.unwrap();
+    let store = Store::connect(&settings(&redis)).await.unwrap();
     store.join("n1").await.unwrap();
     let specs = [
         TaskSpec::new("w", json!(1)).id("anywhere"),
