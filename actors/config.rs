@@ -545,25 +545,10 @@ fn check_known(
 fn nearest(known: &BTreeMap<String, Value>, key: &str) -> Option<String> {
     known
         .keys()
-        .map(|k| (edit_distance(k, key), k))
+        .map(|k| (strsim::levenshtein(k, key), k))
         .filter(|(d, _)| *d <= 3)
         .min()
         .map(|(_, k)| k.clone())
-}
-
-fn edit_distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut row: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut prev = row[0];
-        row[0] = i + 1;
-        for (j, cb) in b.iter().enumerate() {
-            let cur = row[j + 1];
-            row[j + 1] = (prev + usize::from(ca != *cb)).min(row[j] + 1).min(cur + 1);
-            prev = cur;
-        }
-    }
-    row[b.len()]
 }
 
 fn strip_uri_noise(message: &str) -> String {
@@ -738,9 +723,20 @@ mod tests {
     }
 
     #[test]
-    fn edit_distance_works() {
-        assert_eq!(edit_distance("kitten", "sitting"), 3);
-        assert_eq!(edit_distance("", "abc"), 3);
-        assert_eq!(edit_distance("same", "same"), 0);
+    fn suggests_only_keys_within_three_edits() {
+        let known: BTreeMap<String, Value> =
+            ["workers.concurrency", "workers.timeout", "redis.url"]
+                .into_iter()
+                .map(|k| (k.to_owned(), Value::from(1)))
+                .collect();
+        let near = |key| nearest(&known, key);
+        assert_eq!(
+            near("workers.concurency").as_deref(),
+            Some("workers.concurrency")
+        );
+        assert_eq!(near("workers.timeuot").as_deref(), Some("workers.timeout"));
+        assert_eq!(near("redis.uri").as_deref(), Some("redis.url"));
+        assert_eq!(near("redis.host"), None, "four edits away is not a typo");
+        assert_eq!(near("nope.x"), None);
     }
 }
