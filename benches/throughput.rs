@@ -42,9 +42,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail};
-use background::model::task::new_task_id;
-use background::store::Keys;
-use background::{Client, Settings, TaskSpec};
+use background::{Client, Settings, TaskSpec, new_task_id};
+use clap::builder::RangedU64ValueParser;
+use clap::{Parser, ValueEnum};
 use futures::StreamExt;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
@@ -59,183 +59,98 @@ const MAX_NODES: usize = 32;
 /// How long the nodes of a cluster may take to form a full mesh.
 const MESH_TIMEOUT: Duration = Duration::from_secs(60);
 
-const USAGE: &str = "\
-throughput bench: bgnode nodes (one, or a cluster), bg-noop tasks, a private redis-server
+/// The command line: `--flag value` or `--flag=value`; a repeated option takes its last value.
+/// `cargo bench` adds `--bench` (and the filter of `cargo bench FILTER`), which are accepted and
+/// ignored; any other unknown flag is an error, so a typo cannot silently run the defaults.
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "throughput",
+    about = "throughput bench: bgnode nodes (one, or a cluster), bg-noop tasks, a private redis-server",
+    override_usage = "cargo bench --bench throughput -- [options]",
+    args_override_self = true,
+    allow_negative_numbers = true
+)]
+struct Options {
+    /// What to measure.
+    #[arg(long, value_enum, default_value_t = Mode::Both)]
+    mode: Mode,
+    /// Tasks in the drain.
+    #[arg(long, value_name = "N", default_value_t = 20_000, value_parser = at_least_one)]
+    tasks: usize,
+    /// bgnode processes forming one cluster on the redis.
+    #[arg(long, value_name = "N", default_value_t = 1,
+          value_parser = RangedU64ValueParser::<usize>::new().range(1..=MAX_NODES as u64))]
+    nodes: usize,
+    /// Concurrency of each node, BGNODE_WORKERS__CONCURRENCY.
+    #[arg(long, value_name = "N", default_value_t = 64,
+          value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    concurrency: u32,
+    /// Paced rate in tasks/s [default: half the drain throughput of this run when the drain ran,
+    /// else 5000].
+    #[arg(long, value_name = "R", value_parser = above_zero)]
+    rate: Option<f64>,
+    /// Paced duration in seconds.
+    #[arg(long, value_name = "S", default_value_t = 5.0, value_parser = above_zero)]
+    seconds: f64,
+    /// Tasks per `enqueue_all` call in the drain.
+    #[arg(long, value_name = "N", default_value_t = 500, value_parser = at_least_one)]
+    chunk: usize,
+    /// Drain enqueue calls in flight, one connection each.
+    #[arg(long, value_name = "N", default_value_t = 4, value_parser = at_least_one)]
+    in_flight: usize,
+    /// Tasks run (and not measured) before the first mode.
+    #[arg(long, value_name = "N", default_value_t = 1000)]
+    warmup: usize,
+    /// How long to wait for completion before giving up, in seconds.
+    #[arg(long, value_name = "S", default_value = "120", value_parser = seconds)]
+    deadline: Duration,
+    /// Also print one JSON object with every figure.
+    #[arg(long)]
+    json: bool,
+    /// Also print redis-server's busiest commands per mode.
+    #[arg(long)]
+    redis_stats: bool,
+    /// `cargo bench` passes `--bench` to every bench binary.
+    #[arg(long = "bench", hide = true)]
+    _bench: bool,
+    /// `cargo bench FILTER` passes the filter on; this bench has nothing to filter.
+    #[arg(value_name = "FILTER", hide = true)]
+    _filters: Vec<String>,
+}
 
-usage: cargo bench --bench throughput -- [options]
-
-  --mode drain|paced|both  what to measure (default both)
-  --tasks N                tasks in the drain (default 20000)
-  --nodes N                bgnode processes forming one cluster on the redis (default 1)
-  --concurrency N          concurrency of each node, BGNODE_WORKERS__CONCURRENCY (default 64)
-  --rate R                 paced rate in tasks/s (default: half the drain throughput of this
-                           run when the drain ran, else 5000)
-  --seconds S              paced duration (default 5)
-  --chunk N                tasks per enqueue_all call in the drain (default 500)
-  --in-flight N            drain enqueue calls in flight, one connection each (default 4)
-  --warmup N               tasks run (and not measured) before the first mode (default 1000)
-  --deadline S             how long to wait for completion before giving up (default 120)
-  --json                   also print one JSON object with every figure
-  --redis-stats            also print redis-server's busiest commands per mode
-  --help                   this text
-
-Unknown flags (cargo passes --bench) are ignored.";
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What to measure: `drain`, `paced`, or the drain and then paced (`both`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Mode {
     Drain,
     Paced,
     Both,
 }
 
-#[derive(Debug, Clone)]
-struct Options {
-    mode: Mode,
-    tasks: usize,
-    nodes: usize,
-    concurrency: u32,
-    rate: Option<f64>,
-    seconds: f64,
-    chunk: usize,
-    in_flight: usize,
-    warmup: usize,
-    deadline: Duration,
-    json: bool,
-    redis_stats: bool,
-}
-
-impl Default for Options {
-    fn default() -> Options {
-        Options {
-            mode: Mode::Both,
-            tasks: 20_000,
-            nodes: 1,
-            concurrency: 64,
-            rate: None,
-            seconds: 5.0,
-            chunk: 500,
-            in_flight: 4,
-            warmup: 1000,
-            deadline: Duration::from_secs(120),
-            json: false,
-            redis_stats: false,
-        }
+/// A whole number of at least 1.
+fn at_least_one(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(value) => Ok(value),
+        Err(_) => Err("is not a whole number".into()),
     }
 }
 
-enum Parsed {
-    Run(Options),
-    Help,
-}
-
-fn number<T: std::str::FromStr>(flag: &str, value: &str) -> Result<T, String> {
-    value
-        .parse()
-        .map_err(|_| format!("{flag}: {value:?} is not a valid number"))
-}
-
-fn positive(flag: &str, value: f64) -> Result<f64, String> {
-    if value.is_finite() && value > 0.0 {
-        Ok(value)
-    } else {
-        Err(format!("{flag}: must be a number above zero, not {value}"))
+/// A finite number above zero.
+fn above_zero(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(value) if value.is_finite() && value > 0.0 => Ok(value),
+        Ok(_) => Err("must be a number above zero".into()),
+        Err(_) => Err("is not a number".into()),
     }
 }
 
-fn at_least_one(flag: &str, value: usize) -> Result<usize, String> {
-    if value >= 1 {
-        Ok(value)
-    } else {
-        Err(format!("{flag}: must be at least 1"))
-    }
-}
-
-/// Parses the command line by hand; unknown flags and stray words are ignored.
-fn parse_options(args: impl IntoIterator<Item = String>) -> Result<Parsed, String> {
-    const WITH_VALUE: [&str; 10] = [
-        "--mode",
-        "--tasks",
-        "--nodes",
-        "--concurrency",
-        "--rate",
-        "--seconds",
-        "--chunk",
-        "--in-flight",
-        "--warmup",
-        "--deadline",
-    ];
-    let mut o = Options::default();
-    let mut args = args.into_iter();
-    while let Some(arg) = args.next() {
-        let (flag, inline) = match arg.split_once('=') {
-            Some((f, v)) if f.starts_with("--") => (f.to_owned(), Some(v.to_owned())),
-            _ => (arg, None),
-        };
-        if !WITH_VALUE.contains(&flag.as_str()) {
-            match flag.as_str() {
-                "--json" => o.json = true,
-                "--redis-stats" => o.redis_stats = true,
-                "--help" | "-h" => return Ok(Parsed::Help),
-                _ => {}
-            }
-            continue;
-        }
-        let value = match inline {
-            Some(v) => v,
-            None => args.next().ok_or_else(|| format!("{flag} needs a value"))?,
-        };
-        match flag.as_str() {
-            "--mode" => {
-                o.mode = match value.as_str() {
-                    "drain" => Mode::Drain,
-                    "paced" => Mode::Paced,
-                    "both" => Mode::Both,
-                    other => {
-                        return Err(format!(
-                            "--mode: {other:?} is not one of drain, paced, both"
-                        ));
-                    }
-                }
-            }
-            "--tasks" => o.tasks = at_least_one(&flag, number(&flag, &value)?)?,
-            "--nodes" => {
-                o.nodes = number(&flag, &value)?;
-                if !(1..=MAX_NODES).contains(&o.nodes) {
-                    return Err(format!("--nodes: {value} is outside 1..={MAX_NODES}"));
-                }
-            }
-            "--concurrency" => {
-                o.concurrency = number(&flag, &value)?;
-                if !(1..=10_000).contains(&o.concurrency) {
-                    return Err(format!("--concurrency: {value} is outside 1..=10000"));
-                }
-            }
-            "--rate" => o.rate = Some(positive(&flag, number(&flag, &value)?)?),
-            "--seconds" => o.seconds = positive(&flag, number(&flag, &value)?)?,
-            "--chunk" => o.chunk = at_least_one(&flag, number(&flag, &value)?)?,
-            "--in-flight" => o.in_flight = at_least_one(&flag, number(&flag, &value)?)?,
-            "--warmup" => o.warmup = number(&flag, &value)?,
-            "--deadline" => {
-                o.deadline = Duration::from_secs_f64(positive(&flag, number(&flag, &value)?)?);
-            }
-            _ => unreachable!("every flag of WITH_VALUE is matched"),
-        }
-    }
-    Ok(Parsed::Run(o))
+/// A number of seconds above zero.
+fn seconds(text: &str) -> Result<Duration, String> {
+    Duration::try_from_secs_f64(above_zero(text)?).map_err(|e| e.to_string())
 }
 
 fn main() -> ExitCode {
-    let opts = match parse_options(std::env::args().skip(1)) {
-        Ok(Parsed::Run(o)) => o,
-        Ok(Parsed::Help) => {
-            println!("{USAGE}");
-            return ExitCode::SUCCESS;
-        }
-        Err(e) => {
-            eprintln!("bench: {e}\n\n{USAGE}");
-            return ExitCode::from(2);
-        }
-    };
+    let opts = Options::parse();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -498,7 +413,7 @@ async fn diagnose(rig: &mut Rig, phase: &Phase) -> anyhow::Result<BTreeMap<&'sta
         let mut pipe = redis::pipe();
         for &i in chunk {
             pipe.cmd("HMGET")
-                .arg(rig.keys.task(&phase.ids[i]))
+                .arg(format!("{}:task:{}", rig.prefix, phase.ids[i]))
                 .arg("state")
                 .arg("node");
         }
@@ -1170,7 +1085,8 @@ struct Rig {
     clients: Vec<Client>,
     events: mpsc::UnboundedReceiver<Finished>,
     admin: redis::aio::MultiplexedConnection,
-    keys: Keys,
+    /// The key prefix: task records are `{prefix}:task:{id}` (PROTOCOL.md).
+    prefix: String,
     redis_stats: bool,
 }
 
@@ -1258,7 +1174,7 @@ impl Rig {
 async fn run(opts: &Options) -> anyhow::Result<bool> {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let settings = Settings::defaults();
-    let keys = Keys::new(&settings.redis.prefix);
+    let prefix = settings.redis.prefix.clone();
 
     let redis = common::Redis::start();
     let mut admin = redis.con().await;
@@ -1311,7 +1227,7 @@ async fn run(opts: &Options) -> anyhow::Result<bool> {
         clients,
         events,
         admin,
-        keys,
+        prefix,
         redis_stats: opts.redis_stats,
     };
 

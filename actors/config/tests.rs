@@ -1,0 +1,161 @@
+//! Settings: defaults, files, environment and flags, and the errors that name the key.
+
+use super::*;
+
+fn load(
+    file: Option<&str>,
+    env: &[(&str, &str)],
+    flags: &[(&str, &str)],
+) -> Result<Settings, ConfigError> {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cluster.toml");
+    let file = file.map(|text| {
+        std::fs::write(&path, text).unwrap();
+        path.clone()
+    });
+    let mut sources = Sources {
+        file,
+        search_cwd: false,
+        env: env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        flags: Vec::new(),
+    };
+    for (k, v) in flags {
+        sources.flag(k, *v, &format!("--{}", k.rsplit('.').next().unwrap()));
+    }
+    Settings::load(&sources)
+}
+
+#[test]
+fn defaults_come_from_the_shipped_file() {
+    let s = Settings::defaults();
+    assert_eq!(s.redis.channel, "background");
+    assert_eq!(s.redis.prefix, "bg");
+    assert_eq!(s.saver.result_ttl, Duration::from_secs(86_400));
+    assert_eq!(s.workers.concurrency, 8);
+    assert!(!s.node.id.is_empty(), "an empty id becomes the host name");
+    assert!(s.uses_development_cookie());
+    assert_eq!(s.queue_len(), 64);
+    assert_eq!(s.keys.policy, KeyPolicy::Reject);
+    assert_eq!(s.scheduler.missed, Missed::Coalesce);
+    assert_eq!(s.workers.attempts, 1);
+}
+
+#[test]
+fn file_then_environment_then_flags() {
+    let file = "[workers]\nconcurrency = 3\ndir = \"/srv/w\"\n[redis]\nurl = \"redis://file:1\"\n";
+    let seeds = load(None, &[], &[("node.seeds", "h1:1, h2:2")]).unwrap();
+    assert_eq!(
+        seeds.node.seeds,
+        vec!["h1:1".to_string(), "h2:2".to_string()]
+    );
+    let s = load(
+        Some(file),
+        &[
+            ("BGNODE_REDIS__URL", "redis://env:2"),
+            ("BGNODE_NODE__SEEDS", "a:1,b:2"),
+            ("HOME", "/x"),
+        ],
+        &[("workers.concurrency", "5")],
+    )
+    .unwrap();
+    assert_eq!(s.redis.url, "redis://env:2");
+    assert_eq!(s.workers.concurrency, 5);
+    assert_eq!(s.workers.dir, PathBuf::from("/srv/w"));
+    assert_eq!(s.node.seeds, vec!["a:1".to_string(), "b:2".to_string()]);
+}
+
+#[test]
+fn unknown_keys_name_key_origin_and_suggestion() {
+    let e = load(Some("[workers]\nconcurency = 3\n"), &[], &[])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("`workers.concurency`"), "{e}");
+    assert!(e.contains("cluster.toml"), "{e}");
+    assert!(e.contains("did you mean `workers.concurrency`"), "{e}");
+    let e = load(None, &[("BGNODE_REDIS_URL", "redis://x")], &[])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("BGNODE_REDIS_URL"), "{e}");
+    assert!(e.contains("BGNODE_<SECTION>__<KEY>"), "{e}");
+    let e = load(None, &[("BGNODE_NOPE__X", "1")], &[])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("`nope.x`") && e.contains("BGNODE_NOPE__X"),
+        "{e}"
+    );
+}
+
+#[test]
+fn bad_values_name_key_and_origin() {
+    let e = load(None, &[("BGNODE_WORKERS__CONCURRENCY", "0")], &[])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("`workers.concurrency`") && e.contains("BGNODE_WORKERS__CONCURRENCY"),
+        "{e}"
+    );
+    let e = load(Some("[node]\nlisten = \"nowhere\"\n"), &[], &[])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("`node.listen`") && e.contains("cluster.toml"),
+        "{e}"
+    );
+    let e = load(None, &[], &[("redis.url", "http://x")])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("`redis.url`") && e.contains("--url"), "{e}");
+    let e = load(Some("[workers]\nconcurrency = \"many\"\n"), &[], &[])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("workers.concurrency"), "{e}");
+    let e = load(Some("[workers]\ntimeout = \"soon\"\n"), &[], &[])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("workers.timeout") || e.contains("soon"), "{e}");
+    let e = load(Some("[workers\n"), &[], &[]).unwrap_err().to_string();
+    assert!(e.contains("cluster.toml"), "{e}");
+    let e = load(None, &[("BGNODE_KEYS__POLICY", "sometimes")], &[])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("keys.policy"), "{e}");
+    let e = load(None, &[("BGNODE_SCHEDULER__MISSED", "skip")], &[])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("scheduler.missed"), "{e}");
+    let e = load(Some("[node]\nid = \"a/b\"\n"), &[], &[])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("`node.id`"), "{e}");
+}
+
+#[test]
+fn a_missing_config_file_is_an_error() {
+    let e = Settings::load(&Sources {
+        file: Some("/nonexistent/bg.toml".into()),
+        ..Sources::default()
+    })
+    .unwrap_err();
+    assert!(matches!(e, ConfigError::File { .. }), "{e}");
+}
+
+#[test]
+fn suggests_only_keys_within_three_edits() {
+    let known: BTreeMap<String, Value> = ["workers.concurrency", "workers.timeout", "redis.url"]
+        .into_iter()
+        .map(|k| (k.to_owned(), Value::from(1)))
+        .collect();
+    let near = |key| nearest(&known, key);
+    assert_eq!(
+        near("workers.concurency").as_deref(),
+        Some("workers.concurrency")
+    );
+    assert_eq!(near("workers.timeuot").as_deref(), Some("workers.timeout"));
+    assert_eq!(near("redis.uri").as_deref(), Some("redis.url"));
+    assert_eq!(near("redis.host"), None, "four edits away is not a typo");
+    assert_eq!(near("nope.x"), None);
+}
