@@ -1,7 +1,9 @@
-//! Embed a node with Rust workers in your own program.
+//! Embed a node with Rust workers in a program that is not built on actors: `Node::builder`
+//! starts it, its handle shuts it down.
 //!
 //! Run: `cargo run --example embedded` (needs Redis at redis://127.0.0.1:6379, or set
-//! BGNODE_REDIS__URL). Press ctrl-c to stop; the node drains and hands back its queue.
+//! BGNODE_REDIS__URL). It runs three tasks through the node, prints their results, and shuts
+//! the node down gracefully (running tasks drain, queued ones are handed back).
 
 use std::time::Duration;
 
@@ -70,8 +72,7 @@ async fn main() -> anyhow::Result<()> {
         .await?;
     println!("resize: {resized}");
 
-    println!("node {} running; ctrl-c to stop", node.id());
-    tokio::signal::ctrl_c().await?;
+    println!("node {} ran them; shutting down", node.id());
     let report = node.shutdown().await?;
     println!("stopped: {report:?}");
     Ok(())

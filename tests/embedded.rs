@@ -268,3 +268,109 @@ async fn retry_after_waits_the_delay_the_worker_asked_for() {
     assert!(retry_at >= status.created.unwrap() + 400);
     node.shutdown().await.unwrap();
 }
+
+/// A host actor that starts a node as its linked child and reports the supervision events it
+/// receives about that node.
+struct Host;
+
+enum HostMsg {
+    /// Shut the node down (gracefully) and answer when done.
+    ShutDownNode(ractor::RpcReplyPort<bool>),
+}
+
+impl ractor::Message for HostMsg {}
+
+struct HostState {
+    node: Option<background::NodeHandle>,
+    node_cell: ractor::ActorCell,
+    events: tokio::sync::mpsc::UnboundedSender<String>,
+}
+
+impl ractor::Actor for Host {
+    type Msg = HostMsg;
+    type State = HostState;
+    type Arguments = (Settings, tokio::sync::mpsc::UnboundedSender<String>);
+
+    async fn pre_start(
+        &self,
+        myself: ractor::ActorRef<HostMsg>,
+        (settings, events): Self::Arguments,
+    ) -> Result<HostState, ractor::ActorProcessingErr> {
+        let node = Node::builder(settings)
+            .worker("picky", Picky)
+            .start_linked(myself.get_cell())
+            .await?;
+        Ok(HostState {
+            node_cell: node.actor(),
+            node: Some(node),
+            events,
+        })
+    }
+
+    async fn handle(
+        &self,
+        _myself: ractor::ActorRef<HostMsg>,
+        msg: HostMsg,
+        state: &mut HostState,
+    ) -> Result<(), ractor::ActorProcessingErr> {
+        let HostMsg::ShutDownNode(reply) = msg;
+        let ok = match state.node.take() {
+            Some(node) => node.shutdown().await.is_ok(),
+            None => false,
+        };
+        let _ = reply.send(ok);
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        _myself: ractor::ActorRef<HostMsg>,
+        event: ractor::SupervisionEvent,
+        state: &mut HostState,
+    ) -> Result<(), ractor::ActorProcessingErr> {
+        if let ractor::SupervisionEvent::ActorTerminated(cell, ..) = &event
+            && cell.get_id() == state.node_cell.get_id()
+        {
+            let _ = state.events.send("node terminated".into());
+        }
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_started_linked_is_supervised_by_its_host_actor() {
+    let redis = Redis::start();
+    let workers = tempfile::tempdir().unwrap();
+    let (events_tx, mut events) = tokio::sync::mpsc::unbounded_channel();
+    let (host, host_done) =
+        ractor::Actor::spawn(None, Host, (settings(&redis, workers.path()), events_tx))
+            .await
+            .expect("the host starts the node");
+    let children = host.get_children();
+    assert_eq!(
+        children.len(),
+        1,
+        "the node's supervisor is the host's one child"
+    );
+
+    let client = Client::connect(&redis.url).await.unwrap();
+    let half = client
+        .call(
+            TaskSpec::new("picky", json!({"n": 8})),
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+    assert_eq!(half, json!(4));
+
+    let shut = ractor::call_t!(host, HostMsg::ShutDownNode, 30_000).unwrap();
+    assert!(shut, "the node shuts down gracefully under its host");
+    let event = tokio::time::timeout(Duration::from_secs(10), events.recv())
+        .await
+        .expect("the host hears of its child's end")
+        .unwrap();
+    assert_eq!(event, "node terminated");
+    assert!(host.get_children().is_empty());
+    host.stop(None);
+    host_done.await.unwrap();
+}

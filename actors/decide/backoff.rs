@@ -26,18 +26,8 @@ pub(crate) fn jitter(key: &str) -> f64 {
 }
 
 /// The delays of a loop that keeps retrying a connection: `first`, then twice as long each time,
-/// up to `cap`, until [`Backoff::reset`] after a success.
-///
-/// ```
-/// use background::decide::backoff::Backoff;
-/// use std::time::Duration;
-///
-/// let mut delay = Backoff::new(Duration::from_millis(100), Duration::from_secs(1));
-/// let waits: Vec<_> = (0..6).map(|_| delay.next_delay().as_millis()).collect();
-/// assert_eq!(waits, [100, 200, 400, 800, 1_000, 1_000]);
-/// delay.reset();
-/// assert_eq!(delay.next_delay(), Duration::from_millis(100));
-/// ```
+/// up to `cap`, until [`Backoff::reset`] after a success: with 100 ms and 1 s, the waits are
+/// 100, 200, 400, 800, 1000, 1000 ms (see the test `doubles_up_to_the_cap_and_resets`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Backoff {
     first: Duration,
@@ -95,6 +85,15 @@ impl Default for Backoff {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn doubles_up_to_the_cap_and_resets() {
+        let mut delay = Backoff::new(Duration::from_millis(100), Duration::from_secs(1));
+        let waits: Vec<_> = (0..6).map(|_| delay.next_delay().as_millis()).collect();
+        assert_eq!(waits, [100, 200, 400, 800, 1_000, 1_000]);
+        delay.reset();
+        assert_eq!(delay.next_delay(), Duration::from_millis(100));
+    }
 
     #[test]
     fn backoff_grows_is_capped_and_jittered() {
