@@ -351,9 +351,4 @@ impl Client {
         }
         Ok(answers)
     }
-
-    /// The store, for tools that need raw access.
-    pub fn store(&self) -> &Store {
-        &self.store
-    }
 }

@@ -77,7 +77,6 @@ mod tests {
             deadline: None,
             epoch: 7,
             created: 1,
-            reply: false,
             pinned: false,
         }
     }

@@ -487,7 +487,7 @@ pub fn new_task_id() -> String {
 
 /// A task claimed by a node, ready to run.
 #[derive(Debug, Clone)]
-pub struct Task {
+pub(crate) struct Task {
     /// Task id.
     pub id: String,
     /// Worker name.
@@ -512,8 +512,6 @@ pub struct Task {
     pub epoch: u64,
     /// Creation time, Unix milliseconds (orders equal priorities).
     pub created: u64,
-    /// A caller waits for the result.
-    pub reply: bool,
     /// Pinned to this node (target `node:<id>`): never handed to another. Decided by the
     /// store's claim and adopt scripts, which hold the one rule.
     pub pinned: bool,

@@ -8,7 +8,7 @@ use crate::model::task::now_ms;
 
 /// The answer to a lease request.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Lease {
+pub(crate) enum Lease {
     /// We held it and renewed it.
     Renewed,
     /// It was free (expired, or never taken) and is ours now.
@@ -19,7 +19,7 @@ pub enum Lease {
 
 impl Store {
     /// Makes `node` a member; it gets its occurrence of every running broadcast.
-    pub async fn join(&self, node: &str) -> StoreResult<usize> {
+    pub(crate) async fn join(&self, node: &str) -> StoreResult<usize> {
         let mut con = self.con.clone();
         Ok(self
             .scripts
@@ -34,7 +34,7 @@ impl Store {
     }
 
     /// Removes `node` from the members; its unfinished broadcast occurrences are cancelled.
-    pub async fn leave(&self, node: &str) -> StoreResult<bool> {
+    pub(crate) async fn leave(&self, node: &str) -> StoreResult<bool> {
         let mut con = self.con.clone();
         let n: i64 = self
             .scripts
@@ -51,7 +51,7 @@ impl Store {
     }
 
     /// The member node ids.
-    pub async fn members(&self) -> StoreResult<Vec<String>> {
+    pub(crate) async fn members(&self) -> StoreResult<Vec<String>> {
         let mut con = self.con.clone();
         let mut members: Vec<String> = redis::cmd("SMEMBERS")
             .arg(self.keys.members())
@@ -62,7 +62,7 @@ impl Store {
     }
 
     /// Which of `nodes` hold their liveness lease.
-    pub async fn alive(&self, nodes: &[String]) -> StoreResult<Vec<bool>> {
+    pub(crate) async fn alive(&self, nodes: &[String]) -> StoreResult<Vec<bool>> {
         if nodes.is_empty() {
             return Ok(Vec::new());
         }
@@ -76,7 +76,12 @@ impl Store {
     }
 
     /// Stores what a node reports about itself, for `ttl`.
-    pub async fn write_info(&self, node: &str, info: &str, ttl: Duration) -> StoreResult<()> {
+    pub(crate) async fn write_info(
+        &self,
+        node: &str,
+        info: &str,
+        ttl: Duration,
+    ) -> StoreResult<()> {
         let mut con = self.con.clone();
         redis::cmd("SET")
             .arg(self.keys.info(node))
@@ -89,7 +94,7 @@ impl Store {
     }
 
     /// The reports of `nodes` (`None` for a node that has none: down, or not started yet).
-    pub async fn infos(&self, nodes: &[String]) -> StoreResult<Vec<Option<String>>> {
+    pub(crate) async fn infos(&self, nodes: &[String]) -> StoreResult<Vec<Option<String>>> {
         if nodes.is_empty() {
             return Ok(Vec::new());
         }
@@ -103,7 +108,7 @@ impl Store {
 
     /// Records the cookie hash for this key prefix, or checks it against the recorded one.
     /// Returns false when another cookie is recorded.
-    pub async fn check_cookie(&self, hash: &str) -> StoreResult<bool> {
+    pub(crate) async fn check_cookie(&self, hash: &str) -> StoreResult<bool> {
         let mut con = self.con.clone();
         let (_, stored): ((), String) = redis::pipe()
             .cmd("SET")
@@ -120,7 +125,7 @@ impl Store {
     }
 
     /// Takes or renews the lease `key` for `holder`.
-    pub async fn lease(&self, key: &str, holder: &str, ttl: Duration) -> StoreResult<Lease> {
+    pub(crate) async fn lease(&self, key: &str, holder: &str, ttl: Duration) -> StoreResult<Lease> {
         let mut con = self.con.clone();
         let (code, who): (i64, String) = self
             .scripts
@@ -138,7 +143,7 @@ impl Store {
     }
 
     /// Drops the lease `key` if `holder` has it.
-    pub async fn unlease(&self, key: &str, holder: &str) -> StoreResult<bool> {
+    pub(crate) async fn unlease(&self, key: &str, holder: &str) -> StoreResult<bool> {
         let mut con = self.con.clone();
         let n: i64 = self
             .scripts

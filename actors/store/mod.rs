@@ -137,7 +137,7 @@ struct Names {
 
 /// The Redis store. Cheap to clone: clones share one multiplexed, self-reconnecting connection.
 #[derive(Clone)]
-pub struct Store {
+pub(crate) struct Store {
     client: redis::Client,
     con: ConnectionManager,
     keys: Keys,
@@ -154,7 +154,7 @@ impl std::fmt::Debug for Store {
 impl Store {
     /// Connects to `redis.url` with the names and limits of `settings`. Fails when Redis cannot
     /// be reached now.
-    pub async fn connect(settings: &Settings) -> StoreResult<Store> {
+    pub(crate) async fn connect(settings: &Settings) -> StoreResult<Store> {
         let client = redis::Client::open(settings.redis.url.as_str())?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(2)))
@@ -179,34 +179,29 @@ impl Store {
     }
 
     /// The key names.
-    pub fn keys(&self) -> &Keys {
+    pub(crate) fn keys(&self) -> &Keys {
         &self.keys
     }
 
     /// The underlying client, for dedicated connections (pub/sub, blocking pops).
-    pub fn client(&self) -> &redis::Client {
+    pub(crate) fn client(&self) -> &redis::Client {
         &self.client
     }
 
-    /// A clone of the shared connection for ad-hoc commands.
-    pub fn con(&self) -> ConnectionManager {
-        self.con.clone()
-    }
-
     /// The control channel of `node` (cancellations reach it there).
-    pub fn control_channel(&self, node: &str) -> String {
+    pub(crate) fn control_channel(&self, node: &str) -> String {
         format!("{}:node:{node}", self.names.channel)
     }
 
     /// Checks that Redis answers.
-    pub async fn ping(&self) -> StoreResult<()> {
+    pub(crate) async fn ping(&self) -> StoreResult<()> {
         let mut con = self.con.clone();
         redis::cmd("PING").query_async::<()>(&mut con).await?;
         Ok(())
     }
 
     /// Publishes `message` on `channel`; returns the number of subscribers that got it.
-    pub async fn publish(&self, channel: &str, message: &str) -> StoreResult<i64> {
+    pub(crate) async fn publish(&self, channel: &str, message: &str) -> StoreResult<i64> {
         let mut con = self.con.clone();
         Ok(redis::cmd("PUBLISH")
             .arg(channel)
@@ -231,7 +226,7 @@ impl Store {
     }
 
     /// Loads every script into Redis's script cache.
-    pub async fn load_scripts(&self) -> StoreResult<()> {
+    pub(crate) async fn load_scripts(&self) -> StoreResult<()> {
         let mut con = self.con.clone();
         for script in self.scripts.all() {
             script.load_async(&mut con).await?;

@@ -8,14 +8,14 @@ use crate::model::task::{Task, field};
 impl Store {
     /// Hands every unfinished task owned by `node` back to the pending sets with new epochs.
     /// Returns how many ids were taken from the owned set.
-    pub async fn release_owned(&self, node: &str) -> StoreResult<usize> {
+    pub(crate) async fn release_owned(&self, node: &str) -> StoreResult<usize> {
         Ok(self.hand_back(node, false).await?.unwrap_or(0))
     }
 
     /// Fails over a dead node: hands its owned tasks back to the pending sets with new epochs,
     /// unless its liveness lease exists. Returns `None` when the lease exists (it is alive),
     /// else how many tasks were moved.
-    pub async fn failover(&self, dead: &str) -> StoreResult<Option<usize>> {
+    pub(crate) async fn failover(&self, dead: &str) -> StoreResult<Option<usize>> {
         self.hand_back(dead, true).await
     }
 
@@ -44,7 +44,7 @@ impl Store {
     }
 
     /// Hands the given tasks back to the pending sets if `node` still owns them.
-    pub async fn release_ids(&self, node: &str, ids: &[String]) -> StoreResult<usize> {
+    pub(crate) async fn release_ids(&self, node: &str, ids: &[String]) -> StoreResult<usize> {
         if ids.is_empty() {
             return Ok(0);
         }
@@ -61,7 +61,7 @@ impl Store {
 
     /// Adopts tasks `from` hands over to `to` (only those `from` still owns under the given
     /// epochs). Returns them, owned by `to` under new epochs.
-    pub async fn adopt(
+    pub(crate) async fn adopt(
         &self,
         from: &str,
         to: &str,
@@ -83,7 +83,11 @@ impl Store {
     }
 
     /// Which of `tasks` `node` still owns under the given epochs.
-    pub async fn still_owned(&self, node: &str, tasks: &[(String, u64)]) -> StoreResult<Vec<bool>> {
+    pub(crate) async fn still_owned(
+        &self,
+        node: &str,
+        tasks: &[(String, u64)],
+    ) -> StoreResult<Vec<bool>> {
         if tasks.is_empty() {
             return Ok(Vec::new());
         }

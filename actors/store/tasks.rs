@@ -137,7 +137,7 @@ impl Store {
     /// each worker in the batch publishes the wake notice (after the tasks before it were
     /// stored), and scheduled tasks announce themselves to the schedulers. Returns each id with
     /// what happened to it.
-    pub async fn enqueue_many(
+    pub(crate) async fn enqueue_many(
         &self,
         specs: &[TaskSpec],
         wake: bool,
@@ -209,7 +209,7 @@ impl Store {
     }
 
     /// Claims up to `n` pending tasks of `worker` for `node`.
-    pub async fn claim(&self, worker: &str, node: &str, n: usize) -> StoreResult<Vec<Task>> {
+    pub(crate) async fn claim(&self, worker: &str, node: &str, n: usize) -> StoreResult<Vec<Task>> {
         let mut con = self.con.clone();
         let rows: Vec<ClaimedRow> = self
             .scripts
@@ -230,7 +230,7 @@ impl Store {
     }
 
     /// Cancels a task.
-    pub async fn cancel(&self, id: &str) -> StoreResult<CancelResult> {
+    pub(crate) async fn cancel(&self, id: &str) -> StoreResult<CancelResult> {
         let mut con = self.con.clone();
         let n: i64 = self
             .scripts
@@ -253,7 +253,7 @@ impl Store {
     }
 
     /// Queues a finished task again.
-    pub async fn retry(&self, id: &str) -> StoreResult<RetryResult> {
+    pub(crate) async fn retry(&self, id: &str) -> StoreResult<RetryResult> {
         let mut con = self.con.clone();
         let n: i64 = self
             .scripts
@@ -275,7 +275,7 @@ impl Store {
     }
 
     /// The result stored under a result key, as JSON text.
-    pub async fn result_by_key(&self, name: &str) -> StoreResult<Option<String>> {
+    pub(crate) async fn result_by_key(&self, name: &str) -> StoreResult<Option<String>> {
         let mut con = self.con.clone();
         Ok(redis::cmd("GET")
             .arg(self.keys.result(name))
@@ -284,7 +284,7 @@ impl Store {
     }
 
     /// Deletes the result stored under a result key; true when there was one.
-    pub async fn reset_result_key(&self, name: &str) -> StoreResult<bool> {
+    pub(crate) async fn reset_result_key(&self, name: &str) -> StoreResult<bool> {
         let mut con = self.con.clone();
         let n: i64 = redis::cmd("DEL")
             .arg(self.keys.result(name))
@@ -294,7 +294,7 @@ impl Store {
     }
 
     /// Reads a task's record.
-    pub async fn status(&self, id: &str) -> StoreResult<Option<TaskStatus>> {
+    pub(crate) async fn status(&self, id: &str) -> StoreResult<Option<TaskStatus>> {
         let mut con = self.con.clone();
         let map: HashMap<String, String> = redis::cmd("HGETALL")
             .arg(self.keys.task(id))
@@ -308,7 +308,11 @@ impl Store {
 
     /// Waits up to `timeout` for the final event of a task that was enqueued with `reply`.
     /// Uses its own connection: a blocking pop must not stall the shared one.
-    pub async fn wait_reply(&self, id: &str, timeout: Duration) -> StoreResult<Option<String>> {
+    pub(crate) async fn wait_reply(
+        &self,
+        id: &str,
+        timeout: Duration,
+    ) -> StoreResult<Option<String>> {
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(5)))
             .set_response_timeout(Some(timeout + Duration::from_secs(5)));
@@ -361,7 +365,6 @@ pub(super) fn parse_claimed(row: &ClaimedRow) -> StoreResult<Task> {
         deadline: num(field::DEADLINE),
         epoch,
         created: num(field::CREATED).unwrap_or(0),
-        reply: get(field::REPLY).as_deref() == Some("1"),
         pinned,
         id,
     })

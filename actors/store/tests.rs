@@ -136,14 +136,13 @@ async fn scripts_are_reloaded_after_redis_forgets_them() {
 async fn a_claimed_task_carries_every_field_it_was_enqueued_with() {
     let redis = Redis::start();
     let store = Store::connect(&settings(&redis)).await.unwrap();
-    let mut full = TaskSpec::new("w", json!({"to": "a@example.com", "n": [1, 2]}))
+    let full = TaskSpec::new("w", json!({"to": "a@example.com", "n": [1, 2]}))
         .id("full")
         .priority(7)
         .attempts(4)
         .timeout(Duration::from_secs(9))
         .backoff(Duration::from_millis(250), Duration::from_secs(30))
         .deadline(Duration::from_secs(60));
-    full.reply = true;
     let bare = TaskSpec::new("w", json!(null)).id("bare");
     let before = now_ms();
     store
@@ -169,7 +168,6 @@ async fn a_claimed_task_carries_every_field_it_was_enqueued_with() {
         deadline,
         epoch,
         created,
-        reply,
         pinned,
     } = claimed[0].clone();
     assert_eq!(id, "full");
@@ -184,7 +182,6 @@ async fn a_claimed_task_carries_every_field_it_was_enqueued_with() {
     assert!((before..=after).contains(&created), "{created}");
     assert_eq!(deadline, Some(created + 60_000));
     assert_eq!(epoch, 1);
-    assert!(reply);
     assert!(!pinned);
 
     let Task {
@@ -200,7 +197,6 @@ async fn a_claimed_task_carries_every_field_it_was_enqueued_with() {
         deadline,
         epoch,
         created,
-        reply,
         pinned,
     } = claimed[1].clone();
     assert_eq!(
@@ -214,7 +210,7 @@ async fn a_claimed_task_carries_every_field_it_was_enqueued_with() {
     );
     assert_eq!(deadline, None);
     assert!((before..=after).contains(&created), "{created}");
-    assert!(!reply && !pinned);
+    assert!(!pinned);
 
     // Adoption returns the same row, under the next epoch.
     let offered: Vec<(String, u64)> = claimed.iter().map(|t| (t.id.clone(), t.epoch)).collect();

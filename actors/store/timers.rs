@@ -7,7 +7,7 @@ use super::{Store, StoreResult};
 
 /// A recurring template that came due.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DueTemplate {
+pub(crate) struct DueTemplate {
     /// Template id.
     pub id: String,
     /// The due time (Unix ms).
@@ -24,7 +24,7 @@ const DEADLINE_GRACE: Duration = Duration::from_secs(1);
 impl Store {
     /// Fires what is due at `now` (at most `max` entries): one-shot tasks become runnable;
     /// recurring templates are returned for [`Store::occur`].
-    pub async fn fire_due(&self, now: u64, max: usize) -> StoreResult<Vec<DueTemplate>> {
+    pub(crate) async fn fire_due(&self, now: u64, max: usize) -> StoreResult<Vec<DueTemplate>> {
         let mut con = self.con.clone();
         let rows: Vec<(String, String, String, String)> = self
             .scripts
@@ -50,7 +50,7 @@ impl Store {
 
     /// Creates the occurrence of template `id` due at `due` and moves the template to `next`,
     /// if nobody did it first. Returns true when this call created it.
-    pub async fn occur(
+    pub(crate) async fn occur(
         &self,
         id: &str,
         due: u64,
@@ -76,7 +76,7 @@ impl Store {
     }
 
     /// Expires tasks whose deadline passed before they started. Returns how many.
-    pub async fn expire_due(&self, now: u64, max: usize) -> StoreResult<usize> {
+    pub(crate) async fn expire_due(&self, now: u64, max: usize) -> StoreResult<usize> {
         let mut con = self.con.clone();
         Ok(self
             .scripts
@@ -94,7 +94,7 @@ impl Store {
     }
 
     /// The earliest time something scheduled or a deadline is due.
-    pub async fn next_due(&self) -> StoreResult<Option<u64>> {
+    pub(crate) async fn next_due(&self) -> StoreResult<Option<u64>> {
         let mut con = self.con.clone();
         let mut pipe = redis::pipe();
         for key in [self.keys.scheduled(), self.keys.deadlines()] {

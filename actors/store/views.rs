@@ -81,7 +81,7 @@ impl Store {
     }
 
     /// Lists pending, scheduled, running and dead tasks, at most `limit` of each.
-    pub async fn overview(&self, limit: usize) -> StoreResult<Overview> {
+    pub(crate) async fn overview(&self, limit: usize) -> StoreResult<Overview> {
         let mut con = self.con.clone();
         let stop = limit.max(1) as isize - 1;
         let workers: Vec<String> = redis::cmd("SMEMBERS")

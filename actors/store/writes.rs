@@ -6,7 +6,7 @@ use crate::model::task::TaskState;
 
 /// A durable write made by the saver. Each is one fenced script call.
 #[derive(Debug, Clone, PartialEq)]
-pub enum WriteOp {
+pub(crate) enum WriteOp {
     /// The task started its attempt.
     Start {
         /// Task id.
@@ -56,7 +56,7 @@ pub enum WriteOp {
 
 /// What Redis said about one [`WriteOp`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum WriteResult {
+pub(crate) enum WriteResult {
     /// Written.
     Applied,
     /// Refused by fencing: the task has another epoch now (counted as a stale duplicate).
@@ -72,7 +72,7 @@ pub enum WriteResult {
 impl Store {
     /// Applies a batch of writes, in order, each on its own: one round trip, one script call
     /// per [`SCRIPT_CHUNK`] writes (a longer script would hold Redis up for everyone else).
-    pub async fn write(&self, ops: &[WriteOp]) -> StoreResult<Vec<WriteResult>> {
+    pub(crate) async fn write(&self, ops: &[WriteOp]) -> StoreResult<Vec<WriteResult>> {
         if ops.is_empty() {
             return Ok(Vec::new());
         }

@@ -66,7 +66,6 @@ pub async fn eval(
         deadline: None,
         epoch: 0,
         created: now_ms(),
-        reply: false,
         pinned: false,
     };
     let env = RunEnv {

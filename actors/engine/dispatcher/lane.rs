@@ -344,7 +344,6 @@ mod tests {
             deadline: None,
             epoch: 1,
             created,
-            reply: false,
             pinned: false,
         }
     }

@@ -44,7 +44,7 @@ end
 -- `epoch` and `pinned` ('1' or '0'), and leaves out fields the record lacks. This list is the
 -- row's one definition; the store reads the row by name.
 local RUN_FIELDS = {'worker', 'args', 'priority', 'attempt', 'attempts', 'timeout', 'created',
-  'reply', 'deadline', 'backoff', 'backoff_cap'}
+  'deadline', 'backoff', 'backoff_cap'}
 
 -- What a claim or an adoption reads of a record: what it decides on, then RUN_FIELDS.
 local CLAIM_READ = {'state', 'cancel', 'epoch', 'target'}
