@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures::FutureExt;
-use ractor::ActorRef;
+use ractor::{ActorId, ActorRef, SupervisionEvent};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
@@ -42,6 +42,20 @@ impl<M: ractor::Message> Link<M> {
     /// Sends a message to the live actor; false when there is none or it is gone.
     pub(crate) fn cast(&self, msg: M) -> bool {
         self.get().is_some_and(|a| a.cast(msg).is_ok())
+    }
+}
+
+/// How a child ended, read from a supervision event: its id, whether it failed (rather than
+/// stopped), and why (the failure, or the stop's reason). Other events are not ends.
+pub(crate) fn child_end(event: SupervisionEvent) -> Option<(ActorId, bool, String)> {
+    match event {
+        SupervisionEvent::ActorFailed(cell, err) => Some((cell.get_id(), true, err.to_string())),
+        SupervisionEvent::ActorTerminated(cell, _, reason) => Some((
+            cell.get_id(),
+            false,
+            reason.unwrap_or_else(|| "stopped".into()),
+        )),
+        _ => None,
     }
 }
 

@@ -65,19 +65,9 @@ mod tests {
 
     fn task() -> Task {
         Task {
-            id: "t1".into(),
-            worker: "w".into(),
-            args: "null".into(),
-            priority: 0,
-            attempt: 1,
-            attempts: None,
-            timeout: None,
-            backoff: None,
-            backoff_cap: None,
-            deadline: None,
             epoch: 7,
             created: 1,
-            pinned: false,
+            ..Task::sample("t1")
         }
     }
 

@@ -23,6 +23,7 @@ use crate::engine::saver::SaverHandle;
 use crate::model::events;
 use crate::model::task::{Outcome, Task, now_ms};
 use crate::store::WriteOp;
+use crate::wiring::child_end;
 use crate::workers::registry::{LiveRegistry, WorkerEntry, run_attempt};
 
 /// What a pool tells its owner.
@@ -133,14 +134,10 @@ impl Actor for Pool {
         event: SupervisionEvent,
         state: &mut PoolState,
     ) -> Result<(), ActorProcessingErr> {
-        let (cell, why) = match event {
-            SupervisionEvent::ActorFailed(cell, err) => (cell, err.to_string()),
-            SupervisionEvent::ActorTerminated(cell, _, reason) => {
-                (cell, reason.unwrap_or_else(|| "stopped".into()))
-            }
-            _ => return Ok(()),
+        let Some((id, _, why)) = child_end(event) else {
+            return Ok(());
         };
-        let Some(index) = state.slot_of(cell.get_id()) else {
+        let Some(index) = state.slot_of(id) else {
             return Ok(());
         };
         state.slots[index].0 = spawn_slot(&myself, &state.args, index).await?;

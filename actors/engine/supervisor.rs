@@ -32,7 +32,7 @@ use crate::engine::peer::{PeerActor, PeerArgs};
 use crate::engine::saver::{Saver, SaverArgs, SaverHandle};
 use crate::engine::scheduler::{Scheduler, SchedulerArgs};
 use crate::store::Store;
-use crate::wiring::{LeaseClock, Link, StopReason, Stopper};
+use crate::wiring::{LeaseClock, Link, StopReason, Stopper, child_end};
 use crate::workers::registry::LiveRegistry;
 
 /// Everything a node's actors are built from. The supervisor and the node's handle hold it;
@@ -181,15 +181,11 @@ impl Actor for Supervisor {
         event: SupervisionEvent,
         state: &mut SupervisorState,
     ) -> Result<(), ActorProcessingErr> {
-        let (cell, why) = match event {
-            SupervisionEvent::ActorFailed(cell, err) => (cell, format!("failed: {err}")),
-            SupervisionEvent::ActorTerminated(cell, _, reason) => (
-                cell,
-                format!("stopped: {}", reason.unwrap_or_else(|| "no reason".into())),
-            ),
-            _ => return Ok(()),
+        let Some((id, failed, why)) = child_end(event) else {
+            return Ok(());
         };
-        let Some(child) = state.children.remove(&cell.get_id()) else {
+        let why = format!("{}: {why}", if failed { "failed" } else { "stopped" });
+        let Some(child) = state.children.remove(&id) else {
             return Ok(());
         };
         state.unlink(child);

@@ -517,6 +517,28 @@ pub(crate) struct Task {
     pub pinned: bool,
 }
 
+#[cfg(test)]
+impl Task {
+    /// A claimed task with every option unset, for tests.
+    pub(crate) fn sample(id: &str) -> Task {
+        Task {
+            id: id.into(),
+            worker: "w".into(),
+            args: "null".into(),
+            priority: 0,
+            attempt: 1,
+            attempts: None,
+            timeout: None,
+            backoff: None,
+            backoff_cap: None,
+            deadline: None,
+            epoch: 1,
+            created: 0,
+            pinned: false,
+        }
+    }
+}
+
 /// How an attempt ended, as the worker (or the node) saw it.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {

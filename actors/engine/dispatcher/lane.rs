@@ -332,19 +332,9 @@ mod tests {
 
     fn task(id: &str, priority: i32, created: u64) -> Task {
         Task {
-            id: id.into(),
-            worker: "w".into(),
-            args: "null".into(),
             priority,
-            attempt: 1,
-            attempts: None,
-            timeout: None,
-            backoff: None,
-            backoff_cap: None,
-            deadline: None,
-            epoch: 1,
             created,
-            pinned: false,
+            ..Task::sample(id)
         }
     }
 

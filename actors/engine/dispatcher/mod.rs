@@ -42,7 +42,7 @@ use crate::engine::pool::{Pool, PoolArgs, PoolEvent, PoolMsg};
 use crate::engine::saver::SaverHandle;
 use crate::model::task::{Outcome, Task, now_ms};
 use crate::store::Store;
-use crate::wiring::LeaseClock;
+use crate::wiring::{LeaseClock, child_end};
 use crate::workers::registry::{LiveRegistry, WorkerEntry};
 
 /// How often the dispatcher probes, steals and publishes its load.
@@ -259,14 +259,10 @@ impl Actor for Dispatcher {
         event: SupervisionEvent,
         state: &mut DispatcherState,
     ) -> Result<(), ActorProcessingErr> {
-        let (cell, why) = match event {
-            SupervisionEvent::ActorFailed(cell, err) => (cell, err.to_string()),
-            SupervisionEvent::ActorTerminated(cell, _, reason) => {
-                (cell, reason.unwrap_or_else(|| "stopped".into()))
-            }
-            _ => return Ok(()),
+        let Some((id, _, why)) = child_end(event) else {
+            return Ok(());
         };
-        let Some(worker) = state.pools.remove(&cell.get_id()) else {
+        let Some(worker) = state.pools.remove(&id) else {
             return Ok(());
         };
         let Some(w) = state.lanes.get_mut(&worker) else {
