@@ -210,7 +210,7 @@ struct TaskOpts {
     #[arg(long, value_name = "K")]
     result_key: Option<String>,
     /// Where it runs: any (by load), all (once per live node), local (the node this
-    /// configuration names), node:<id>.
+    /// configuration names), `node:<id>`.
     #[arg(long, value_name = "T", default_value = "any")]
     target: String,
 }

@@ -14,7 +14,7 @@ pub(crate) const MAX_NAME_LEN: usize = 64;
 pub enum NameError {
     /// The name is empty.
     Empty,
-    /// The name is longer than [`MAX_NAME_LEN`] bytes.
+    /// The name is longer than 64 bytes.
     TooLong(usize),
     /// The name holds a character outside `[A-Za-z0-9_-]`.
     BadChar {

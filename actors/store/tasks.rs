@@ -13,7 +13,7 @@ use crate::decide::cron::Recurrence;
 use crate::decide::due::first_run;
 use crate::model::task::{Task, TaskSpec, TaskState, TaskStatus, field, now_ms};
 
-/// What happened to a task handed to [`Store::enqueue_many`].
+/// What happened to a task handed to the cluster (`Client::enqueue`, the channel).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Accepted {
