@@ -28,6 +28,7 @@ use ractor::{Actor, ActorCell, ActorRef};
 use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinHandle;
 
+use crate::client::{Client, ClientError};
 use crate::cluster::handle::{ClusterHandle, cookie_hash};
 use crate::cluster::membership::MembershipMsg;
 use crate::cluster::wire::Body;
@@ -321,8 +322,8 @@ impl NodeHandle {
     }
 
     /// A client for this node's cluster whose `local` target means this node.
-    pub async fn client(&self) -> Result<crate::Client, crate::ClientError> {
-        crate::Client::from_settings(&self.parts.settings).await
+    pub async fn client(&self) -> Result<Client, ClientError> {
+        Client::from_settings(&self.parts.settings).await
     }
 
     /// Shuts the node down gracefully; see the module documentation for the sequence.
