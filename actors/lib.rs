@@ -59,6 +59,11 @@ pub mod time;
 mod wiring;
 mod workers;
 
+/// The tests' own `redis-server`, shared with the integration tests.
+#[cfg(test)]
+#[path = "../tests/common/redis.rs"]
+mod test_redis;
+
 pub use client::{Client, ClientError, ControlAnswer, MemberInfo, TaskResult};
 pub use cluster::wire::ControlOp;
 pub use config::{ConfigError, Settings, Sources};

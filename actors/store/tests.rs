@@ -14,13 +14,10 @@ use crate::decide::fencing::{CASES, Verdict};
 use crate::model::task::{Target, Task, TaskSpec, TaskState, now_ms};
 use crate::store::{Accepted, Store, WriteOp, WriteResult};
 
-#[path = "../../tests/common/redis.rs"]
-mod redis_server;
-
 mod ownership;
 mod waiting;
 
-use redis_server::Redis;
+use crate::test_redis::Redis;
 
 /// Settings pointing at `redis`.
 fn settings(redis: &Redis) -> Settings {
