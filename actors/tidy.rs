@@ -1,6 +1,7 @@
 //! Checks of the source's shape that the types do not enforce: who may write task state, where
 //! the end of an attempt is built, and which module encodes cluster messages. Each reads the
-//! library's own files, leaving out test code.
+//! library's own files, leaving out test code. Then checks of ARCHITECTURE.md against the tree:
+//! its code map names every file, and every test it names exists.
 
 use std::path::{Path, PathBuf};
 
@@ -122,4 +123,133 @@ fn the_tidy_checks_tell_a_value_from_a_pattern() {
 #[test]
 fn only_the_codec_uses_bincode() {
     assert_eq!(files_with("bincode"), ["cluster/codec.rs"]);
+}
+
+/// The repository's root.
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Every file under `dir` (relative to the root), as paths relative to the root.
+fn files_under(dir: &str) -> Vec<String> {
+    let mut files = Vec::new();
+    let mut dirs = vec![root().join(dir)];
+    while let Some(d) = dirs.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else {
+                let rel = path.strip_prefix(root()).unwrap().to_string_lossy();
+                files.push(rel.replace('\\', "/"));
+            }
+        }
+    }
+    files.sort();
+    files
+}
+
+/// ARCHITECTURE.md.
+fn architecture() -> String {
+    std::fs::read_to_string(root().join("ARCHITECTURE.md")).unwrap()
+}
+
+/// The code map's sections: each `### `path`` heading with the text under it.
+fn code_map() -> Vec<(String, String)> {
+    let doc = architecture();
+    let mut sections = Vec::new();
+    for part in doc.split("\n### `").skip(1) {
+        let (heading, rest) = part.split_once('`').unwrap();
+        let body = rest.split("\n#").next().unwrap_or_default();
+        sections.push((heading.to_owned(), body.to_owned()));
+    }
+    sections
+}
+
+#[test]
+fn the_architecture_maps_every_file() {
+    let sections = code_map();
+    for (heading, _) in &sections {
+        assert!(
+            root().join(heading).exists(),
+            "ARCHITECTURE.md has a heading for `{heading}`, which does not exist"
+        );
+    }
+    let mut unmapped = Vec::new();
+    for dir in ["actors", "node", "tests", "benches", "examples"] {
+        for file in files_under(dir) {
+            // The deepest heading that covers the file: the file itself, a folder above it
+            // (`actors/store/`), or the module file of a folder above it (`actors/config.rs`
+            // for `actors/config/tests.rs`).
+            let mut found = false;
+            let mut at = file.as_str();
+            while let Some(slash) = at.rfind('/') {
+                at = &at[..slash];
+                let folder = format!("{at}/");
+                let parent = at.rfind('/').map_or("", |i| &at[..=i]);
+                let module = format!("{at}.rs");
+                let covering = sections.iter().find_map(|(h, body)| {
+                    if *h == file {
+                        Some(("", body))
+                    } else if *h == folder {
+                        Some((folder.as_str(), body))
+                    } else if *h == module {
+                        Some((parent, body))
+                    } else {
+                        None
+                    }
+                });
+                if let Some((base, body)) = covering {
+                    let rest = &file[base.len()..];
+                    found = base.is_empty()
+                        || body.split('`').skip(1).step_by(2).any(|named| {
+                            named == rest || (named.ends_with('/') && rest.starts_with(named))
+                        });
+                    break;
+                }
+            }
+            if !found {
+                unmapped.push(file);
+            }
+        }
+    }
+    assert!(
+        unmapped.is_empty(),
+        "ARCHITECTURE.md's code map does not name {unmapped:?}"
+    );
+}
+
+#[test]
+fn every_test_the_architecture_names_exists() {
+    let doc = architecture();
+    let (rules, gaps) = doc.split_once("### Known gaps").unwrap();
+    let rules = &rules[rules.find("## Invariants").unwrap()..];
+    let invariants: Vec<&str> = rules.split("- **Invariant:**").skip(1).collect();
+    assert!(invariants.len() >= 15, "{} invariants", invariants.len());
+    for (text, ignored) in [(rules, false), (gaps, true)] {
+        for named in text.split('`').skip(1).step_by(2) {
+            let Some((file, test)) = named.split_once(".rs::") else {
+                continue;
+            };
+            let path = format!("{file}.rs");
+            let source = std::fs::read_to_string(root().join(&path))
+                .unwrap_or_else(|e| panic!("ARCHITECTURE.md names `{named}`: {path}: {e}"));
+            let at = source
+                .find(&format!("fn {test}("))
+                .unwrap_or_else(|| panic!("ARCHITECTURE.md names `{named}`, which is not there"));
+            let attributes = &source[source[..at].rfind("}\n").unwrap_or(0)..at];
+            assert_eq!(
+                attributes.contains("#[ignore"),
+                ignored,
+                "`{named}`: a rule's test must run, a known gap's test is ignored"
+            );
+        }
+    }
+    for invariant in invariants {
+        let checked = invariant.split("Checked by").nth(1).unwrap_or_default();
+        assert!(
+            checked.contains(".rs::"),
+            "an invariant without a test: {invariant}"
+        );
+    }
 }
