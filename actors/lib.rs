@@ -46,6 +46,7 @@
 //!   `script`, `eval`.
 //! - `wiring`: links to actors that may restart, background tasks tied to actors, the lease
 //!   clock; `node`: start-up, liveness lease, graceful shutdown; `client`; `config`.
+//! - `tidy` (tests only): checks of the source's shape that the types do not enforce.
 
 mod client;
 mod cluster;
@@ -58,6 +59,13 @@ mod store;
 pub mod time;
 mod wiring;
 mod workers;
+
+/// The tests' own `redis-server`, shared with the integration tests.
+#[cfg(test)]
+#[path = "../tests/common/redis.rs"]
+mod test_redis;
+#[cfg(test)]
+mod tidy;
 
 pub use client::{Client, ClientError, ControlAnswer, MemberInfo, TaskResult};
 pub use cluster::wire::ControlOp;

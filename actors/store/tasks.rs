@@ -409,3 +409,60 @@ pub(super) fn parse_status(id: &str, map: &HashMap<String, String>) -> TaskStatu
         parent: get(field::PARENT),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The names of `RUN_FIELDS`, as `common.lua` defines them.
+    fn run_fields() -> Vec<String> {
+        let lua = include_str!("lua/common.lua");
+        let start = lua
+            .find("local RUN_FIELDS = {")
+            .expect("common.lua defines RUN_FIELDS");
+        let list = &lua[start..start + lua[start..].find('}').unwrap()];
+        list.split('\'')
+            .skip(1)
+            .step_by(2)
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// A row with what every claimed row carries, plus `extra`.
+    fn row(extra: &[(&str, &str)]) -> ClaimedRow {
+        [
+            ("id", "t"),
+            ("epoch", "3"),
+            ("pinned", "0"),
+            ("worker", "w"),
+        ]
+        .iter()
+        .chain(extra)
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
+    }
+
+    #[test]
+    fn every_run_field_is_read_by_name() {
+        let names = run_fields();
+        assert!(names.len() >= 10, "{names:?}");
+        let bare = format!("{:?}", parse_claimed(&row(&[])).unwrap());
+        for name in &names {
+            let with = parse_claimed(&row(&[(name, "1")])).unwrap();
+            assert_ne!(
+                format!("{with:?}"),
+                bare,
+                "`{name}` is in the row but the store does not read it"
+            );
+        }
+    }
+
+    #[test]
+    fn a_row_without_what_the_script_always_writes_is_refused() {
+        for missing in ["id", "epoch", "pinned", "worker"] {
+            let mut r = row(&[]);
+            r.remove(missing);
+            assert!(parse_claimed(&r).is_err(), "a row without `{missing}`");
+        }
+    }
+}

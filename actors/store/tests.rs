@@ -1,9 +1,12 @@
 //! The store's scripts against a real Redis: fencing follows the same table as the Rust rule,
 //! claims honour priority and age, an id is the idempotency key, a claimed task carries every
-//! field it was enqueued with, and pinned tasks stay on their node.
+//! field it was enqueued with, and pinned tasks stay on their node. The rules of ownership are
+//! checked in `ownership`, those of waiting tasks (enqueue, the scheduled set, key slots) in
+//! `waiting`; the helpers below serve all three.
 
 use std::time::Duration;
 
+use redis::aio::MultiplexedConnection;
 use serde_json::{Value, json};
 
 use crate::config::Settings;
@@ -11,10 +14,10 @@ use crate::decide::fencing::{CASES, Verdict};
 use crate::model::task::{Target, Task, TaskSpec, TaskState, now_ms};
 use crate::store::{Accepted, Store, WriteOp, WriteResult};
 
-#[path = "../../tests/common/redis.rs"]
-mod redis_server;
+mod ownership;
+mod waiting;
 
-use redis_server::Redis;
+use crate::test_redis::Redis;
 
 /// Settings pointing at `redis`.
 fn settings(redis: &Redis) -> Settings {
@@ -301,4 +304,109 @@ async fn pinned_tasks_are_never_adopted_and_the_claim_says_which_are_pinned() {
     let by_n1 = store.claim("w", "n1", 10).await.unwrap();
     assert_eq!(by_n1.len(), 3);
     assert!(by_n1.iter().all(|t| t.pinned));
+}
+
+/// A field of task `id`'s record.
+async fn hget(con: &mut MultiplexedConnection, id: &str, field: &str) -> Option<String> {
+    redis::cmd("HGET")
+        .arg(format!("bg:task:{id}"))
+        .arg(field)
+        .query_async(con)
+        .await
+        .unwrap()
+}
+
+/// The epoch of task `id`.
+async fn epoch_of(con: &mut MultiplexedConnection, id: &str) -> u64 {
+    hget(con, id, "epoch")
+        .await
+        .and_then(|e| e.parse().ok())
+        .unwrap_or_else(|| panic!("{id} has no epoch"))
+}
+
+/// The start of an attempt under `epoch`.
+fn start_op(id: &str, epoch: u64) -> WriteOp {
+    WriteOp::Start {
+        id: id.into(),
+        epoch,
+        attempt: 1,
+        at: now_ms(),
+        event: "{}".into(),
+    }
+}
+
+/// The end of an attempt on `node` under `epoch`; `retry_at` matters when `state` is retrying.
+fn finish_op(id: &str, node: &str, epoch: u64, state: TaskState, retry_at: u64) -> WriteOp {
+    WriteOp::Finish {
+        id: id.into(),
+        node: node.into(),
+        epoch,
+        attempt: 1,
+        started: 1,
+        finished: now_ms(),
+        state,
+        value: "\"late\"".into(),
+        retry_at,
+        event: "{}".into(),
+        started_event: None,
+        error_event: None,
+    }
+}
+
+/// Every waiting structure and owned set (of worker `w`, key `k`, nodes `n1` and `n2`) that
+/// holds `id`.
+async fn places(con: &mut MultiplexedConnection, id: &str) -> Vec<&'static str> {
+    let mut found = Vec::new();
+    for set in [
+        "bg:pending:w",
+        "bg:pending:w@n1",
+        "bg:pending:w@n2",
+        "bg:scheduled",
+    ] {
+        let score: Option<f64> = redis::cmd("ZSCORE")
+            .arg(set)
+            .arg(id)
+            .query_async(con)
+            .await
+            .unwrap();
+        if score.is_some() {
+            found.push(set);
+        }
+    }
+    for set in ["bg:node:n1:owned", "bg:node:n2:owned"] {
+        let member: bool = redis::cmd("SISMEMBER")
+            .arg(set)
+            .arg(id)
+            .query_async(con)
+            .await
+            .unwrap();
+        if member {
+            found.push(set);
+        }
+    }
+    let deferred: Vec<String> = redis::cmd("LRANGE")
+        .arg("bg:deferred:k")
+        .arg(0)
+        .arg(-1)
+        .query_async(con)
+        .await
+        .unwrap();
+    found.extend(
+        deferred
+            .iter()
+            .filter(|d| *d == id)
+            .map(|_| "bg:deferred:k"),
+    );
+    found
+}
+
+/// The ids holding a slot of key `k`, sorted.
+async fn slots(con: &mut MultiplexedConnection) -> Vec<String> {
+    let mut ids: Vec<String> = redis::cmd("SMEMBERS")
+        .arg("bg:key:k")
+        .query_async(con)
+        .await
+        .unwrap();
+    ids.sort();
+    ids
 }

@@ -1,6 +1,6 @@
 //! A real `redis-server` of the tests' own: a free port, a temporary folder, killed on drop.
-//! Shared by the integration tests (through `tests/common`) and the library's own store tests,
-//! so it names nothing of the library.
+//! Shared by the integration tests (through `tests/common`) and the library's own tests (as
+//! `test_redis`), so it names nothing of the library.
 
 #![allow(dead_code, unreachable_pub, missing_docs)]
 

@@ -396,6 +396,51 @@ mod tests {
     }
 
     #[test]
+    fn claims_never_take_a_lane_past_its_bound() {
+        // Claims, answers of every size, starts, ends and wakes in a seeded random order.
+        let mut rng = fastrand::Rng::with_seed(7);
+        for (capacity, queue_cap) in [(1, 0), (1, 1), (2, 8), (8, 3), (5, 20)] {
+            let mut lane = Lane::new(capacity, queue_cap);
+            let full = capacity + queue_cap;
+            let (mut asked, mut running, mut next) = (None, Vec::new(), 0u64);
+            for _ in 0..2_000 {
+                let held = lane.held().len();
+                match rng.u8(..5) {
+                    0 => {
+                        let n = lane.begin_claim(Instant::now());
+                        match asked {
+                            Some(_) => assert_eq!(n, 0, "one claim at a time"),
+                            None if n > 0 => {
+                                assert!(n <= full - held, "asked {n} with {held} of {full}");
+                                asked = Some(n);
+                            }
+                            None => {}
+                        }
+                    }
+                    1 => {
+                        if let Some(n) = asked.take() {
+                            let tasks = (0..rng.usize(..=n)).map(|_| {
+                                next += 1;
+                                task(&next.to_string(), 0, next)
+                            });
+                            lane.claimed(tasks.collect(), n);
+                        }
+                    }
+                    2 => running.extend(lane.next_to_start(0).map(|(t, _)| t.id)),
+                    3 if !running.is_empty() => {
+                        let id = running.swap_remove(rng.usize(..running.len()));
+                        lane.finished(&id);
+                    }
+                    _ => lane.wake(),
+                }
+                let held = lane.held().len();
+                assert!(held <= full, "{held} held, bound {full}");
+                assert!(lane.running_count() <= capacity);
+            }
+        }
+    }
+
+    #[test]
     fn a_wake_during_a_claim_is_not_forgotten() {
         let now = Instant::now();
         let mut lane = Lane::new(2, 8);

@@ -23,6 +23,8 @@
 mod lane;
 mod recover;
 mod steal;
+#[cfg(test)]
+mod tests;
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -1,0 +1,258 @@
+//! Where tasks wait, against a real Redis: an enqueue stores a task whole before announcing it,
+//! a due entry of the scheduled set fires once however many schedulers ask, and the slots of a
+//! per-key limit cannot leak.
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use serde_json::{Value, json};
+
+use super::{Redis, finish_op, hget, places, settings, slots};
+use crate::config::KeyPolicy;
+use crate::decide::cron::Recurrence;
+use crate::model::task::{TaskSpec, TaskState, now_ms};
+use crate::store::{Accepted, Store};
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_enqueue_stores_the_whole_task_once_and_announces_it() {
+    let redis = Redis::start();
+    let store = Store::connect(&settings(&redis)).await.unwrap();
+    let mut con = redis.con().await;
+    let client = redis::Client::open(redis.url.as_str()).unwrap();
+    let mut pubsub = client.get_async_pubsub().await.unwrap();
+    pubsub.subscribe("background").await.unwrap();
+    let mut notices = pubsub.into_on_message();
+
+    let stored = store
+        .enqueue_many(
+            &[
+                TaskSpec::new("w", json!(2))
+                    .id("later")
+                    .delay(Duration::from_secs(3_600)),
+                TaskSpec::new("w", json!({"n": 1})).id("now"),
+            ],
+            true,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        stored,
+        [
+            ("later".to_string(), Accepted::Scheduled),
+            ("now".to_string(), Accepted::Queued)
+        ]
+    );
+    // The record and the entry it waits in are both there once the call returns.
+    assert_eq!(
+        hget(&mut con, "now", "state").await.as_deref(),
+        Some("queued")
+    );
+    assert_eq!(places(&mut con, "now").await, ["bg:pending:w"]);
+    assert_eq!(
+        hget(&mut con, "later", "state").await.as_deref(),
+        Some("scheduled")
+    );
+    assert_eq!(places(&mut con, "later").await, ["bg:scheduled"]);
+
+    // The same call announced both: a wake for the runnable task, a notice for the scheduler.
+    let mut ops = Vec::new();
+    while ops.len() < 2 {
+        let msg = tokio::time::timeout(Duration::from_secs(5), notices.next())
+            .await
+            .unwrap_or_else(|_| panic!("the enqueue announces its tasks; got {ops:?}"))
+            .unwrap();
+        let notice: Value = serde_json::from_slice(msg.get_payload_bytes()).unwrap();
+        ops.push(notice["op"].as_str().unwrap().to_owned());
+    }
+    ops.sort();
+    assert_eq!(ops, ["schedule", "wake"]);
+
+    // An id that exists is the idempotency key: nothing is stored again or changed.
+    let again = store
+        .enqueue_many(&[TaskSpec::new("w", json!("other")).id("now")], true)
+        .await
+        .unwrap();
+    assert_eq!(again[0].1, Accepted::Exists);
+    assert_eq!(
+        hget(&mut con, "now", "args").await.as_deref(),
+        Some(r#"{"n":1}"#)
+    );
+    assert_eq!(places(&mut con, "now").await, ["bg:pending:w"]);
+    let accepted: Option<u64> = redis::cmd("HGET")
+        .arg("bg:stats")
+        .arg("accepted")
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    assert_eq!(accepted, Some(2));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "bug: enqueue_many gives the wake flag to the last task of each worker; when that \
+            one is delayed it publishes a schedule notice, and the runnable tasks before it are \
+            announced by nobody (nodes find them at their next probe, up to a second later)"]
+async fn a_runnable_task_is_announced_even_when_a_delayed_one_follows_it() {
+    let redis = Redis::start();
+    let store = Store::connect(&settings(&redis)).await.unwrap();
+    let client = redis::Client::open(redis.url.as_str()).unwrap();
+    let mut pubsub = client.get_async_pubsub().await.unwrap();
+    pubsub.subscribe("background").await.unwrap();
+    let mut notices = pubsub.into_on_message();
+    store
+        .enqueue_many(
+            &[
+                TaskSpec::new("w", json!(1)).id("now"),
+                TaskSpec::new("w", json!(2))
+                    .id("later")
+                    .delay(Duration::from_secs(3_600)),
+            ],
+            true,
+        )
+        .await
+        .unwrap();
+    let mut ops = Vec::new();
+    while ops.len() < 2 {
+        let Ok(Some(msg)) = tokio::time::timeout(Duration::from_secs(2), notices.next()).await
+        else {
+            panic!("only {ops:?} was announced");
+        };
+        let notice: Value = serde_json::from_slice(msg.get_payload_bytes()).unwrap();
+        ops.push(notice["op"].as_str().unwrap().to_owned());
+    }
+    ops.sort();
+    assert_eq!(ops, ["schedule", "wake"]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_due_entry_fires_once_however_many_schedulers_ask() {
+    let redis = Redis::start();
+    let store = Store::connect(&settings(&redis)).await.unwrap();
+    let mut con = redis.con().await;
+    let t0 = now_ms() - 10_000;
+    store
+        .enqueue_many(
+            &[
+                TaskSpec::new("w", json!(null))
+                    .id("once")
+                    .delay(Duration::from_millis(100)),
+                TaskSpec::new("w", json!(null))
+                    .id("tick")
+                    .repeat(Recurrence::Every(Duration::from_secs(1)))
+                    .at(t0),
+            ],
+            false,
+        )
+        .await
+        .unwrap();
+
+    // A one-shot entry leaves the scheduled set in the call that queues it.
+    let later = now_ms() + 1_000;
+    let due = store.fire_due(later, 10).await.unwrap();
+    assert_eq!(places(&mut con, "once").await, ["bg:pending:w"]);
+    assert_eq!(
+        hget(&mut con, "once", "state").await.as_deref(),
+        Some("queued")
+    );
+    let again = store.fire_due(later, 10).await.unwrap();
+    assert_eq!(again, due, "a second scheduler sees only the template");
+    assert_eq!(places(&mut con, "once").await, ["bg:pending:w"]);
+
+    // A template is returned, not moved; of two schedulers racing for one occurrence, one wins.
+    assert_eq!(due.len(), 1);
+    assert_eq!((due[0].id.as_str(), due[0].due), ("tick", t0));
+    let next = Some(t0 + 1_000);
+    let (first, second) = tokio::join!(
+        store.occur("tick", t0, next, later),
+        store.occur("tick", t0, next, later)
+    );
+    let mut won = [first.unwrap(), second.unwrap()];
+    won.sort();
+    assert_eq!(won, [false, true]);
+    let occurrence = format!("tick@{t0}");
+    assert_eq!(places(&mut con, &occurrence).await, ["bg:pending:w"]);
+    let score: f64 = redis::cmd("ZSCORE")
+        .arg("bg:scheduled")
+        .arg("tick")
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    assert_eq!(score as u64, t0 + 1_000);
+
+    // A scheduler that read the old due time changes nothing.
+    assert!(
+        !store
+            .occur("tick", t0, Some(t0 + 2_000), later)
+            .await
+            .unwrap()
+    );
+    let score: f64 = redis::cmd("ZSCORE")
+        .arg("bg:scheduled")
+        .arg("tick")
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    assert_eq!(score as u64, t0 + 1_000);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn key_slots_are_pruned_and_held_from_queued_to_finished() {
+    let redis = Redis::start();
+    let mut s = settings(&redis);
+    s.keys.policy = KeyPolicy::Defer;
+    let store = Store::connect(&s).await.unwrap();
+    let mut con = redis.con().await;
+    let keyed = |id| TaskSpec::new("w", json!(null)).id(id).key("k");
+
+    // Slots left by a crash: a task that vanished and one that finished.
+    redis::cmd("SADD")
+        .arg("bg:key:k")
+        .arg("vanished")
+        .arg("finished")
+        .query_async::<()>(&mut con)
+        .await
+        .unwrap();
+    redis::cmd("HSET")
+        .arg("bg:task:finished")
+        .arg("state")
+        .arg("done")
+        .query_async::<()>(&mut con)
+        .await
+        .unwrap();
+    let stored = store
+        .enqueue_many(
+            &[
+                keyed("a"),
+                keyed("b"),
+                keyed("later").delay(Duration::from_secs(3_600)),
+            ],
+            false,
+        )
+        .await
+        .unwrap();
+    let accepted: Vec<Accepted> = stored.into_iter().map(|(_, a)| a).collect();
+    assert_eq!(
+        accepted,
+        [Accepted::Queued, Accepted::Deferred, Accepted::Scheduled]
+    );
+    assert_eq!(
+        slots(&mut con).await,
+        ["a"],
+        "stale slots were pruned; scheduled and deferred tasks hold none"
+    );
+
+    // Retrying, the task keeps its slot, and takes it again when it fires.
+    let a = store.claim("w", "n1", 10).await.unwrap();
+    let retry = finish_op("a", "n1", a[0].epoch, TaskState::Retrying, now_ms() - 1);
+    store.write(&[retry]).await.unwrap();
+    assert_eq!(slots(&mut con).await, ["a"]);
+    assert_eq!(places(&mut con, "b").await, ["bg:deferred:k"]);
+    store.fire_due(now_ms(), 10).await.unwrap();
+    assert_eq!(slots(&mut con).await, ["a"]);
+
+    // Finished, it frees the slot for the oldest deferred task.
+    let a = store.claim("w", "n1", 10).await.unwrap();
+    let done = finish_op("a", "n1", a[0].epoch, TaskState::Done, 0);
+    store.write(&[done]).await.unwrap();
+    assert_eq!(slots(&mut con).await, ["b"]);
+    assert_eq!(places(&mut con, "b").await, ["bg:pending:w"]);
+}
