@@ -210,6 +210,9 @@ async fn listen(ctx: Arc<IngressArgs>, mut stop: watch::Receiver<bool>) {
         };
         if let Err(e) = pubsub.subscribe(&channel).await {
             tracing::warn!("ingress cannot subscribe to {channel} ({e}); retrying");
+            if wait_or_stop(&mut stop, backoff.next_delay()).await {
+                break;
+            }
             continue;
         }
         backoff.reset();

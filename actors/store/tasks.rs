@@ -133,9 +133,9 @@ impl Store {
         }
     }
 
-    /// Stores new tasks in one script call, each task on its own. With `wake`, the last task of
-    /// each worker in the batch publishes the wake notice (after the tasks before it were
-    /// stored), and scheduled tasks announce themselves to the schedulers. Returns each id with
+    /// Stores new tasks in one script call, each task on its own. With `wake`, the last runnable
+    /// task of each worker and target in the batch publishes the wake notice (after the tasks
+    /// before it were stored), and scheduled tasks announce themselves to the schedulers. Returns each id with
     /// what happened to it.
     pub(crate) async fn enqueue_many(
         &self,
@@ -149,12 +149,17 @@ impl Store {
             .iter()
             .map(|s| s.id.clone().unwrap_or_else(crate::model::task::new_task_id))
             .collect();
+        // A wake notice says which worker's set grew and, for a pinned task, for which node;
+        // a scheduled task announces itself to the schedulers instead. So the last runnable task
+        // of each worker and target publishes for the ones before it, and every scheduled task
+        // publishes its own.
         let mut wakes = vec![false; specs.len()];
-        let mut woken: std::collections::HashSet<&str> = std::collections::HashSet::new();
+        let mut woken: std::collections::HashSet<(&str, Option<String>)> =
+            std::collections::HashSet::new();
         for (i, spec) in specs.iter().enumerate().rev() {
-            let last_of_worker = woken.insert(spec.worker.as_str());
             let scheduled = spec.run_at.is_some() || spec.delay.is_some() || spec.repeat.is_some();
-            wakes[i] = wake && (last_of_worker || scheduled);
+            wakes[i] =
+                wake && (scheduled || woken.insert((spec.worker.as_str(), spec.target.as_field())));
         }
         let now = now_ms();
         let limit = self.names.key_limit;

@@ -36,6 +36,7 @@ use lane::Lane;
 pub use lane::LaneStats;
 
 use crate::cluster::handle::ClusterHandle;
+use crate::decide::backoff::Backoff;
 use crate::decide::outcome::conclude;
 use crate::decide::placement::NodeLoad;
 use crate::decide::policy::RetryPolicy;
@@ -166,6 +167,8 @@ pub(crate) struct DispatcherState {
     rng: fastrand::Rng,
     /// A lapse of the liveness lease is being checked: start nothing meanwhile.
     verifying: bool,
+    /// Paces the ownership check after a lapse while Redis cannot answer it.
+    lapse_backoff: Backoff,
 }
 
 impl Actor for Dispatcher {
@@ -188,6 +191,7 @@ impl Actor for Dispatcher {
             draining: false,
             idle_waiters: Vec::new(),
             verifying: false,
+            lapse_backoff: Backoff::new(Duration::from_millis(200), Duration::from_secs(2)),
         };
         state.add_lanes(&myself).await?;
         Ok(state)
@@ -356,6 +360,7 @@ impl DispatcherState {
             Internal::Lost(ids) => {
                 self.drop_lost(&ids);
                 self.verifying = false;
+                self.lapse_backoff.reset();
                 self.pump_all();
             }
         }
@@ -465,7 +470,7 @@ impl DispatcherState {
     fn pump(&mut self, worker: &str) {
         // Never start a task this node may no longer own: not while draining, not while the
         // liveness lease may have lapsed, not until a lapse has been checked.
-        if self.draining || self.verifying || !self.args.lease.fresh() {
+        if !self.recovered || self.draining || self.verifying || !self.args.lease.fresh() {
             return;
         }
         let Some(WorkerLane {
@@ -551,8 +556,23 @@ impl DispatcherState {
         }
     }
 
-    /// Tasks this node now owns: queue them.
+    /// Tasks this node now owns: queue them. Before recovery is over they go straight back to
+    /// the pending sets instead: recovery hands back what this node owns, and a task queued here
+    /// as well would then run twice.
     fn hold(&mut self, tasks: Vec<Task>) {
+        if !self.recovered {
+            let ids: Vec<String> = tasks.into_iter().map(|t| t.id).collect();
+            let (store, node) = (self.args.store.clone(), self.args.node.clone());
+            tokio::spawn(async move {
+                if let Err(e) = store.release_ids(&node, &ids).await {
+                    tracing::warn!(
+                        "cannot hand back {} tasks adopted during recovery ({e}); the next recovery will",
+                        ids.len()
+                    );
+                }
+            });
+            return;
+        }
         let mut workers = Vec::new();
         for task in tasks {
             match self.lanes.get_mut(&task.worker) {

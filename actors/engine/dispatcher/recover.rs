@@ -41,6 +41,7 @@ impl DispatcherState {
     pub(super) fn verify_ownership(&mut self, myself: &ActorRef<DispatcherMsg>) {
         let held: Vec<(String, u64)> = self.lanes.values().flat_map(|w| w.lane.held()).collect();
         let (store, node) = (self.args.store.clone(), self.args.node.clone());
+        let retry_after = self.lapse_backoff.next_delay();
         let me = myself.clone();
         tokio::spawn(async move {
             match store.still_owned(&node, &held).await {
@@ -60,7 +61,7 @@ impl DispatcherState {
                 }
                 Err(e) => {
                     tracing::warn!("cannot check ownership after a lease lapse ({e}); retrying");
-                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    tokio::time::sleep(retry_after).await;
                     let _ = me.cast(DispatcherMsg::Lapsed);
                 }
             }

@@ -1,7 +1,7 @@
 //! The dispatcher against a real Redis, running a Rust worker the test holds open: it claims
 //! nothing before the node's owned set is handed back, starts nothing while the liveness lease
-//! may have lapsed, and after a lapse drops what a failover took from it. One test, ignored,
-//! shows a task adopted during recovery running twice.
+//! may have lapsed, and after a lapse drops what a failover took from it; a task adopted during
+//! recovery runs once.
 //!
 //! Recovery waits for the saver to flush; a test holds recovery back by queueing a write before
 //! any saver actor runs, and lets it go by starting one.
@@ -290,8 +290,6 @@ async fn after_a_lapse_the_tasks_lost_to_a_failover_are_dropped() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "bug: tasks adopted while the dispatcher recovers are queued and started at once, \
-            then handed back by the recovery while they run, so they run twice"]
 async fn a_task_adopted_while_recovering_runs_once() {
     let rig = Rig::new(2).await;
     rig.enqueue(&["x"]).await;

@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use super::{Redis, finish_op, hget, places, settings, slots};
 use crate::config::KeyPolicy;
 use crate::decide::cron::Recurrence;
-use crate::model::task::{TaskSpec, TaskState, now_ms};
+use crate::model::task::{Target, TaskSpec, TaskState, now_ms};
 use crate::store::{Accepted, Store};
 
 #[tokio::test(flavor = "multi_thread")]
@@ -88,9 +88,6 @@ async fn an_enqueue_stores_the_whole_task_once_and_announces_it() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "bug: enqueue_many gives the wake flag to the last task of each worker; when that \
-            one is delayed it publishes a schedule notice, and the runnable tasks before it are \
-            announced by nobody (nodes find them at their next probe, up to a second later)"]
 async fn a_runnable_task_is_announced_even_when_a_delayed_one_follows_it() {
     let redis = Redis::start();
     let store = Store::connect(&settings(&redis)).await.unwrap();
@@ -121,6 +118,40 @@ async fn a_runnable_task_is_announced_even_when_a_delayed_one_follows_it() {
     }
     ops.sort();
     assert_eq!(ops, ["schedule", "wake"]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_shared_task_is_announced_even_when_a_pinned_one_follows_it() {
+    let redis = Redis::start();
+    let store = Store::connect(&settings(&redis)).await.unwrap();
+    let client = redis::Client::open(redis.url.as_str()).unwrap();
+    let mut pubsub = client.get_async_pubsub().await.unwrap();
+    pubsub.subscribe("background").await.unwrap();
+    let mut notices = pubsub.into_on_message();
+    store
+        .enqueue_many(
+            &[
+                TaskSpec::new("w", json!(1)).id("shared"),
+                TaskSpec::new("w", json!(2))
+                    .id("pinned")
+                    .target(Target::Node("n2".into())),
+            ],
+            true,
+        )
+        .await
+        .unwrap();
+    let mut nodes = Vec::new();
+    while nodes.len() < 2 {
+        let Ok(Some(msg)) = tokio::time::timeout(Duration::from_secs(2), notices.next()).await
+        else {
+            panic!("only wakes for {nodes:?} were published");
+        };
+        let notice: Value = serde_json::from_slice(msg.get_payload_bytes()).unwrap();
+        assert_eq!(notice["op"], "wake");
+        nodes.push(notice["node"].as_str().unwrap_or("any").to_owned());
+    }
+    nodes.sort();
+    assert_eq!(nodes, ["any", "n2"], "every node hears of the shared task");
 }
 
 #[tokio::test(flavor = "multi_thread")]
