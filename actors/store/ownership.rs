@@ -1,7 +1,7 @@
 //! Who owns a task: handing tasks back (on stop, on failover), adopting tasks a peer hands
 //! over, and checking that this node still owns what it holds.
 
-use super::tasks::{ClaimedRow, parse_claimed};
+use super::tasks::parse_claimed_rows;
 use super::{Store, StoreResult};
 use crate::model::task::{Task, field};
 
@@ -78,8 +78,8 @@ impl Store {
         for (id, epoch) in tasks {
             call.arg(id).arg(epoch);
         }
-        let rows: Vec<ClaimedRow> = call.invoke_async(&mut con).await?;
-        rows.iter().map(parse_claimed).collect()
+        let reply: Vec<Vec<String>> = call.invoke_async(&mut con).await?;
+        parse_claimed_rows(reply)
     }
 
     /// Which of `tasks` `node` still owns under the given epochs.

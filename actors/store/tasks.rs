@@ -216,7 +216,7 @@ impl Store {
     /// Claims up to `n` pending tasks of `worker` for `node`.
     pub(crate) async fn claim(&self, worker: &str, node: &str, n: usize) -> StoreResult<Vec<Task>> {
         let mut con = self.con.clone();
-        let rows: Vec<ClaimedRow> = self
+        let reply: Vec<Vec<String>> = self
             .scripts
             .claim
             .key(self.keys.pending(worker))
@@ -231,7 +231,7 @@ impl Store {
             .arg(&self.names.events)
             .invoke_async(&mut con)
             .await?;
-        rows.iter().map(parse_claimed).collect()
+        parse_claimed_rows(reply)
     }
 
     /// Cancels a task.
@@ -339,9 +339,29 @@ impl Store {
 /// `common.lua`) from the record's `target`.
 const PINNED: &str = "pinned";
 
-/// A claimed-task row: what `claim.lua` and `adopt.lua` return per task, by name (their
-/// `take_ownership`).
-pub(super) type ClaimedRow = HashMap<String, String>;
+/// A claimed-task row, by field name.
+pub(super) type ClaimedRow<'a> = HashMap<&'a str, String>;
+
+/// Reads the answer of `claim.lua` or `adopt.lua`: the header `ROW` (the field names), then one
+/// row of values per task in the header's order.
+pub(super) fn parse_claimed_rows(reply: Vec<Vec<String>>) -> StoreResult<Vec<Task>> {
+    let mut rows = reply.into_iter();
+    let Some(header) = rows.next() else {
+        return Err(StoreError::Corrupt("a claim answered without its header".into()));
+    };
+    rows.map(|values| {
+        if values.len() != header.len() {
+            return Err(StoreError::Corrupt(format!(
+                "a claimed row has {} values for {} names",
+                values.len(),
+                header.len()
+            )));
+        }
+        let row: ClaimedRow = header.iter().map(String::as_str).zip(values).collect();
+        parse_claimed(&row)
+    })
+    .collect()
+}
 
 /// Reads a row of `claim.lua` or `adopt.lua` into a task, by field name. The fields the script
 /// always writes (`id`, `epoch`, `pinned`) and the worker are required; a record field the row
@@ -434,7 +454,7 @@ mod tests {
     }
 
     /// A row with what every claimed row carries, plus `extra`.
-    fn row(extra: &[(&str, &str)]) -> ClaimedRow {
+    fn row<'a>(extra: &[(&'a str, &str)]) -> ClaimedRow<'a> {
         [
             ("id", "t"),
             ("epoch", "3"),
@@ -443,7 +463,7 @@ mod tests {
         ]
         .iter()
         .chain(extra)
-        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .map(|(k, v)| (*k, (*v).to_owned()))
         .collect()
     }
 

@@ -3,8 +3,8 @@
 -- still owns it under the epoch it named, and it is not pinned to a node (see pinned_node).
 -- KEYS[1] owned set of the sender, KEYS[2] owned set of the receiver
 -- ARGV[1] key prefix, ARGV[2] receiver node id, ARGV[3..] id, epoch pairs
--- Returns one named row per adopted task (see RUN_FIELDS).
-local out = {}
+-- Returns the header ROW, then one row per adopted task (see ROW).
+local out = {ROW}
 for i = 3, #ARGV, 2 do
   local id, epoch = ARGV[i], ARGV[i + 1]
   local f = read_claimable(ARGV[1], id)

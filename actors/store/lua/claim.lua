@@ -5,7 +5,7 @@
 -- KEYS[1] pending set, KEYS[2] owned set of the node, KEYS[3] this node's own pending set
 -- ARGV[1] key prefix, ARGV[2] node id, ARGV[3] N, ARGV[4] now, ARGV[5] result ttl (ms),
 -- ARGV[6] task channel, ARGV[7] events channel
--- Returns one named row per task (see RUN_FIELDS).
+-- Returns the header ROW, then one row per task (see ROW).
 local want = tonumber(ARGV[3])
 local popped = redis.call('ZPOPMIN', KEYS[3], want)
 if #popped / 2 < want then
@@ -14,7 +14,7 @@ if #popped / 2 < want then
     popped[#popped + 1] = v
   end
 end
-local out = {}
+local out = {ROW}
 for i = 1, #popped, 2 do
   local id = popped[i]
   local f = read_claimable(ARGV[1], id)

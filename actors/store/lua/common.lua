@@ -39,33 +39,35 @@ local function pinned_node(target)
   return nil
 end
 
--- The record fields a node needs to run a task. A claim or an adoption returns them by name in
--- one flat list {name, value, name, value, ...} (the shape of HGETALL), after `id`, the new
--- `epoch` and `pinned` ('1' or '0'), and leaves out fields the record lacks. This list is the
--- row's one definition; the store reads the row by name.
+-- The record fields a node needs to run a task. A claim or an adoption answers with a header,
+-- ROW (`id`, the new `epoch`, `pinned` ('1' or '0'), then these fields), followed by one row of
+-- values per task in the header's order ('' for a field the record lacks). The header is the
+-- row's one definition; the store reads each value by the position of its name in the header,
+-- and no row repeats the names.
 local RUN_FIELDS = {'worker', 'args', 'priority', 'attempt', 'attempts', 'timeout', 'created',
   'deadline', 'backoff', 'backoff_cap'}
+local ROW = {'id', 'epoch', 'pinned'}
+for _, name in ipairs(RUN_FIELDS) do
+  ROW[#ROW + 1] = name
+end
 
 -- What a claim or an adoption reads of a record: what it decides on, then RUN_FIELDS.
-local CLAIM_READ = {'state', 'cancel', 'epoch', 'target'}
+local DECIDE = {'state', 'cancel', 'epoch', 'target'}
+local CLAIM_READ = {unpack(DECIDE)}
 for _, name in ipairs(RUN_FIELDS) do
   CLAIM_READ[#CLAIM_READ + 1] = name
 end
 
--- The fields of CLAIM_READ of task `id`, by name (absent fields are nil).
+-- The fields of task `id` a claim decides on, by name, with the RUN_FIELDS values kept in
+-- order for the row (absent fields are nil in the one, false in the other).
 local function read_claimable(prefix, id)
-  local values = redis.call('HMGET', prefix .. ':task:' .. id, unpack(CLAIM_READ))
-  local f = {}
-  for i, name in ipairs(CLAIM_READ) do
-    if values[i] then
-      f[name] = values[i]
-    end
-  end
-  return f
+  local v = redis.call('HMGET', prefix .. ':task:' .. id, unpack(CLAIM_READ))
+  return {state = v[1] or nil, cancel = v[2] or nil, epoch = v[3] or nil, target = v[4] or nil,
+    values = v}
 end
 
 -- Make `node` the owner of task `id` (its fields `f`, from read_claimable): a new epoch, the
--- owner recorded, the id in the owner's set. Returns the named row (see RUN_FIELDS).
+-- owner recorded, the id in the owner's set. Returns the task's row (see ROW).
 local function take_ownership(prefix, id, f, node, owned)
   local epoch = (tonumber(f.epoch) or 0) + 1
   redis.call('HSET', prefix .. ':task:' .. id, 'epoch', epoch, 'node', node)
@@ -74,12 +76,10 @@ local function take_ownership(prefix, id, f, node, owned)
   if pinned_node(f.target) then
     pinned = '1'
   end
-  local row = {'id', id, 'epoch', tostring(epoch), 'pinned', pinned}
-  for _, name in ipairs(RUN_FIELDS) do
-    if f[name] then
-      row[#row + 1] = name
-      row[#row + 1] = f[name]
-    end
+  local row = {id, tostring(epoch), pinned}
+  local skip = #DECIDE
+  for i = 1, #RUN_FIELDS do
+    row[3 + i] = f.values[skip + i] or ''
   end
   return row
 end
