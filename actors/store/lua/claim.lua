@@ -18,10 +18,10 @@ local out = {ROW}
 for i = 1, #popped, 2 do
   local id = popped[i]
   local f = read_claimable(ARGV[1], id)
-  if f.state == 'queued' and f.cancel == '1' then
+  if f[STATE] == 'queued' and f[CANCEL] == '1' then
     close_unrun(ARGV[1], id, 'cancelled', 'cancelled before it started', ARGV[4], ARGV[5], ARGV[6],
       ARGV[7])
-  elseif f.state == 'queued' then
+  elseif f[STATE] == 'queued' then
     out[#out + 1] = take_ownership(ARGV[1], id, f, ARGV[2], KEYS[2])
   end
 end
