@@ -347,7 +347,9 @@ pub(super) type ClaimedRow<'a> = HashMap<&'a str, String>;
 pub(super) fn parse_claimed_rows(reply: Vec<Vec<String>>) -> StoreResult<Vec<Task>> {
     let mut rows = reply.into_iter();
     let Some(header) = rows.next() else {
-        return Err(StoreError::Corrupt("a claim answered without its header".into()));
+        return Err(StoreError::Corrupt(
+            "a claim answered without its header".into(),
+        ));
     };
     rows.map(|values| {
         if values.len() != header.len() {

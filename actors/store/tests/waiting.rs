@@ -87,70 +87,59 @@ async fn an_enqueue_stores_the_whole_task_once_and_announces_it() {
     assert_eq!(accepted, Some(2));
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_runnable_task_is_announced_even_when_a_delayed_one_follows_it() {
+/// Enqueues `specs` in one call on a fresh Redis and returns the first `n` notices published on
+/// the task channel (failing when fewer come within two seconds each).
+async fn notices_of(specs: &[TaskSpec], n: usize) -> Vec<Value> {
     let redis = Redis::start();
     let store = Store::connect(&settings(&redis)).await.unwrap();
     let client = redis::Client::open(redis.url.as_str()).unwrap();
     let mut pubsub = client.get_async_pubsub().await.unwrap();
     pubsub.subscribe("background").await.unwrap();
-    let mut notices = pubsub.into_on_message();
-    store
-        .enqueue_many(
-            &[
-                TaskSpec::new("w", json!(1)).id("now"),
-                TaskSpec::new("w", json!(2))
-                    .id("later")
-                    .delay(Duration::from_secs(3_600)),
-            ],
-            true,
-        )
-        .await
-        .unwrap();
-    let mut ops = Vec::new();
-    while ops.len() < 2 {
-        let Ok(Some(msg)) = tokio::time::timeout(Duration::from_secs(2), notices.next()).await
+    let mut stream = pubsub.into_on_message();
+    store.enqueue_many(specs, true).await.unwrap();
+    let mut notices = Vec::new();
+    while notices.len() < n {
+        let Ok(Some(msg)) = tokio::time::timeout(Duration::from_secs(2), stream.next()).await
         else {
-            panic!("only {ops:?} was announced");
+            panic!("only {notices:?} were published");
         };
-        let notice: Value = serde_json::from_slice(msg.get_payload_bytes()).unwrap();
-        ops.push(notice["op"].as_str().unwrap().to_owned());
+        notices.push(serde_json::from_slice(msg.get_payload_bytes()).unwrap());
     }
+    notices
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_runnable_task_is_announced_even_when_a_delayed_one_follows_it() {
+    let specs = [
+        TaskSpec::new("w", json!(1)).id("now"),
+        TaskSpec::new("w", json!(2))
+            .id("later")
+            .delay(Duration::from_secs(3_600)),
+    ];
+    let mut ops: Vec<String> = notices_of(&specs, 2)
+        .await
+        .iter()
+        .map(|n| n["op"].as_str().unwrap().to_owned())
+        .collect();
     ops.sort();
     assert_eq!(ops, ["schedule", "wake"]);
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_shared_task_is_announced_even_when_a_pinned_one_follows_it() {
-    let redis = Redis::start();
-    let store = Store::connect(&settings(&redis)).await.unwrap();
-    let client = redis::Client::open(redis.url.as_str()).unwrap();
-    let mut pubsub = client.get_async_pubsub().await.unwrap();
-    pubsub.subscribe("background").await.unwrap();
-    let mut notices = pubsub.into_on_message();
-    store
-        .enqueue_many(
-            &[
-                TaskSpec::new("w", json!(1)).id("shared"),
-                TaskSpec::new("w", json!(2))
-                    .id("pinned")
-                    .target(Target::Node("n2".into())),
-            ],
-            true,
-        )
-        .await
-        .unwrap();
-    let mut nodes = Vec::new();
-    while nodes.len() < 2 {
-        let Ok(Some(msg)) = tokio::time::timeout(Duration::from_secs(2), notices.next()).await
-        else {
-            panic!("only wakes for {nodes:?} were published");
-        };
-        let notice: Value = serde_json::from_slice(msg.get_payload_bytes()).unwrap();
-        assert_eq!(notice["op"], "wake");
-        nodes.push(notice["node"].as_str().unwrap_or("any").to_owned());
-    }
-    nodes.sort();
+    let specs = [
+        TaskSpec::new("w", json!(1)).id("shared"),
+        TaskSpec::new("w", json!(2))
+            .id("pinned")
+            .target(Target::Node("n2".into())),
+    ];
+    let notices = notices_of(&specs, 2).await;
+    assert!(notices.iter().all(|n| n["op"] == "wake"), "{notices:?}");
+    let mut nodes: Vec<&str> = notices
+        .iter()
+        .map(|n| n["node"].as_str().unwrap_or("any"))
+        .collect();
+    nodes.sort_unstable();
     assert_eq!(nodes, ["any", "n2"], "every node hears of the shared task");
 }
 
