@@ -67,6 +67,23 @@ impl Cron {
         if dow.has(7) {
             dow = Field(dow.0 | 1);
         }
+        // With the weekday free, the day of the month alone decides: at least one chosen day
+        // must exist in at least one chosen month (February counts its 29th).
+        let dom_any = parts[2] == "*";
+        let dow_any = parts[4] == "*";
+        if dow_any && !dom_any {
+            const LONGEST: [u32; 12] = [31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31];
+            let exists = (1..=12u32)
+                .filter(|m| month.has(*m))
+                .any(|m| (1..=LONGEST[m as usize - 1]).any(|d| dom.has(d)));
+            if !exists {
+                return Err(format!(
+                    "cron `{}` never runs: none of its months has its day of the month `{}`",
+                    text.trim(),
+                    parts[2]
+                ));
+            }
+        }
         Ok(Cron {
             text: text.trim().to_owned(),
             minute,
@@ -74,8 +91,8 @@ impl Cron {
             dom,
             month,
             dow,
-            dom_any: parts[2] == "*",
-            dow_any: parts[4] == "*",
+            dom_any,
+            dow_any,
         })
     }
 
@@ -226,6 +243,17 @@ pub(crate) fn occurrence_id(template: &str, due: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_day_no_chosen_month_has_is_refused() {
+        for never in ["0 0 30 2 *", "0 0 31 4,6 *", "0 0 30,31 feb *"] {
+            let err = Cron::parse(never).unwrap_err();
+            assert!(err.contains("never runs"), "{never}: {err}");
+        }
+        for some in ["0 0 29 2 *", "0 0 31 1-4 *", "0 0 30 2 mon", "0 0 31 * *"] {
+            assert!(Cron::parse(some).is_ok(), "{some}");
+        }
+    }
     use crate::decide::times::parse_time;
 
     fn at(text: &str) -> u64 {
@@ -278,10 +306,11 @@ mod tests {
                 .unwrap_err()
                 .contains("backwards")
         );
-        assert_eq!(
-            Cron::parse("0 0 31 2 *").unwrap().next_after(0),
-            None,
-            "never"
+        assert!(
+            Cron::parse("0 0 31 2 *")
+                .unwrap_err()
+                .contains("never runs"),
+            "an expression that never runs is refused when typed"
         );
     }
 
