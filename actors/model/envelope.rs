@@ -140,7 +140,45 @@ pub(crate) fn parse_message(bytes: &[u8], limit: usize) -> Result<ChannelMessage
         .and_then(Value::as_str)
         .filter(|w| validate_worker_name(w).is_ok())
         .map(str::to_owned);
+    // A field given twice would silently keep its last value; which one the sender meant is
+    // unknowable, so the message is refused.
+    if let Some(field) = repeated_field(bytes) {
+        return Err(reject(
+            format!("field `{}` is given more than once", shorten(&field, 40)),
+            id,
+            worker,
+        ));
+    }
     read_object(obj).map_err(|reason| reject(reason, id, worker))
+}
+
+/// The first top-level field of a JSON object (already known to parse) that appears twice.
+fn repeated_field(bytes: &[u8]) -> Option<String> {
+    struct Keys(Option<String>);
+    impl<'de> Deserialize<'de> for Keys {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Keys, D::Error> {
+            struct Seen;
+            impl<'de> Visitor<'de> for Seen {
+                type Value = Keys;
+                fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                    f.write_str("a JSON object")
+                }
+                fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Keys, A::Error> {
+                    let mut seen = std::collections::HashSet::new();
+                    let mut repeated = None;
+                    while let Some(key) = map.next_key::<String>()? {
+                        map.next_value::<de::IgnoredAny>()?;
+                        if repeated.is_none() && !seen.insert(key.clone()) {
+                            repeated = Some(key);
+                        }
+                    }
+                    Ok(Keys(repeated))
+                }
+            }
+            d.deserialize_map(Seen)
+        }
+    }
+    serde_json::from_slice::<Keys>(bytes).ok().and_then(|k| k.0)
 }
 
 fn read_object(obj: Map<String, Value>) -> Result<ChannelMessage, String> {

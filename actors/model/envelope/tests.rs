@@ -485,3 +485,28 @@ fn a_refusal_keeps_what_identifies_the_task() {
     let r = parse_message(b"[1]", LIMIT).unwrap_err();
     assert_eq!(r.excerpt, "[1]");
 }
+
+#[test]
+fn a_field_given_twice_is_refused() {
+    let r = parse_message(
+        br#"{"worker":"w","priority":1,"priority":9,"id":"x"}"#,
+        LIMIT,
+    )
+    .unwrap_err();
+    assert_eq!(r.reason, "field `priority` is given more than once");
+    assert_eq!(
+        r.id.as_deref(),
+        Some("x"),
+        "the refusal still names the task"
+    );
+    let notice = parse_message(br#"{"op":"cancel","id":"a","id":"b"}"#, LIMIT).unwrap_err();
+    assert!(
+        notice.reason.contains("`id` is given more than once"),
+        "{}",
+        notice.reason
+    );
+    assert!(
+        parse_message(br#"{"worker":"w","args":{"a":1,"b":{"a":2}}}"#, LIMIT).is_ok(),
+        "the same name in nested values is not a repetition"
+    );
+}
