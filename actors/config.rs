@@ -244,6 +244,12 @@ impl Sources {
 }
 
 impl Settings {
+    /// `redis.url` as it may be shown in logs and errors: a password in it is replaced by
+    /// `***`.
+    pub fn redis_url_shown(&self) -> String {
+        redact_url(&self.redis.url)
+    }
+
     /// The built-in defaults alone.
     pub fn defaults() -> Settings {
         Settings::load(&Sources::default()).expect("the built-in cluster.toml is valid")
@@ -416,7 +422,7 @@ impl Settings {
             return Err(bad("node.lease_ttl", "must be at least 300ms".into()));
         }
         redis::Client::open(self.redis.url.as_str())
-            .map_err(|e| bad("redis.url", format!("`{}`: {e}", self.redis.url)))?;
+            .map_err(|e| bad("redis.url", format!("`{}`: {e}", self.redis_url_shown())))?;
         for (key, value) in [
             ("redis.channel", &self.redis.channel),
             ("redis.events", &self.redis.events),
@@ -574,6 +580,24 @@ pub fn host_name() -> String {
     } else {
         clean
     }
+}
+
+/// `url` with the password of its user part (`redis://user:secret@host`,
+/// `redis://:secret@host`) replaced by `***`; a user part without a colon is taken as a password
+/// and replaced whole. Anything that is not such a URL comes back unchanged.
+pub(crate) fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let Some(at) = rest[..authority_end].rfind('@') else {
+        return url.to_owned();
+    };
+    let user = match rest[..at].split_once(':') {
+        Some((name, _)) => format!("{name}:***"),
+        None => "***".to_owned(),
+    };
+    format!("{scheme}://{user}{}", &rest[at..])
 }
 
 #[cfg(test)]

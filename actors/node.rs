@@ -167,7 +167,7 @@ impl NodeBuilder {
         let generation = now_ms();
         let holder = format!("{node}:{generation}");
         let redis_error = |source| NodeError::Redis {
-            url: settings.redis.url.clone(),
+            url: settings.redis_url_shown(),
             source,
         };
         if !store
@@ -423,7 +423,7 @@ impl NodeHandle {
 }
 
 async fn connect(settings: &Settings) -> Result<Store, NodeError> {
-    let url = &settings.redis.url;
+    let url = settings.redis_url_shown();
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut backoff = Backoff::default();
     loop {
@@ -461,7 +461,7 @@ async fn take_identity(store: &Store, settings: &Settings, holder: &str) -> Resu
             .lease(&key, holder, ttl)
             .await
             .map_err(|source| NodeError::Redis {
-                url: settings.redis.url.clone(),
+                url: settings.redis_url_shown(),
                 source,
             })?;
         let Lease::HeldBy(other) = lease else {

@@ -547,7 +547,7 @@ fn not_found(id: &str) -> Exit {
 async fn connect(settings: &Settings) -> Result<Client, Exit> {
     Client::from_settings(settings)
         .await
-        .with_context(|| format!("cannot reach redis at {}", settings.redis.url))
+        .with_context(|| format!("cannot reach redis at {}", settings.redis_url_shown()))
         .map_err(|e| Exit(EXIT_FAILED, e))
 }
 

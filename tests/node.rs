@@ -8,6 +8,7 @@ use std::time::Duration;
 use common::{NodeProc, Redis, cli, eventually, state_of, test_workers, wait_state, write_script};
 use rustix::process::Signal;
 use serde_json::{Value, json};
+use tokio::io::AsyncBufReadExt;
 
 const T: Duration = common::WAIT;
 
@@ -551,4 +552,51 @@ async fn ctrl_c_stops_the_node_cleanly() {
         .await
         .unwrap();
     assert_eq!(lease, None, "the liveness lease is dropped on a clean stop");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_password_in_the_redis_url_never_reaches_a_log_or_an_error() {
+    let redis = Redis::start();
+    let dead = format!("redis://:s3cret@127.0.0.1:{}", common::free_port());
+
+    let (code, _, err) =
+        common::cli_env(&redis, &[("BGNODE_REDIS__URL", &dead)], &["status", "x"]).await;
+    assert_ne!(code, 0, "no Redis there: {err}");
+    assert!(err.contains("redis://:***@127.0.0.1:"), "{err}");
+    assert!(!err.contains("s3cret"), "{err}");
+
+    let mut node = tokio::process::Command::new(common::bgnode_bin())
+        .arg("start")
+        .env_remove("BGNODE_CONFIG")
+        .env("BGNODE_REDIS__URL", &dead)
+        .env("BGNODE_NODE__COOKIE", "test-cookie")
+        .env(
+            "BGNODE_NODE__LISTEN",
+            format!("127.0.0.1:{}", common::free_port()),
+        )
+        .current_dir(std::env::temp_dir())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(node.stderr.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    let waiting = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            let done = line.contains("waiting for redis at");
+            seen.push(line);
+            if done {
+                return;
+            }
+        }
+    })
+    .await;
+    node.kill().await.unwrap();
+    let log = seen.join("\n");
+    assert!(
+        waiting.is_ok(),
+        "the node never said it waits for Redis:\n{log}"
+    );
+    assert!(log.contains("redis://:***@127.0.0.1:"), "{log}");
+    assert!(!log.contains("s3cret"), "{log}");
 }

@@ -159,3 +159,27 @@ fn suggests_only_keys_within_three_edits() {
     assert_eq!(near("redis.host"), None, "four edits away is not a typo");
     assert_eq!(near("nope.x"), None);
 }
+
+#[test]
+fn a_password_in_the_redis_url_is_never_shown() {
+    for (url, shown) in [
+        (
+            "redis://:s3cret@127.0.0.1:6379/0",
+            "redis://:***@127.0.0.1:6379/0",
+        ),
+        (
+            "rediss://app:s3cret@cache.example:6380",
+            "rediss://app:***@cache.example:6380",
+        ),
+        ("redis://s3cret@host", "redis://***@host"),
+        ("redis://127.0.0.1:6379", "redis://127.0.0.1:6379"),
+        ("redis://host/db@x", "redis://host/db@x"),
+        ("not a url", "not a url"),
+    ] {
+        assert_eq!(redact_url(url), shown);
+    }
+    let mut sources = Sources::default();
+    sources.flag("redis.url", "redis://:s3cret@[::1", "--redis");
+    let err = Settings::load(&sources).unwrap_err().to_string();
+    assert!(!err.contains("s3cret"), "{err}");
+}
