@@ -15,6 +15,21 @@ use background::{
 use clap::{Args, Parser, Subcommand};
 use serde_json::{Value, json};
 
+/// Prints a line on stdout. When the reader has gone (`bgnode bg | head`), stops quietly with
+/// success, as a filter's upstream does, instead of panicking on the broken pipe.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(e) = writeln!(std::io::stdout(), $($arg)*) {
+            if e.kind() == std::io::ErrorKind::BrokenPipe {
+                std::process::exit(0);
+            }
+            eprintln!("error: cannot write to stdout: {e}");
+            std::process::exit(i32::from(EXIT_FAILED));
+        }
+    }};
+}
+
 /// Exit code: the task failed, or the command could not do its work.
 const EXIT_FAILED: u8 = 1;
 /// Exit code: bad usage or configuration.
@@ -323,7 +338,7 @@ fn settings(cli: &Cli, flags: &[(&str, Option<&String>, &str)]) -> Result<Settin
 }
 
 fn print_json(v: &impl serde::Serialize) -> Result<(), Exit> {
-    println!("{}", serde_json::to_string(v).map_err(anyhow::Error::from)?);
+    out!("{}", serde_json::to_string(v).map_err(anyhow::Error::from)?);
     Ok(())
 }
 
@@ -378,7 +393,7 @@ async fn dispatch(cli: Cli) -> Result<u8, Exit> {
                 _ => {}
             }
             if !*wait {
-                println!("{id}");
+                out!("{id}");
                 return Ok(0);
             }
             report_wait(&id, client.wait(&id, wait_for).await, *json)
@@ -416,13 +431,13 @@ async fn dispatch(cli: Cli) -> Result<u8, Exit> {
             match outcome {
                 CancelResult::Cancelled => {
                     if !*json {
-                        println!("cancelled {id}");
+                        out!("cancelled {id}");
                     }
                     Ok(0)
                 }
                 CancelResult::Requested => {
                     if !*json {
-                        println!("cancellation of {id} requested from the node running it");
+                        out!("cancellation of {id} requested from the node running it");
                     }
                     Ok(0)
                 }
@@ -441,7 +456,7 @@ async fn dispatch(cli: Cli) -> Result<u8, Exit> {
             match outcome {
                 RetryResult::Queued | RetryResult::Deferred => {
                     if !*json {
-                        println!("queued {id} again");
+                        out!("queued {id} again");
                     }
                     Ok(0)
                 }
@@ -499,7 +514,7 @@ async fn control(cli: &Cli, op: ControlOp, select: &NodeSelect) -> Result<u8, Ex
         print_json(&answers)?;
     } else {
         for a in &answers {
-            println!("{}: {}", a.node, a.message);
+            out!("{}: {}", a.node, a.message);
         }
     }
     match (node, answers.iter().all(|a| a.ok), answers.is_empty()) {
@@ -511,10 +526,10 @@ async fn control(cli: &Cli, op: ControlOp, select: &NodeSelect) -> Result<u8, Ex
 
 fn print_info(members: &[MemberInfo]) {
     if members.is_empty() {
-        println!("no live node");
+        out!("no live node");
     }
     for m in members {
-        println!(
+        out!(
             "{}  {}  {}  capacity {}  running {}  queued {}  peers [{}]",
             m.id,
             m.state,
@@ -525,9 +540,11 @@ fn print_info(members: &[MemberInfo]) {
             m.peers.join(", ")
         );
         for (w, l) in &m.workers {
-            println!(
+            out!(
                 "    {w}: {}/{} running, {} queued",
-                l.running, l.capacity, l.queued
+                l.running,
+                l.capacity,
+                l.queued
             );
         }
     }
@@ -579,18 +596,18 @@ fn report_wait(id: &str, outcome: Result<Value, ClientError>, json: bool) -> Res
     match outcome {
         Ok(v) => {
             if json {
-                println!(
+                out!(
                     "{}",
                     json!({"id": id, "state": "done", "result": v, "error": null})
                 );
             } else {
-                println!("{v}");
+                out!("{v}");
             }
             Ok(0)
         }
         Err(ClientError::Failed { state, error, .. }) => {
             if json {
-                println!(
+                out!(
                     "{}",
                     json!({"id": id, "state": state, "result": null, "error": error})
                 );
@@ -611,7 +628,7 @@ async fn result(client: &Client, id: &str, json: bool) -> Result<u8, Exit> {
             TaskResult::Pending(s) => (s.as_str(), Value::Null, Value::Null),
             TaskResult::NotFound => ("unknown", Value::Null, Value::Null),
         };
-        println!(
+        out!(
             "{}",
             json!({"id": id, "state": state, "result": value, "error": error})
         );
@@ -619,7 +636,7 @@ async fn result(client: &Client, id: &str, json: bool) -> Result<u8, Exit> {
     match result {
         TaskResult::Done(v) => {
             if !json {
-                println!("{v}");
+                out!("{v}");
             }
             Ok(0)
         }
@@ -641,7 +658,7 @@ async fn result_by_key(client: &Client, key: &str, reset: bool, json: bool) -> R
         if json {
             print_json(&json!({"key": key, "result": value, "reset": removed}))?;
         } else {
-            println!("reset {key}");
+            out!("reset {key}");
         }
         return Ok(0);
     }
@@ -650,7 +667,7 @@ async fn result_by_key(client: &Client, key: &str, reset: bool, json: bool) -> R
             if json {
                 print_json(&json!({"key": key, "result": v}))?;
             } else {
-                println!("{v}");
+                out!("{v}");
             }
             Ok(0)
         }
@@ -663,47 +680,47 @@ async fn result_by_key(client: &Client, key: &str, reset: bool, json: bool) -> R
 
 fn print_status(s: &TaskStatus) {
     let time = |ms: Option<u64>| ms.map_or_else(|| "-".to_owned(), format_timestamp);
-    println!("id:       {}", s.id);
-    println!("worker:   {}", s.worker);
-    println!("state:    {} ({})", s.state, s.progress);
-    println!("node:     {}", s.node.as_deref().unwrap_or("-"));
+    out!("id:       {}", s.id);
+    out!("worker:   {}", s.worker);
+    out!("state:    {} ({})", s.state, s.progress);
+    out!("node:     {}", s.node.as_deref().unwrap_or("-"));
     match s.attempts {
-        Some(n) => println!("attempt:  {} of {n}", s.attempt),
-        None => println!("attempt:  {}", s.attempt),
+        Some(n) => out!("attempt:  {} of {n}", s.attempt),
+        None => out!("attempt:  {}", s.attempt),
     }
-    println!("priority: {}", s.priority);
-    println!("created:  {}", time(s.created));
+    out!("priority: {}", s.priority);
+    out!("created:  {}", time(s.created));
     if let Some(every) = s.every {
-        println!(
+        out!(
             "every:    {}",
             format_duration(std::time::Duration::from_millis(every))
         );
     }
     if let Some(cron) = &s.cron {
-        println!("cron:     {cron}");
+        out!("cron:     {cron}");
     }
     if s.run_at.is_some() {
-        println!("run at:   {}", time(s.run_at));
+        out!("run at:   {}", time(s.run_at));
     }
     if s.retry_at.is_some() && s.state == "retrying" {
-        println!("retry at: {}", time(s.retry_at));
+        out!("retry at: {}", time(s.retry_at));
     }
     if s.deadline.is_some() {
-        println!("deadline: {}", time(s.deadline));
+        out!("deadline: {}", time(s.deadline));
     }
     if let Some(k) = &s.key {
-        println!("key:      {k}");
+        out!("key:      {k}");
     }
     if let Some(t) = &s.template {
-        println!("template: {t}");
+        out!("template: {t}");
     }
-    println!("started:  {}", time(s.started));
-    println!("finished: {}", time(s.finished));
+    out!("started:  {}", time(s.started));
+    out!("finished: {}", time(s.finished));
     if let Some(r) = &s.result {
-        println!("result:   {r}");
+        out!("result:   {r}");
     }
     if let Some(e) = &s.error {
-        println!("error:    {e}");
+        out!("error:    {e}");
     }
 }
 
@@ -717,7 +734,7 @@ fn print_overview(o: &Overview) {
         ("dead", &o.dead),
     ];
     for (name, rows) in groups {
-        println!("{name} ({}):", count(name));
+        out!("{name} ({}):", count(name));
         for r in rows {
             let mut line = format!("  {}  {}  {}", r.id, r.worker, r.state);
             match name {
@@ -743,7 +760,7 @@ fn print_overview(o: &Overview) {
                     r.error.as_deref().unwrap_or("-")
                 )),
             }
-            println!("{line}");
+            out!("{line}");
         }
     }
 }
@@ -780,12 +797,12 @@ async fn eval(settings: &Settings, worker: &str, args: Value, json: bool) -> Res
     match outcome {
         Outcome::Done(v) => {
             if json {
-                println!(
+                out!(
                     "{}",
                     json!({"id": task_id, "state": "done", "result": v, "error": null})
                 );
             } else {
-                println!("{v}");
+                out!("{v}");
             }
             Ok(0)
         }
@@ -795,7 +812,7 @@ async fn eval(settings: &Settings, worker: &str, args: Value, json: bool) -> Res
                 _ => "stopped".to_owned(),
             };
             if json {
-                println!(
+                out!(
                     "{}",
                     json!({"id": task_id, "state": "failed", "result": null, "error": error})
                 );

@@ -600,3 +600,26 @@ async fn a_password_in_the_redis_url_never_reaches_a_log_or_an_error() {
     assert!(log.contains("redis://:***@127.0.0.1:"), "{log}");
     assert!(!log.contains("s3cret"), "{log}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reader_that_goes_away_stops_the_cli_quietly() {
+    let redis = Redis::start();
+    let mut bg = tokio::process::Command::new(common::bgnode_bin())
+        .arg("bg")
+        .env_remove("BGNODE_CONFIG")
+        .env("BGNODE_REDIS__URL", &redis.url)
+        .current_dir(std::env::temp_dir())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Like `bgnode bg | head -0`: the reader closes before the first line is written.
+    drop(bg.stdout.take());
+    let out = tokio::time::timeout(T, bg.wait_with_output())
+        .await
+        .expect("bg ends")
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{:?}: {err}", out.status);
+    assert!(!err.contains("panicked"), "{err}");
+}
