@@ -65,6 +65,16 @@ pub enum NodeError {
         /// The key prefix.
         prefix: String,
     },
+    /// Another running cluster (another key prefix) uses the task channel.
+    #[error(
+        "the task channel `{channel}` on this Redis belongs to another running cluster (redis.prefix `{owner}`): both would run every raw publish; give this cluster its own channel (redis.channel, BGNODE_REDIS__CHANNEL) or stop the other one"
+    )]
+    ChannelTaken {
+        /// The channel.
+        channel: String,
+        /// The key prefix of the cluster that uses it.
+        owner: String,
+    },
     /// Another live process uses this node id.
     #[error(
         "another node with id `{id}` is running (its liveness lease is held by {holder}); give this one another id with --id or BGNODE_NODE__ID"
@@ -177,6 +187,12 @@ impl NodeBuilder {
         {
             return Err(NodeError::CookieMismatch {
                 prefix: settings.redis.prefix.clone(),
+            });
+        }
+        if let Some(owner) = store.claim_channel().await.map_err(redis_error)? {
+            return Err(NodeError::ChannelTaken {
+                channel: settings.redis.channel.clone(),
+                owner,
             });
         }
         take_identity(&store, &settings, &holder).await?;

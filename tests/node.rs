@@ -623,3 +623,33 @@ async fn a_reader_that_goes_away_stops_the_cli_quietly() {
     assert!(out.status.success(), "{:?}: {err}", out.status);
     assert!(!err.contains("panicked"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_channel_belongs_to_one_running_cluster() {
+    let (redis, workers, mut first) = common::one_node(&[]).await;
+    let other = [
+        ("BGNODE_REDIS__PREFIX", "other"),
+        ("BGNODE_NODE__COOKIE", "other-cookie"),
+    ];
+    let mut second = NodeProc::start(&redis, "m1", workers.path(), &other);
+    let status = second.wait_exit(T).await;
+    assert!(!status.success(), "{}", second.log());
+    assert!(
+        second
+            .log()
+            .contains("the task channel `background` on this Redis belongs to another running cluster (redis.prefix `bg`)"),
+        "{}",
+        second.log()
+    );
+    assert_eq!(
+        redis.publish("background", r#"{"worker":"echo"}"#).await,
+        1,
+        "only the first cluster listens"
+    );
+
+    // Once the first cluster is gone, the channel may change hands.
+    first.signal(Signal::TERM);
+    assert!(first.wait_exit(T).await.success(), "{}", first.log());
+    let third = NodeProc::start(&redis, "m1", workers.path(), &other);
+    third.ready().await;
+}

@@ -73,6 +73,11 @@ impl Keys {
     pub(crate) fn info(&self, node: &str) -> String {
         format!("{}:node:{node}:info", self.prefix)
     }
+    /// `bgnode:channel:{channel}`: the key prefix of the cluster a task channel belongs to. It is
+    /// outside every prefix, since clusters with different prefixes share the channel's name.
+    pub(crate) fn channel_owner(channel: &str) -> String {
+        format!("bgnode:channel:{channel}")
+    }
     /// `{p}:cluster`: the hash of the cluster cookie; nodes with another cookie refuse to start.
     pub(crate) fn cluster(&self) -> String {
         format!("{}:cluster", self.prefix)

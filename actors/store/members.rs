@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use super::{Store, StoreResult};
+use super::{Keys, Store, StoreResult};
 use crate::model::task::now_ms;
 
 /// The answer to a lease request.
@@ -122,6 +122,21 @@ impl Store {
             .await
             .map(|(stored,): (String,)| ((), stored))?;
         Ok(stored == hash)
+    }
+
+    /// Claims the task channel for this cluster (this key prefix). Returns the prefix of another
+    /// running cluster that already uses the channel, if any; a channel whose cluster has no
+    /// live member is taken over.
+    pub(crate) async fn claim_channel(&self) -> StoreResult<Option<String>> {
+        let mut con = self.con.clone();
+        let owner: String = self
+            .scripts
+            .channel
+            .key(Keys::channel_owner(&self.names.channel))
+            .arg(self.keys.prefix())
+            .invoke_async(&mut con)
+            .await?;
+        Ok((!owner.is_empty()).then_some(owner))
     }
 
     /// Takes or renews the lease `key` for `holder`.

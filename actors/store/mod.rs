@@ -82,6 +82,7 @@ struct Scripts {
     adopt: Script,
     join: Script,
     leave: Script,
+    channel: Script,
 }
 
 impl Scripts {
@@ -101,10 +102,11 @@ impl Scripts {
             adopt: lua!("adopt.lua"),
             join: lua!("join.lua"),
             leave: lua!("leave.lua"),
+            channel: lua!("channel.lua"),
         }
     }
 
-    fn all(&self) -> [&Script; 14] {
+    fn all(&self) -> [&Script; 15] {
         [
             &self.enqueue,
             &self.claim,
@@ -120,6 +122,7 @@ impl Scripts {
             &self.adopt,
             &self.join,
             &self.leave,
+            &self.channel,
         ]
     }
 }
