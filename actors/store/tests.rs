@@ -15,6 +15,7 @@ use crate::model::task::{Target, Task, TaskSpec, TaskState, now_ms};
 use crate::store::{Accepted, Store, WriteOp, WriteResult};
 
 mod ownership;
+mod poison;
 mod waiting;
 
 use crate::test_redis::Redis;

@@ -7,7 +7,7 @@
 local out = {ROW}
 for i = 3, #ARGV, 2 do
   local id, epoch = ARGV[i], ARGV[i + 1]
-  local f = read_claimable(ARGV[1], id)
+  local f = read_claimable(ARGV[1], id, KEYS[1], '', '0') or {}
   if f[STATE] == 'queued' and f[EPOCH] == epoch and not pinned_node(f[TARGET] or nil)
       and redis.call('SREM', KEYS[1], id) == 1 then
     out[#out + 1] = take_ownership(ARGV[1], id, f, ARGV[2], KEYS[2])

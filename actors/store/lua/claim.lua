@@ -17,7 +17,7 @@ end
 local out = {ROW}
 for i = 1, #popped, 2 do
   local id = popped[i]
-  local f = read_claimable(ARGV[1], id)
+  local f = read_claimable(ARGV[1], id, KEYS[1], ARGV[7], ARGV[4]) or {}
   if f[STATE] == 'queued' and f[CANCEL] == '1' then
     close_unrun(ARGV[1], id, 'cancelled', 'cancelled before it started', ARGV[4], ARGV[5], ARGV[6],
       ARGV[7])

@@ -19,6 +19,28 @@ local function publish_json(channel, tbl)
   end
 end
 
+-- Set aside an entry that cannot be a task (its key holds something else than a hash): its id
+-- goes to `{prefix}:bad`, a `bad` event and a line in the Redis log name it and say where it
+-- was found, and the script carries on with the other entries.
+local function quarantine(prefix, id, found_in, why, events, now)
+  local reason = type(why) == 'table' and (why.err or 'error') or tostring(why)
+  redis.call('SADD', prefix .. ':bad', id)
+  redis.log(redis.LOG_WARNING, 'bgnode: set aside entry `' .. id .. '` of ' .. found_in .. ': '
+    .. reason)
+  publish_json(events, {event = 'bad', id = id, found_in = found_in, reason = reason,
+    ts = tonumber(now)})
+end
+
+-- HMGET of `fields` of task `id`, or nil when its key is not a hash (the entry is quarantined).
+local function read_task(prefix, id, fields, found_in, events, now)
+  local ok, values = pcall(redis.call, 'HMGET', prefix .. ':task:' .. id, unpack(fields))
+  if ok then
+    return values
+  end
+  quarantine(prefix, id, found_in, values, events, now)
+  return nil
+end
+
 -- Answer a caller waiting on the reply list of `id` with its final event.
 local function answer(prefix, id, event, ttl)
   local reply = prefix .. ':reply:' .. id
@@ -60,9 +82,10 @@ for _, name in ipairs(RUN_FIELDS) do
   CLAIM_READ[#CLAIM_READ + 1] = name
 end
 
--- The fields of CLAIM_READ of task `id`, in that order (false where the record has none).
-local function read_claimable(prefix, id)
-  return redis.call('HMGET', prefix .. ':task:' .. id, unpack(CLAIM_READ))
+-- The fields of CLAIM_READ of task `id`, in that order (false where the record has none), or
+-- nil when the key is not a hash (quarantined, see read_task).
+local function read_claimable(prefix, id, found_in, events, now)
+  return read_task(prefix, id, CLAIM_READ, found_in, events, now)
 end
 
 -- Make `node` the owner of task `id` (its fields `f`, from read_claimable): a new epoch, the

@@ -10,9 +10,8 @@ local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'WITHSCORES', 'LIM
 local templates = {}
 for i = 1, #due, 2 do
   local id = due[i]
-  local tk = prefix .. ':task:' .. id
-  local f = redis.call('HMGET', tk, 'state', 'worker', 'priority', 'created', 'every', 'cron',
-    'key', 'klimit')
+  local f = read_task(prefix, id, {'state', 'worker', 'priority', 'created', 'every', 'cron',
+    'key', 'klimit'}, KEYS[1], ARGV[5], now) or {}
   local recurring = (f[5] and f[5] ~= '') or (f[6] and f[6] ~= '')
   if recurring and f[1] == 'scheduled' then
     templates[#templates + 1] = {id, due[i + 1], f[5] or '', f[6] or ''}
