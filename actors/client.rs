@@ -7,6 +7,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -118,6 +119,7 @@ pub struct Client {
     key_limit: u32,
     local_node: String,
     channel: String,
+    events: String,
 }
 
 impl Client {
@@ -135,6 +137,7 @@ impl Client {
             key_limit: settings.keys.limit,
             local_node: settings.node.id.clone(),
             channel: settings.redis.channel.clone(),
+            events: settings.redis.events.clone(),
         })
     }
 
@@ -183,16 +186,75 @@ impl Client {
         Ok(stored)
     }
 
-    /// Enqueues a task and waits up to `timeout` for its result.
+    /// Enqueues a task and waits up to `timeout` for its result. When a task with the same id
+    /// already exists, waits for that one.
     pub async fn call(&self, spec: TaskSpec, timeout: Duration) -> Result<Value, ClientError> {
         let mut spec = spec;
         spec.reply = true;
-        let id = self.enqueue(spec).await?;
-        self.wait(&id, timeout).await
+        let (id, accepted) = self.submit(vec![spec]).await?.remove(0);
+        if accepted == Accepted::Exists {
+            // Stored before, maybe without a reply list, maybe finished: wait as anyone would.
+            return self.wait(&id, timeout).await;
+        }
+        self.wait_reply(&id, timeout).await
     }
 
-    /// Waits up to `timeout` for the result of a task enqueued with a reply (as `call` does).
+    /// Waits up to `timeout` for task `id` to finish and returns its result: at once when it
+    /// has finished, else when its final event comes. Any number of callers may wait for the
+    /// same task, whether or not it was enqueued with a reply.
     pub async fn wait(&self, id: &str, timeout: Duration) -> Result<Value, ClientError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        // Listen before looking, so an end that comes between the two is not missed.
+        let mut pubsub = self
+            .store
+            .client()
+            .get_async_pubsub()
+            .await
+            .map_err(StoreError::from)?;
+        pubsub
+            .subscribe(&self.events)
+            .await
+            .map_err(StoreError::from)?;
+        if let Some(end) = self.ending(id).await? {
+            return end;
+        }
+        let mut events = pubsub.into_on_message();
+        while let Ok(Some(msg)) = tokio::time::timeout_at(deadline, events.next()).await {
+            // Any event of this task may be its last (a final `error` looks like a retried
+            // one): the record says.
+            let event: Value = serde_json::from_slice(msg.get_payload_bytes()).unwrap_or_default();
+            if event.get("id").and_then(Value::as_str) == Some(id)
+                && let Some(end) = self.ending(id).await?
+            {
+                return end;
+            }
+        }
+        // The events may have been missed while Redis was away: the record has the last word.
+        match self.ending(id).await? {
+            Some(end) => end,
+            None => Err(ClientError::Timeout {
+                id: id.to_owned(),
+                waited: timeout,
+            }),
+        }
+    }
+
+    /// How task `id` ended, when it has.
+    async fn ending(&self, id: &str) -> Result<Option<Result<Value, ClientError>>, ClientError> {
+        Ok(match self.result(id).await? {
+            TaskResult::Done(v) => Some(Ok(v)),
+            TaskResult::Failed { state, error } => Some(Err(ClientError::Failed {
+                id: id.to_owned(),
+                state,
+                error,
+            })),
+            TaskResult::Pending(_) | TaskResult::NotFound => None,
+        })
+    }
+
+    /// Waits for the final event a task enqueued with a reply pushes on its reply list (one
+    /// waiter: `call`, which enqueued it).
+    async fn wait_reply(&self, id: &str, timeout: Duration) -> Result<Value, ClientError> {
         let reply = self.store.wait_reply(id, timeout).await?;
         match reply.as_deref().and_then(ending_of) {
             Some(Ending::Done(v)) => Ok(v),

@@ -653,3 +653,50 @@ async fn a_channel_belongs_to_one_running_cluster() {
     let third = NodeProc::start(&redis, "m1", workers.path(), &other);
     third.ready().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn any_number_of_waiters_get_the_result_of_any_existing_task() {
+    let (redis, _workers, _node) = common::one_node(&[]).await;
+    // A finished task enqueued without --wait: waiting for it answers at once.
+    let (code, _, err) = cli(&redis, &["do", "echo", r#"{"n":1}"#, "--id", "done-1"]).await;
+    assert_eq!(code, 0, "{err}");
+    wait_state(&redis, "done-1", "done").await;
+    let (code, out, err) = cli(
+        &redis,
+        &[
+            "do",
+            "echo",
+            r#"{"n":1}"#,
+            "--id",
+            "done-1",
+            "--wait",
+            "--wait-timeout",
+            "20s",
+        ],
+    )
+    .await;
+    assert_eq!((code, out.trim()), (0, r#"{"n":1}"#), "{err}");
+
+    // A running task with three waiters: each gets the result.
+    let (code, _, err) = cli(&redis, &["do", "nap", r#"{"s":1}"#, "--id", "slow"]).await;
+    assert_eq!(code, 0, "{err}");
+    let waiter = || {
+        cli(
+            &redis,
+            &[
+                "do",
+                "nap",
+                r#"{"s":1}"#,
+                "--id",
+                "slow",
+                "--wait",
+                "--wait-timeout",
+                "20s",
+            ],
+        )
+    };
+    let (a, b, c) = tokio::join!(waiter(), waiter(), waiter());
+    for (code, out, err) in [a, b, c] {
+        assert_eq!((code, out.trim()), (0, r#"{"s":1}"#), "{err}");
+    }
+}
