@@ -41,7 +41,7 @@ use crate::engine::ingress::IngressMsg;
 use crate::engine::supervisor::{NodeParts, Supervisor, SupervisorArgs, SupervisorMsg};
 use crate::model::names::{shorten, validate_worker_name};
 use crate::model::task::now_ms;
-use crate::store::{Lease, Store, StoreError};
+use crate::store::{CookieCheck, Lease, Store, StoreError};
 use crate::wiring::{LeaseClock, Link, StopReason};
 use crate::workers::registry::LiveRegistry;
 use crate::workers::rust::{SharedWorker, Worker, WorkerOptions};
@@ -59,11 +59,13 @@ pub enum NodeError {
     },
     /// This node's cookie is not the cluster's.
     #[error(
-        "the cluster using redis prefix `{prefix}` has another cookie; set node.cookie to the cluster's (or use another redis.prefix)"
+        "the running cluster with redis prefix `{prefix}` (node `{member}` is alive) has another cookie: give this node the cluster's cookie (node.cookie, BGNODE_NODE__COOKIE), or start a separate cluster with another redis.prefix and redis.channel"
     )]
     CookieMismatch {
         /// The key prefix.
         prefix: String,
+        /// A live member of that cluster.
+        member: String,
     },
     /// Another running cluster (another key prefix) uses the task channel.
     #[error(
@@ -180,14 +182,22 @@ impl NodeBuilder {
             url: settings.redis_url_shown(),
             source,
         };
-        if !store
+        match store
             .check_cookie(&cookie_hash(&settings.node.cookie))
             .await
             .map_err(redis_error)?
         {
-            return Err(NodeError::CookieMismatch {
-                prefix: settings.redis.prefix.clone(),
-            });
+            CookieCheck::Same => {}
+            CookieCheck::Replaced => tracing::warn!(
+                prefix = %settings.redis.prefix,
+                "the cluster's recorded cookie was another one, but none of its nodes is running: this node's cookie is the cluster's now"
+            ),
+            CookieCheck::Other { member } => {
+                return Err(NodeError::CookieMismatch {
+                    prefix: settings.redis.prefix.clone(),
+                    member,
+                });
+            }
         }
         if let Some(owner) = store.claim_channel().await.map_err(redis_error)? {
             return Err(NodeError::ChannelTaken {

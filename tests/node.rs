@@ -700,3 +700,30 @@ async fn any_number_of_waiters_get_the_result_of_any_existing_task() {
         assert_eq!((code, out.trim()), (0, r#"{"s":1}"#), "{err}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_new_cookie_is_taken_once_no_node_of_the_old_one_runs() {
+    let (redis, workers, mut first) = common::one_node(&[]).await;
+    let other = [("BGNODE_NODE__COOKIE", "another-cookie")];
+    let mut refused = NodeProc::start(&redis, "n2", workers.path(), &other);
+    assert!(!refused.wait_exit(T).await.success());
+    assert!(
+        refused.log().contains(
+            "(node `n1` is alive) has another cookie: give this node the cluster's cookie"
+        ),
+        "{}",
+        refused.log()
+    );
+
+    first.signal(Signal::TERM);
+    assert!(first.wait_exit(T).await.success(), "{}", first.log());
+    let second = NodeProc::start(&redis, "n2", workers.path(), &other);
+    second.ready().await;
+    assert!(
+        second
+            .log()
+            .contains("this node's cookie is the cluster's now"),
+        "{}",
+        second.log()
+    );
+}

@@ -6,6 +6,20 @@ use std::time::Duration;
 use super::{Keys, Store, StoreResult};
 use crate::model::task::now_ms;
 
+/// What the cookie check found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum CookieCheck {
+    /// The cookie is the cluster's (or the first the cluster has).
+    Same,
+    /// The cluster had another cookie but no live member: this node's replaced it.
+    Replaced,
+    /// A live member (`member`) of the cluster has another cookie.
+    Other {
+        /// A live member.
+        member: String,
+    },
+}
+
 /// The answer to a lease request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Lease {
@@ -106,22 +120,24 @@ impl Store {
         Ok(pipe.query_async(&mut con).await?)
     }
 
-    /// Records the cookie hash for this key prefix, or checks it against the recorded one.
-    /// Returns false when another cookie is recorded.
-    pub(crate) async fn check_cookie(&self, hash: &str) -> StoreResult<bool> {
+    /// Checks this node's cookie (its hash) against the cluster's; see [`CookieCheck`].
+    pub(crate) async fn check_cookie(&self, hash: &str) -> StoreResult<CookieCheck> {
         let mut con = self.con.clone();
-        let (_, stored): ((), String) = redis::pipe()
-            .cmd("SET")
-            .arg(self.keys.cluster())
+        let answer: Vec<String> = self
+            .scripts
+            .cookie
+            .key(self.keys.cluster())
             .arg(hash)
-            .arg("NX")
-            .ignore()
-            .cmd("GET")
-            .arg(self.keys.cluster())
-            .query_async(&mut con)
-            .await
-            .map(|(stored,): (String,)| ((), stored))?;
-        Ok(stored == hash)
+            .arg(self.keys.prefix())
+            .invoke_async(&mut con)
+            .await?;
+        Ok(match answer.first().map(String::as_str) {
+            Some("replaced") => CookieCheck::Replaced,
+            Some("other") => CookieCheck::Other {
+                member: answer.get(1).cloned().unwrap_or_default(),
+            },
+            _ => CookieCheck::Same,
+        })
     }
 
     /// Claims the task channel for this cluster (this key prefix). Returns the prefix of another

@@ -33,7 +33,7 @@ mod views;
 mod writes;
 
 pub(crate) use keys::Keys;
-pub(crate) use members::Lease;
+pub(crate) use members::{CookieCheck, Lease};
 pub use tasks::{Accepted, CancelResult, RetryResult};
 pub(crate) use timers::DueTemplate;
 pub use views::{Overview, TaskRow};
@@ -83,6 +83,7 @@ struct Scripts {
     join: Script,
     leave: Script,
     channel: Script,
+    cookie: Script,
 }
 
 impl Scripts {
@@ -103,10 +104,11 @@ impl Scripts {
             join: lua!("join.lua"),
             leave: lua!("leave.lua"),
             channel: lua!("channel.lua"),
+            cookie: lua!("cookie.lua"),
         }
     }
 
-    fn all(&self) -> [&Script; 15] {
+    fn all(&self) -> [&Script; 16] {
         [
             &self.enqueue,
             &self.claim,
@@ -123,6 +125,7 @@ impl Scripts {
             &self.join,
             &self.leave,
             &self.channel,
+            &self.cookie,
         ]
     }
 }
