@@ -38,6 +38,8 @@ const EXIT_USAGE: u8 = 2;
 const EXIT_NOT_FOUND: u8 = 3;
 /// Exit code: the task has not finished.
 const EXIT_PENDING: u8 = 4;
+/// Exit code: interrupted by ctrl-c or SIGTERM (128 + SIGINT, as shells report it).
+const EXIT_INTERRUPTED: u8 = 130;
 /// Exit code: `--wait` timed out.
 const EXIT_TIMEOUT: u8 = 5;
 /// Exit code: the task was refused (its key is at its limit).
@@ -790,9 +792,15 @@ fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
 }
 
 async fn eval(settings: &Settings, worker: &str, args: Value, json: bool) -> Result<u8, Exit> {
-    let run = background::eval(settings, worker, &args)
-        .await
-        .map_err(|e| usage(e.to_string()))?;
+    // On ctrl-c or SIGTERM the attempt is abandoned: dropping it kills a script's whole process
+    // group, so nothing it started outlives the command.
+    let stop = shutdown_signal().map_err(|e| Exit(EXIT_FAILED, e))?;
+    let run = tokio::select! {
+        run = background::eval(settings, worker, &args) => run.map_err(|e| usage(e.to_string()))?,
+        () = stop => {
+            return Err(Exit(EXIT_INTERRUPTED, anyhow!("{worker} interrupted; its processes were stopped")));
+        }
+    };
     let (task_id, outcome) = (run.id, run.outcome);
     match outcome {
         Outcome::Done(v) => {

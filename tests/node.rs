@@ -727,3 +727,57 @@ async fn a_new_cookie_is_taken_once_no_node_of_the_old_one_runs() {
         second.log()
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ctrl_c_on_eval_stops_the_script_and_what_it_started() {
+    let workers = tempfile::tempdir().unwrap();
+    let pidfile = workers.path().join("child.pid");
+    write_script(
+        workers.path(),
+        "spawner.sh",
+        &format!(
+            "#!/bin/sh\nsleep 300 &\necho $! > {}\nwait\n",
+            pidfile.display()
+        ),
+    );
+    let eval = tokio::process::Command::new(common::bgnode_bin())
+        .args(["eval", "spawner"])
+        .env_remove("BGNODE_CONFIG")
+        .env("BGNODE_WORKERS__DIR", workers.path())
+        .current_dir(workers.path())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let child: i32 = eventually(T, "the script to start its child", || async {
+        std::fs::read_to_string(&pidfile)
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+    })
+    .await;
+    let alive = |pid: i32| {
+        rustix::process::Pid::from_raw(pid)
+            .is_some_and(|p| rustix::process::test_kill_process(p).is_ok())
+    };
+    assert!(alive(child));
+    if let Some(pid) = eval
+        .id()
+        .and_then(|id| rustix::process::Pid::from_raw(id as i32))
+    {
+        rustix::process::kill_process(pid, Signal::INT).unwrap();
+    }
+    let out = tokio::time::timeout(T, eval.wait_with_output())
+        .await
+        .expect("eval ends on ctrl-c")
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(130),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eventually(T, "the script's child to be gone", || async {
+        (!alive(child)).then_some(())
+    })
+    .await;
+}
