@@ -781,3 +781,44 @@ async fn ctrl_c_on_eval_stops_the_script_and_what_it_started() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_daemon_left_holding_stdout_does_not_take_the_result() {
+    let workers = tempfile::tempdir().unwrap();
+    let pidfile = workers.path().join("daemon.pid");
+    // Prints its result, then starts a daemon in a session of its own that keeps stdout open.
+    write_script(
+        workers.path(),
+        "daemonizer.sh",
+        &format!(
+            "#!/bin/sh\nprintf 'hello'\nsetsid sh -c 'echo $$ > {0}; exec sleep 30' &\n\
+             while [ ! -s {0} ]; do sleep 0.05; done\nexit 0\n",
+            pidfile.display()
+        ),
+    );
+    let out = tokio::time::timeout(
+        T,
+        tokio::process::Command::new(common::bgnode_bin())
+            .args(["eval", "daemonizer"])
+            .env_remove("BGNODE_CONFIG")
+            .env("BGNODE_WORKERS__DIR", workers.path())
+            .current_dir(workers.path())
+            .output(),
+    )
+    .await
+    .expect("eval ends while the daemon lives")
+    .unwrap();
+    if let Some(pid) = std::fs::read_to_string(&pidfile)
+        .ok()
+        .and_then(|s| s.trim().parse::<i32>().ok())
+        .and_then(rustix::process::Pid::from_raw)
+    {
+        let _ = rustix::process::kill_process(pid, Signal::KILL);
+    }
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "\"hello\"");
+}

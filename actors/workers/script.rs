@@ -13,6 +13,7 @@ use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rustix::process::{Pid, Signal, kill_process_group};
@@ -188,14 +189,19 @@ pub(crate) async fn run_script(run: ScriptRun<'_>) -> Outcome {
             let _ = stdin.shutdown().await;
         }
     });
+    // The readers keep what they read in shared buffers, so that what a script printed counts
+    // even when something it started (a daemon that left our process group) keeps the pipes
+    // open after it exited.
+    let out_buf = Shared::default();
+    let err_buf = Shared::default();
     let stdout = child
         .stdout
         .take()
-        .map(|s| tokio::spawn(read_limited(s, run.output_limit)));
+        .map(|s| tokio::spawn(read_limited(s, run.output_limit, out_buf.clone())));
     let stderr = child
         .stderr
         .take()
-        .map(|s| tokio::spawn(read_tail(s, STDERR_TAIL)));
+        .map(|s| tokio::spawn(read_tail(s, STDERR_TAIL, err_buf.clone())));
 
     let waited = {
         let wait = tokio::time::timeout(run.timeout, child.wait());
@@ -214,20 +220,14 @@ pub(crate) async fn run_script(run: ScriptRun<'_>) -> Outcome {
     // Whatever happened, nothing of this run may outlive it.
     guard.kill();
     writer.abort();
-    let collect = async {
-        let out = match stdout {
-            Some(h) => h.await.unwrap_or_default(),
-            None => Captured::default(),
-        };
-        let err = match stderr {
-            Some(h) => h.await.map(|c| c.bytes).unwrap_or_default(),
-            None => Vec::new(),
-        };
-        (out, err)
-    };
-    let (out, err) = tokio::time::timeout(Duration::from_secs(2), collect)
-        .await
-        .unwrap_or_default();
+    let readers: Vec<_> = stdout.into_iter().chain(stderr).collect();
+    let aborts: Vec<_> = readers.iter().map(|h| h.abort_handle()).collect();
+    let _ = tokio::time::timeout(OUTPUT_GRACE, futures::future::join_all(readers)).await;
+    for reader in aborts {
+        reader.abort();
+    }
+    let out = std::mem::take(&mut *lock(&out_buf));
+    let err = std::mem::take(&mut *lock(&err_buf)).bytes;
     let tail = stderr_tail(&err);
     let status = match waited {
         None => {
@@ -296,15 +296,26 @@ struct Captured {
     overflow: bool,
 }
 
-/// Reads everything, keeping at most `limit` bytes (more sets `overflow`). Reading on after the
-/// limit keeps a chatty script from blocking on a full pipe.
-async fn read_limited(mut src: impl AsyncRead + Unpin, limit: usize) -> Captured {
-    let mut out = Captured::default();
+/// What a reader has read so far, shared with the run that collects it.
+type Shared = Arc<Mutex<Captured>>;
+
+/// How long the output of a script that exited is still read: enough for the pipes to drain,
+/// short enough that a daemon holding them open does not hold the result back.
+const OUTPUT_GRACE: Duration = Duration::from_secs(2);
+
+fn lock(shared: &Shared) -> std::sync::MutexGuard<'_, Captured> {
+    shared.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Reads everything into `into`, keeping at most `limit` bytes (more sets `overflow`). Reading
+/// on after the limit keeps a chatty script from blocking on a full pipe.
+async fn read_limited(mut src: impl AsyncRead + Unpin, limit: usize, into: Shared) {
     let mut buf = [0u8; 8192];
     loop {
         match src.read(&mut buf).await {
-            Ok(0) | Err(_) => return out,
+            Ok(0) | Err(_) => return,
             Ok(n) => {
+                let mut out = lock(&into);
                 if out.bytes.len() + n > limit {
                     out.overflow = true;
                     let room = limit.saturating_sub(out.bytes.len());
@@ -317,16 +328,16 @@ async fn read_limited(mut src: impl AsyncRead + Unpin, limit: usize) -> Captured
     }
 }
 
-/// Reads everything, keeping the last `keep` bytes.
-async fn read_tail(mut src: impl AsyncRead + Unpin, keep: usize) -> Captured {
-    let mut out = Captured::default();
+/// Reads everything into `into`, keeping the last `keep` bytes.
+async fn read_tail(mut src: impl AsyncRead + Unpin, keep: usize, into: Shared) {
     let mut buf = [0u8; 8192];
     loop {
         match src.read(&mut buf).await {
-            Ok(0) | Err(_) => break,
+            Ok(0) | Err(_) => return,
             Ok(n) => {
+                let mut out = lock(&into);
                 out.bytes.extend_from_slice(&buf[..n]);
-                if out.bytes.len() > keep * 2 {
+                if out.bytes.len() > keep {
                     let cut = out.bytes.len() - keep;
                     out.bytes.drain(..cut);
                     out.overflow = true;
@@ -334,11 +345,6 @@ async fn read_tail(mut src: impl AsyncRead + Unpin, keep: usize) -> Captured {
             }
         }
     }
-    if out.bytes.len() > keep {
-        let cut = out.bytes.len() - keep;
-        out.bytes.drain(..cut);
-    }
-    out
 }
 
 #[cfg(test)]
