@@ -253,3 +253,36 @@ fn every_test_the_architecture_names_exists() {
         );
     }
 }
+
+#[test]
+fn the_readme_runs_only_workers_that_ship() {
+    let shipped: Vec<String> = std::fs::read_dir(root().join("workers"))
+        .unwrap()
+        .filter_map(|e| {
+            let name = e.ok()?.file_name().into_string().ok()?;
+            let (stem, ext) = name.rsplit_once('.')?;
+            (ext != "md").then(|| stem.to_owned())
+        })
+        .chain(["bg-noop", "bg-echo", "bg-sleep"].map(String::from))
+        .collect();
+    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
+    let mut named = 0;
+    for line in readme.lines() {
+        for (at, _) in line.match_indices(" do ") {
+            let before = &line[..at];
+            if !(before.ends_with("bgnode") || before.ends_with("--")) {
+                continue;
+            }
+            let worker = line[at + 4..].split_whitespace().next().unwrap_or_default();
+            if worker == "WORKER" {
+                continue; // the CLI table's placeholder
+            }
+            named += 1;
+            assert!(
+                shipped.iter().any(|s| s == worker),
+                "README.md runs worker `{worker}`, which does not ship: {line}"
+            );
+        }
+    }
+    assert!(named >= 15, "only {named} `do` lines found");
+}
