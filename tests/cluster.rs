@@ -868,3 +868,34 @@ async fn soak_repeated_kills_under_load() {
     let sum = s.summary("soak total", &all, None).await;
     assert_eq!(sum.lost, 0);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_redis_outage_keeps_the_links_and_fails_nobody_over() {
+    let _serial = SERIAL.lock().await;
+    let s = Scenario::start(&["n1", "n2", "n3"], &[]).await;
+    let before = s.enqueue("r", 30, 20).await;
+    s.wait_done(&before, Duration::from_secs(30)).await;
+
+    s.redis.signal(Signal::STOP);
+    tokio::time::sleep(Duration::from_secs(4)).await; // the outage itself: Redis hangs
+    s.redis.signal(Signal::CONT);
+
+    let after = s.enqueue("s", 30, 20).await;
+    s.wait_done(&after, Duration::from_secs(30)).await;
+    // Give a wrong failover its chance: a full lease period and more after Redis is back.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for (id, node) in &s.nodes {
+        let log = node.log();
+        for bad in [
+            "no heartbeat for",
+            "cluster session closed",
+            "failed over node",
+        ] {
+            assert!(
+                !log.contains(bad),
+                "{id} logged `{bad}` for a Redis outage:\n{log}"
+            );
+        }
+    }
+    s.wait_mesh(&["n1", "n2", "n3"]).await;
+}

@@ -88,6 +88,7 @@ pub(crate) struct MembershipState {
     server: ActorRef<NodeServerMessage>,
     chitchat: Arc<ChitchatHandle>,
     task: JoinHandle<()>,
+    duties: JoinHandle<()>,
 }
 
 /// Messages to the membership actor.
@@ -141,14 +142,16 @@ impl Actor for Membership {
         let chitchat = Arc::new(spawn_gossip(&ctx, listen, advertise).await?);
         let task = watch_task(
             run(ctx.clone(), server.clone(), chitchat.clone(), events_rx),
-            myself,
+            myself.clone(),
             MembershipMsg::LoopDied,
         );
+        let duties = watch_task(redis_duties(ctx.clone()), myself, MembershipMsg::LoopDied);
         tracing::info!(%listen, %advertise, tls = s.tls(), "cluster link listening");
         Ok(MembershipState {
             server,
             chitchat,
             task,
+            duties,
         })
     }
 
@@ -158,6 +161,7 @@ impl Actor for Membership {
         state: &mut MembershipState,
     ) -> Result<(), ActorProcessingErr> {
         state.task.abort();
+        state.duties.abort();
         let _ = state.chitchat.initiate_shutdown();
         state.server.stop(None);
         Ok(())
@@ -248,7 +252,6 @@ async fn run(
     let mut links: HashMap<String, Link> = HashMap::new();
     let mut tick = tokio::time::interval(TICK);
     let mut last_load = String::new();
-    let mut last_info = Instant::now() - Duration::from_secs(10);
     loop {
         tokio::select! {
             _ = tick.tick() => {}
@@ -335,10 +338,38 @@ async fn run(
             tracing::debug!(?members, "cluster view changed");
             ctx.cluster.set_view(view);
         }
-        fail_over(&ctx).await;
-        if now.duration_since(last_info) >= Duration::from_secs(1) {
-            last_info = now;
-            write_info(&ctx, &load).await;
+    }
+}
+
+/// What the membership does in Redis, on a loop of its own so that a slow or hung Redis never
+/// holds back the heartbeats: every [`TICK`] it fails over members that left the view and whose
+/// lease expired, and every second it writes this node's report for `bgnode info`.
+///
+/// Redis is the arbiter of failover only while it answers: after it was unreachable (or hung),
+/// nobody is failed over until a full lease period has passed with Redis answering, so that
+/// every member had its chance to renew the lease that lapsed meanwhile.
+async fn redis_duties(ctx: Arc<MembershipArgs>) {
+    let ttl = ctx.settings.node.lease_ttl;
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut answering_since = Instant::now().checked_sub(ttl);
+    let mut last_info: Option<Instant> = None;
+    loop {
+        tick.tick().await;
+        let now = Instant::now();
+        let settled = answering_since.is_some_and(|t| now.duration_since(t) >= ttl);
+        let answered = fail_over(&ctx, settled).await;
+        match (answered, answering_since) {
+            (true, None) => {
+                tracing::info!("redis answers again; failover waits one lease period");
+                answering_since = Some(now);
+            }
+            (false, Some(_)) => answering_since = None,
+            _ => {}
+        }
+        if last_info.is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1)) {
+            last_info = Some(now);
+            write_info(&ctx, &ctx.cluster.own_load()).await;
         }
     }
 }
@@ -420,25 +451,26 @@ fn ping(ctx: &Arc<MembershipArgs>, node: String, pongs: mpsc::UnboundedSender<St
     });
 }
 
-/// Fails over every member that is not in the view and whose lease has expired.
-async fn fail_over(ctx: &MembershipArgs) {
+/// Fails over every member that is not in the view and whose lease has expired, when `allowed`
+/// (Redis has answered for a lease period). Returns whether Redis answered.
+async fn fail_over(ctx: &MembershipArgs, allowed: bool) -> bool {
     let view = ctx.cluster.view();
     let members = match ctx.store.members().await {
         Ok(m) => m,
         Err(e) => {
             tracing::debug!("cannot read the members ({e})");
-            return;
+            return false;
         }
     };
     let gone: Vec<String> = members
         .into_iter()
         .filter(|m| *m != ctx.node && !view.peers.contains_key(m))
         .collect();
-    if gone.is_empty() {
-        return;
+    if gone.is_empty() || !allowed {
+        return true;
     }
     let Ok(alive) = ctx.store.alive(&gone).await else {
-        return;
+        return false;
     };
     for (node, alive) in gone.iter().zip(alive) {
         if alive {
@@ -463,6 +495,7 @@ async fn fail_over(ctx: &MembershipArgs) {
             Err(e) => tracing::warn!(peer = %node, "failover of {node} failed ({e}); retrying"),
         }
     }
+    true
 }
 
 async fn write_info(ctx: &MembershipArgs, load: &NodeLoad) {

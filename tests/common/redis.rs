@@ -110,6 +110,17 @@ impl Redis {
         }
     }
 
+    /// Sends `sig` to the server (SIGSTOP and SIGCONT make it hang and resume).
+    pub fn signal(&self, sig: rustix::process::Signal) {
+        if let Some(pid) = self
+            .child
+            .as_ref()
+            .and_then(|c| rustix::process::Pid::from_raw(c.id() as i32))
+        {
+            let _ = rustix::process::kill_process(pid, sig);
+        }
+    }
+
     /// Starts the server again on the same port with the same data.
     pub fn restart(&mut self) {
         self.kill();
