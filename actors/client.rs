@@ -205,16 +205,7 @@ impl Client {
     pub async fn wait(&self, id: &str, timeout: Duration) -> Result<Value, ClientError> {
         let deadline = tokio::time::Instant::now() + timeout;
         // Listen before looking, so an end that comes between the two is not missed.
-        let mut pubsub = self
-            .store
-            .client()
-            .get_async_pubsub()
-            .await
-            .map_err(StoreError::from)?;
-        pubsub
-            .subscribe(&self.events)
-            .await
-            .map_err(StoreError::from)?;
+        let pubsub = self.subscribe(&self.events).await?;
         if let Some(end) = self.ending(id).await? {
             return end;
         }
@@ -237,6 +228,18 @@ impl Client {
                 waited: timeout,
             }),
         }
+    }
+
+    /// A dedicated connection subscribed to `channel`.
+    async fn subscribe(&self, channel: &str) -> Result<redis::aio::PubSub, ClientError> {
+        let mut pubsub = self
+            .store
+            .client()
+            .get_async_pubsub()
+            .await
+            .map_err(StoreError::from)?;
+        pubsub.subscribe(channel).await.map_err(StoreError::from)?;
+        Ok(pubsub)
     }
 
     /// How task `id` ended, when it has.
@@ -383,13 +386,7 @@ impl Client {
             self.channel,
             crate::model::task::new_task_id()
         );
-        let mut pubsub = self
-            .store
-            .client()
-            .get_async_pubsub()
-            .await
-            .map_err(StoreError::from)?;
-        pubsub.subscribe(&reply).await.map_err(StoreError::from)?;
+        let pubsub = self.subscribe(&reply).await?;
         let op_name = match op {
             ControlOp::Stop => "stop",
             ControlOp::Reload => "reload",
