@@ -313,9 +313,18 @@ fn describe(e: &anyhow::Error) -> String {
     out
 }
 
+/// Logs to stderr: `RUST_LOG` when it is set (and not empty), else `default` for bgnode with
+/// the cluster libraries quiet (their per-session chatter shows with `RUST_LOG=info`).
 fn init_logging(default: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let filter = std::env::var("RUST_LOG")
+        .ok()
+        .filter(|v| !v.trim().is_empty())
+        .and_then(|v| tracing_subscriber::EnvFilter::try_new(v).ok())
+        .unwrap_or_else(|| {
+            tracing_subscriber::EnvFilter::new(format!(
+                "{default},ractor=warn,ractor_cluster=warn,chitchat=warn"
+            ))
+        });
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

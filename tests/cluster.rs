@@ -899,3 +899,23 @@ async fn a_redis_outage_keeps_the_links_and_fails_nobody_over() {
     }
     s.wait_mesh(&["n1", "n2", "n3"]).await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cluster_is_quiet_by_default() {
+    let _serial = SERIAL.lock().await;
+    // No RUST_LOG: the default filter.
+    let s = Scenario::start(&["n1", "n2"], &[("RUST_LOG", "")]).await;
+    for (id, node) in &s.nodes {
+        let log = node.log();
+        assert!(log.contains("cluster session ready"), "{id}: {log}");
+        let chatter: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains("ractor_cluster") || l.contains("chitchat"))
+            .collect();
+        assert!(
+            chatter.is_empty(),
+            "{id} logged library chatter:\n{}",
+            chatter.join("\n")
+        );
+    }
+}
