@@ -229,6 +229,7 @@ impl Store {
             .arg(self.names.result_ttl.as_millis() as u64)
             .arg(&self.names.channel)
             .arg(&self.names.events)
+            .arg(worker)
             .invoke_async(&mut con)
             .await?;
         parse_claimed_rows(reply)

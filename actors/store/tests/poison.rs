@@ -88,3 +88,25 @@ async fn a_poison_entry_in_the_scheduled_set_does_not_stall_the_others() {
         "nothing is left to stall on"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_record_of_another_worker_in_a_pending_set_is_set_aside() {
+    let redis = Redis::start();
+    let store = Store::connect(&settings(&redis)).await.unwrap();
+    let specs: Vec<TaskSpec> = (0..3)
+        .map(|i| TaskSpec::new("w", json!(i)).id(format!("t{i}")))
+        .collect();
+    store.enqueue_many(&specs, false).await.unwrap();
+    let mut con = redis.con().await;
+    redis::cmd("HSET")
+        .arg("bg:task:t1")
+        .arg("worker")
+        .arg("other")
+        .query_async::<()>(&mut con)
+        .await
+        .unwrap();
+    let claimed = store.claim("w", "n1", 10).await.unwrap();
+    assert!(claimed.iter().all(|t| t.worker == "w"), "{claimed:?}");
+    assert_eq!(claimed.len(), 2);
+    assert_eq!(bad_ids(&redis).await, ["t1"]);
+}
