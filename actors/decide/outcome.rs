@@ -21,7 +21,11 @@ pub(crate) fn conclude(
     started: u64,
     now: u64,
 ) -> WriteOp {
-    let unit = jitter(&format!("{}:{}", task.id, task.attempt));
+    // Only a retry is delayed: the jitter (a hash) is drawn for failures alone.
+    let unit = match outcome {
+        Outcome::Failed { .. } => jitter(&format!("{}:{}", task.id, task.attempt)),
+        _ => 0.0,
+    };
     let next = settle(outcome, task.attempt, policy, now, unit);
     finish_op(task, node, &next, started, now)
 }

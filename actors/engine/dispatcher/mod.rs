@@ -512,8 +512,8 @@ impl DispatcherState {
                     .lanes
                     .get_mut(&worker)
                     .and_then(|w| w.lane.finished(&id));
-                if let Some(run) = run {
-                    let policy = self.policy(&run.task);
+                if let (Some(run), Some(lane)) = (run, self.lanes.get(&worker)) {
+                    let policy = self.policy(&worker, lane, &run.task);
                     let outcome = Outcome::failed(format!("worker crashed: {why}"));
                     let op = conclude(
                         &run.task,
@@ -539,21 +539,14 @@ impl DispatcherState {
         self.answer_idle();
     }
 
-    /// The retry policy of `task` under its worker's current settings (or those its lane was
-    /// made with, if a reload removed the worker).
-    fn policy(&self, task: &Task) -> RetryPolicy {
-        match self.args.workers.get(&task.worker) {
-            Some(entry) => entry.retry_policy(task),
-            None => self
-                .lanes
-                .get(&task.worker)
-                .map(|w| w.entry.retry_policy(task))
-                .unwrap_or(RetryPolicy {
-                    attempts: task.attempts.unwrap_or(1),
-                    base: task.backoff.unwrap_or(Duration::from_secs(1)),
-                    cap: task.backoff_cap.unwrap_or(Duration::from_secs(60)),
-                }),
-        }
+    /// The retry policy of `task`, held in lane `worker`, under the worker's current settings
+    /// (or those the lane was made with, if a reload removed the worker).
+    fn policy(&self, worker: &str, lane: &WorkerLane, task: &Task) -> RetryPolicy {
+        self.args
+            .workers
+            .get(worker)
+            .unwrap_or_else(|| lane.entry.clone())
+            .retry_policy(task)
     }
 
     /// Tasks this node now owns: queue them. Before recovery is over they go straight back to
@@ -596,10 +589,10 @@ impl DispatcherState {
     fn cancel(&mut self, id: &str) {
         let queued = self
             .lanes
-            .values_mut()
-            .find_map(|w| w.lane.remove_queued(id));
-        if let Some(task) = queued {
-            let policy = self.policy(&task);
+            .iter_mut()
+            .find_map(|(name, w)| Some((name.clone(), w.lane.remove_queued(id)?)));
+        if let Some((worker, task)) = queued {
+            let policy = self.policy(&worker, &self.lanes[&worker], &task);
             let op = conclude(
                 &task,
                 &self.args.node,
