@@ -41,7 +41,7 @@ use crate::engine::ingress::IngressMsg;
 use crate::engine::supervisor::{NodeParts, Supervisor, SupervisorArgs, SupervisorMsg};
 use crate::model::names::{shorten, validate_worker_name};
 use crate::model::task::now_ms;
-use crate::store::{CookieCheck, Lease, Store, StoreError};
+use crate::store::{CookieCheck, Guard, Lease, Store, StoreError};
 use crate::wiring::{LeaseClock, Link, StopReason};
 use crate::workers::registry::LiveRegistry;
 use crate::workers::rust::{SharedWorker, Worker, WorkerOptions};
@@ -259,8 +259,8 @@ impl NodeBuilder {
                 return Err(NodeError::Spawn(e.to_string()));
             }
         };
-        match parts.store.join(&parts.node).await {
-            Ok(n) if n > 0 => tracing::info!(broadcasts = n, "joined running broadcasts"),
+        match parts.store.join(&parts.incarnation()).await {
+            Ok(Some(n)) if n > 0 => tracing::info!(broadcasts = n, "joined running broadcasts"),
             Ok(_) => {}
             Err(e) => {
                 tracing::warn!("cannot join the members yet ({e}); retried when the lease renews");
@@ -373,8 +373,11 @@ impl NodeHandle {
             let queued =
                 ractor::call_t!(dispatcher, DispatcherMsg::StopIntake, 2_000).unwrap_or_default();
             if !queued.is_empty() {
-                let ids: Vec<String> = queued.iter().map(|t| t.id.clone()).collect();
-                match ctx.store.release_ids(&ctx.node, &ids).await {
+                let ids: Vec<(String, Option<u64>)> = queued
+                    .iter()
+                    .map(|t| (t.id.clone(), Some(t.epoch)))
+                    .collect();
+                match ctx.store.release_ids(&ctx.incarnation(), &ids, true).await {
                     Ok(n) => {
                         handed_back += n;
                         tracing::info!(tasks = n, "handed queued tasks to the peers");
@@ -406,7 +409,7 @@ impl NodeHandle {
                 "could not write every result to redis before exiting"
             );
         }
-        handed_back += match ctx.store.release_owned(&ctx.node).await {
+        handed_back += match ctx.store.release_owned(&ctx.incarnation()).await {
             Ok(n) => {
                 if n > 0 {
                     ctx.cluster.broadcast(&Body::Sweep);
@@ -421,7 +424,11 @@ impl NodeHandle {
                 0
             }
         };
-        if let Err(e) = ctx.store.leave(&ctx.node).await {
+        if let Err(e) = ctx
+            .store
+            .leave(&ctx.node, Guard::Myself(&ctx.incarnation()))
+            .await
+        {
             tracing::warn!("cannot leave the members ({e}); peers will fail this node over");
         }
         self.supervisor
@@ -528,7 +535,7 @@ async fn keep_alive(ctx: Arc<NodeParts>) {
                     "this node's liveness lease had expired; checking what it still owns"
                 );
                 ctx.dispatcher.cast(DispatcherMsg::Lapsed);
-                if let Err(e) = ctx.store.join(&ctx.node).await {
+                if let Err(e) = ctx.store.join(&ctx.incarnation()).await {
                     tracing::warn!("cannot rejoin the members ({e})");
                 }
             }

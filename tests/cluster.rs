@@ -919,3 +919,247 @@ async fn a_cluster_is_quiet_by_default() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_paused_process_whose_id_was_taken_over_changes_nothing() {
+    let _serial = SERIAL.lock().await;
+    let mut s = Scenario::start(&["n1", "n2", "n3"], &[]).await;
+    let first = s.enqueue("a", 40, 1_000).await;
+    eventually(Duration::from_secs(20), "n3 to run tasks", || async {
+        s.runs()
+            .iter()
+            .any(|r| r.node == "n3" && r.start)
+            .then_some(())
+    })
+    .await;
+
+    // The old process pauses past its lease and is failed over; a new process takes the id.
+    let mut old = s.nodes.remove("n3").unwrap();
+    old.signal(Signal::STOP);
+    eventually(Duration::from_secs(20), "n3 to be failed over", || async {
+        s.log_lines("n3")
+            .iter()
+            .any(|(_, l)| l.contains("failed over node n3"))
+            .then_some(())
+    })
+    .await;
+    s.ports.insert("n3".into(), free_port());
+    s.launch("n3");
+    s.wait_mesh(&["n1", "n2", "n3"]).await;
+    let second = s.enqueue("b", 48, 2_500).await;
+    eventually(
+        Duration::from_secs(20),
+        "the new n3 to run tasks",
+        || async {
+            s.runs()
+                .iter()
+                .filter(|r| r.node == "n3" && r.start && r.id.starts_with('b'))
+                .nth(2)
+                .map(|_| ())
+        },
+    )
+    .await;
+
+    // The old one comes back: it finds its id taken and stops, touching nothing of the new one.
+    old.signal(Signal::CONT);
+    let status = old.wait_exit(Duration::from_secs(30)).await;
+    println!("the old n3 exited with {status}");
+    assert!(
+        old.log().contains("another process took this id"),
+        "{}",
+        old.log()
+    );
+    let mut con = s.redis.con().await;
+    let member: bool = redis::cmd("SISMEMBER")
+        .arg("bg:members")
+        .arg("n3")
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    assert!(
+        member,
+        "the old process removed the new one from the members"
+    );
+
+    // Nothing the new n3 ran was handed to anyone else while it ran.
+    let killed = s.signal("n3", Signal::KILL);
+    let mut starts: BTreeMap<String, usize> = BTreeMap::new();
+    for r in s.runs() {
+        if r.start && r.id.starts_with('b') && r.at < killed {
+            *starts.entry(r.id).or_default() += 1;
+        }
+    }
+    let twice: Vec<&String> = starts
+        .iter()
+        .filter(|(_, n)| **n > 1)
+        .map(|(id, _)| id)
+        .collect();
+    assert!(
+        twice.is_empty(),
+        "ran twice while the new n3 held them: {twice:?}"
+    );
+
+    // And the new process, killed, is failed over like any other.
+    s.wait_done(&first, Duration::from_secs(30)).await;
+    s.wait_done(&second, Duration::from_secs(40)).await;
+    let sum = s.summary("same id, new process", &second, None).await;
+    assert_eq!(sum.lost, 0, "{sum}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hung_redis_strands_no_task() {
+    let _serial = SERIAL.lock().await;
+    let s = Scenario::start(&["n1", "n2"], &[]).await;
+    let ids = s.enqueue("h", 2_000, 30).await;
+    eventually(
+        Duration::from_secs(20),
+        "the load to be running",
+        || async { (s.runs().len() > 200).then_some(()) },
+    )
+    .await;
+
+    // Redis hangs longer than a call waits for its answer, then applies every queued call.
+    s.redis.signal(Signal::STOP);
+    tokio::time::sleep(Duration::from_secs(7)).await; // the hang itself
+    s.redis.signal(Signal::CONT);
+    let resumed = std::time::Instant::now();
+
+    s.wait_done(&ids, Duration::from_secs(40)).await;
+    println!(
+        "every task done {:.1}s after Redis resumed",
+        resumed.elapsed().as_secs_f64()
+    );
+    for (id, node) in &s.nodes {
+        for line in node.log().lines().filter(|l| l.contains("never received")) {
+            println!("   {id}: {line}");
+        }
+    }
+    let sum = s.summary("Redis hung for 7 s under load", &ids, None).await;
+    assert_eq!(sum.lost, 0, "{sum}");
+    let mut con = s.redis.con().await;
+    for node in ["n1", "n2"] {
+        let owned: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(format!("bg:node:{node}:owned"))
+            .query_async(&mut con)
+            .await
+            .unwrap();
+        assert!(owned.is_empty(), "{node} still owns {owned:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_paused_ingress_holder_loses_and_doubles_no_acknowledged_message() {
+    let _serial = SERIAL.lock().await;
+    let s = Scenario::start(&["n1", "n2"], &[]).await;
+    let mut con = s.redis.con().await;
+    let holder: String = redis::cmd("GET")
+        .arg("bg:ingress")
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    let holder = holder.split(':').next().unwrap().to_owned();
+
+    // Raw publishes at a steady pace, every other one without an id; the holder pauses for 8 s
+    // in the middle.
+    let publisher = {
+        let url = s.redis.url.clone();
+        tokio::spawn(async move {
+            let client = redis::Client::open(url).unwrap();
+            let config = redis::AsyncConnectionConfig::new()
+                .set_response_timeout(Some(Duration::from_secs(30)));
+            let mut con = client
+                .get_multiplexed_async_connection_with_config(&config)
+                .await
+                .unwrap();
+            let mut answers = Vec::new();
+            let mut tick = tokio::time::interval(Duration::from_millis(10));
+            for n in 0..1_200u32 {
+                tick.tick().await;
+                let msg = if n % 2 == 0 {
+                    json!({"worker": "chaos", "id": format!("m{n}"), "args": {"ms": 1, "n": n}})
+                } else {
+                    json!({"worker": "chaos", "args": {"ms": 1, "n": n}})
+                };
+                let got: i64 = redis::cmd("PUBLISH")
+                    .arg("background")
+                    .arg(msg.to_string())
+                    .query_async(&mut con)
+                    .await
+                    .unwrap();
+                answers.push(got);
+            }
+            answers
+        })
+    };
+    tokio::time::sleep(Duration::from_secs(2)).await; // publishing before the pause
+    s.signal(&holder, Signal::STOP);
+    tokio::time::sleep(Duration::from_secs(8)).await; // the pause itself
+    s.signal(&holder, Signal::CONT);
+    let answers = publisher.await.unwrap();
+
+    let twice: Vec<usize> = (0..answers.len()).filter(|n| answers[*n] > 1).collect();
+    assert!(
+        twice.is_empty(),
+        "{} messages reached two subscribers (first: {:?})",
+        twice.len(),
+        twice.first()
+    );
+    let acked: BTreeSet<u64> = (0..answers.len())
+        .filter(|n| answers[*n] == 1)
+        .map(|n| n as u64)
+        .collect();
+    let unheard = answers.iter().filter(|a| **a == 0).count();
+    println!(
+        "acknowledged {} of {} publishes ({unheard} while no node listened)",
+        acked.len(),
+        answers.len()
+    );
+
+    // Every acknowledged message is stored, exactly once.
+    let stored = eventually(
+        Duration::from_secs(30),
+        "every acknowledged message to be stored",
+        || async {
+            let mut con = s.redis.con().await;
+            let mut count: BTreeMap<u64, usize> = BTreeMap::new();
+            let mut cursor = 0u64;
+            loop {
+                let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                    .arg(cursor)
+                    .arg("MATCH")
+                    .arg("bg:task:*")
+                    .arg("COUNT")
+                    .arg(1_000)
+                    .query_async(&mut con)
+                    .await
+                    .ok()?;
+                let mut pipe = redis::pipe();
+                for k in &keys {
+                    pipe.cmd("HGET").arg(k).arg("args");
+                }
+                let args: Vec<Option<String>> = pipe.query_async(&mut con).await.ok()?;
+                for a in args.into_iter().flatten() {
+                    let v: Value = serde_json::from_str(&a).ok()?;
+                    if let Some(n) = v["n"].as_u64() {
+                        *count.entry(n).or_default() += 1;
+                    }
+                }
+                cursor = next;
+                if cursor == 0 {
+                    break;
+                }
+            }
+            acked.iter().all(|n| count.contains_key(n)).then_some(count)
+        },
+    )
+    .await;
+    let doubled: Vec<(&u64, &usize)> = stored.iter().filter(|(_, c)| **c > 1).collect();
+    assert!(doubled.is_empty(), "stored twice: {doubled:?}");
+    for (id, node) in &s.nodes {
+        for line in node.log().lines().filter(|l| {
+            l.contains("ingress") || l.contains("arrived before the subscription ended")
+        }) {
+            println!("   {id}: {line}");
+        }
+    }
+}

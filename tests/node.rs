@@ -822,3 +822,51 @@ async fn a_daemon_left_holding_stdout_does_not_take_the_result() {
     );
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "\"hello\"");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_attempt_a_worker_sees_is_recorded_before_it_starts() {
+    // One slot: `a` runs, `b` waits claimed on the node.
+    let (redis, workers, mut node) =
+        common::one_node(&[("BGNODE_WORKERS__CONCURRENCY", "1")]).await;
+    let client = background::Client::connect(&redis.url).await.unwrap();
+    client
+        .enqueue_all(vec![
+            background::TaskSpec::new("record", json!({"s": 0.8})).id("a"),
+            background::TaskSpec::new("record", json!({"s": 30})).id("b"),
+        ])
+        .await
+        .unwrap();
+    let started = |id: &'static str| {
+        let dir = workers.path().to_owned();
+        move || {
+            let dir = dir.clone();
+            async move {
+                let runs = common::runs(&dir);
+                let attempts: Vec<u32> = runs.iter().filter(|r| r.0 == id).map(|r| r.2).collect();
+                (!attempts.is_empty()).then_some(attempts)
+            }
+        }
+    };
+    eventually(T, "a to start", started("a")).await;
+    // Redis hangs, so the start of `b` cannot be written before `b` starts; the node dies
+    // while it runs `b`.
+    redis.signal(Signal::STOP);
+    eventually(T, "b to start", started("b")).await;
+    node.signal(Signal::KILL);
+    node.wait_exit(T).await;
+    redis.signal(Signal::CONT);
+
+    let again = NodeProc::start(&redis, "n1", workers.path(), &[]);
+    again.ready().await;
+    let attempts = eventually(T, "b to run again", || async {
+        let runs = common::runs(workers.path());
+        let b: Vec<u32> = runs.iter().filter(|r| r.0 == "b").map(|r| r.2).collect();
+        (b.len() >= 2).then_some(b)
+    })
+    .await;
+    assert_eq!(
+        attempts,
+        vec![1, 2],
+        "a second run of an interrupted attempt is the next attempt"
+    );
+}

@@ -35,7 +35,7 @@ use crate::config::Settings;
 use crate::decide::backoff::Backoff;
 use crate::decide::placement::NodeLoad;
 use crate::model::task::now_ms;
-use crate::store::Store;
+use crate::store::{Guard, Store};
 use crate::wiring::watch_task;
 
 /// How often peers are pinged and the view refreshed.
@@ -479,7 +479,11 @@ async fn fail_over(ctx: &MembershipArgs, allowed: bool) -> bool {
         let started = Instant::now();
         match ctx.store.failover(node).await {
             Ok(Some(moved)) => {
-                let left = ctx.store.leave(node).await.unwrap_or(false);
+                let left = ctx
+                    .store
+                    .leave(node, Guard::Survivor)
+                    .await
+                    .unwrap_or(false);
                 if moved > 0 || left {
                     tracing::warn!(
                         peer = %node,

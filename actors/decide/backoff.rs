@@ -58,6 +58,7 @@ impl Backoff {
     }
 
     /// The delay [`Backoff::next_delay`] will return, without advancing.
+    #[cfg(test)]
     pub(crate) fn peek(&self) -> Duration {
         self.current
     }

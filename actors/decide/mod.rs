@@ -8,5 +8,6 @@ pub(crate) mod fencing;
 pub(crate) mod outcome;
 pub(crate) mod placement;
 pub(crate) mod policy;
+pub(crate) mod reconcile;
 pub(crate) mod restart;
 pub(crate) mod times;

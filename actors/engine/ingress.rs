@@ -21,7 +21,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::{FutureExt, StreamExt};
+use futures::StreamExt;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
@@ -198,42 +198,51 @@ async fn listen(ctx: Arc<IngressArgs>, mut stop: watch::Receiver<bool>) {
                 continue;
             }
         }
-        let mut pubsub = match ctx.store.client().get_async_pubsub().await {
-            Ok(p) => p,
+        // Whoever subscribed before (a holder frozen while its lease ran out, or this node's
+        // own lost connection) is closed first: the channel has one subscriber at most.
+        match ctx.store.close_ingress_subscriber().await {
+            Ok(Some(closed)) if closed.holder != holder => tracing::warn!(
+                previous = %closed.holder,
+                unsent_bytes = closed.unsent,
+                "closed the subscription of the previous ingress holder, which still had it after its lease ran out"
+            ),
+            Ok(_) => {}
             Err(e) => {
-                tracing::warn!("ingress cannot open a subscription ({e}); retrying");
-                if wait_or_stop(&mut stop, backoff.peek()).await {
+                tracing::warn!("cannot close the previous ingress subscription ({e}); retrying");
+                if wait_or_stop(&mut stop, backoff.next_delay()).await {
+                    break;
+                }
+                continue;
+            }
+        }
+        let mut sub = match ctx.store.subscribe_ingress(&channel, &holder).await {
+            Ok(sub) => sub,
+            Err(e) => {
+                tracing::warn!("ingress cannot subscribe to {channel} ({e}); retrying");
+                if wait_or_stop(&mut stop, backoff.next_delay()).await {
                     break;
                 }
                 continue;
             }
         };
-        if let Err(e) = pubsub.subscribe(&channel).await {
-            tracing::warn!("ingress cannot subscribe to {channel} ({e}); retrying");
-            if wait_or_stop(&mut stop, backoff.next_delay()).await {
-                break;
-            }
-            continue;
-        }
         backoff.reset();
         warned = false;
         tracing::info!(channel, "holding the ingress lease; subscribed");
         ctx.dispatcher.cast(DispatcherMsg::Sweep);
-        let mut stream = pubsub.into_on_message();
         let mut renew = tokio::time::interval(ttl / 3);
         renew.tick().await;
         let mut renewed = Instant::now();
         loop {
             tokio::select! {
-                msg = stream.next() => {
+                msg = sub.next() => {
                     let Some(first) = msg else {
-                        tracing::warn!("subscription to {channel} lost; reconnecting");
+                        tracing::warn!("subscription to {channel} lost; subscribing again");
                         break;
                     };
-                    let mut batch = vec![first.get_payload_bytes().to_vec()];
+                    let mut batch = vec![first];
                     while batch.len() < BATCH {
-                        match stream.next().now_or_never() {
-                            Some(Some(m)) => batch.push(m.get_payload_bytes().to_vec()),
+                        match sub.ready() {
+                            Some(Some(m)) => batch.push(m),
                             _ => break,
                         }
                     }
@@ -254,6 +263,18 @@ async fn listen(ctx: Arc<IngressArgs>, mut stop: watch::Receiver<bool>) {
                     }
                 }
                 _ = stop.changed() => break,
+            }
+        }
+        // What Redis delivered while this node was the subscriber is stored, lease or not:
+        // Redis counted it as taken (`PUBLISH` answered 1) and no other node received it.
+        let rest = sub.close(Duration::from_secs(2)).await;
+        if !rest.is_empty() {
+            tracing::info!(
+                messages = rest.len(),
+                "storing what arrived before the subscription ended"
+            );
+            for chunk in rest.chunks(BATCH) {
+                handle_batch(&ctx, chunk, &mut rng).await;
             }
         }
     }
@@ -365,8 +386,12 @@ async fn handle_batch(ctx: &Arc<IngressArgs>, batch: &[Vec<u8>], rng: &mut fastr
             spec.id.get_or_insert_with(crate::model::task::new_task_id);
         }
         let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(1));
-        let started = Instant::now();
+        // Given up after 5 s of failures and at least three tries: a process that was paused
+        // meanwhile (its first try timing out on resume) still tries again.
+        let mut failing_since: Option<Instant> = None;
+        let mut tries = 0;
         loop {
+            tries += 1;
             match ctx.store.enqueue_many(&specs, false).await {
                 Ok(stored) => {
                     for ((id, accepted), spec) in stored.iter().zip(&specs) {
@@ -402,7 +427,11 @@ async fn handle_batch(ctx: &Arc<IngressArgs>, batch: &[Vec<u8>], rng: &mut fastr
                     }
                     break;
                 }
-                Err(e) if started.elapsed() < Duration::from_secs(5) => {
+                Err(e)
+                    if tries < 3
+                        || failing_since.get_or_insert_with(Instant::now).elapsed()
+                            < Duration::from_secs(5) =>
+                {
                     tracing::warn!("cannot store {} raw tasks yet ({e}); retrying", specs.len());
                     tokio::time::sleep(backoff.next_delay()).await;
                 }

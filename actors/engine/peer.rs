@@ -9,7 +9,7 @@ use crate::cluster::handle::group;
 use crate::cluster::wire::{Body, Envelope, Handed, PeerMsg};
 use crate::engine::control::Control;
 use crate::engine::dispatcher::DispatcherMsg;
-use crate::store::Store;
+use crate::store::{Incarnation, Store};
 use crate::wiring::Link;
 
 /// The peer actor.
@@ -17,8 +17,9 @@ pub(crate) struct PeerActor;
 
 /// What the peer actor needs.
 pub(crate) struct PeerArgs {
-    /// This node's id (its process group, and the sender of answers).
-    pub(crate) node: String,
+    /// This incarnation: its id names its process group and the sender of answers, and it
+    /// adopts handed-over tasks.
+    pub(crate) me: Incarnation,
     /// Adopts handed-over tasks.
     pub(crate) store: Store,
     /// Receives wakes, sweeps, steal requests and adopted tasks.
@@ -37,7 +38,7 @@ impl Actor for PeerActor {
         myself: ActorRef<PeerMsg>,
         args: PeerArgs,
     ) -> Result<Arc<PeerArgs>, ActorProcessingErr> {
-        ractor::pg::join(group(&args.node), vec![myself.get_cell()]);
+        ractor::pg::join(group(&args.me.node), vec![myself.get_cell()]);
         Ok(Arc::new(args))
     }
 
@@ -63,7 +64,7 @@ impl Actor for PeerActor {
         tokio::spawn(async move {
             let answer = receive(&state, env).await;
             if let (Some(reply), Some(body)) = (reply, answer) {
-                match Envelope::new(&state.node, body).to_bytes() {
+                match Envelope::new(&state.me.node, body).to_bytes() {
                     Ok(bytes) => {
                         let _ = reply.send(bytes);
                     }
@@ -108,7 +109,7 @@ async fn receive(peer: &PeerArgs, env: Envelope) -> Option<Body> {
 /// Adopts tasks `from` hands over; returns the ids now owned here.
 async fn adopt(peer: &PeerArgs, from: &str, tasks: Vec<Handed>) -> Vec<String> {
     let handed: Vec<(String, u64)> = tasks.into_iter().map(|t| (t.id, t.epoch)).collect();
-    match peer.store.adopt(from, &peer.node, &handed).await {
+    match peer.store.adopt(from, &peer.me, &handed).await {
         Ok(adopted) => {
             let ids = adopted.iter().map(|t| t.id.clone()).collect();
             if !adopted.is_empty() {

@@ -70,6 +70,17 @@ impl SaverHandle {
             .is_ok_and(|r| r.is_ok())
     }
 
+    /// How many writes were ever queued: a mark that [`SaverHandle::written`] reaches once
+    /// every write queued so far is in Redis.
+    pub(crate) fn queued(&self) -> u64 {
+        self.shared.pushed.load(Ordering::SeqCst)
+    }
+
+    /// How many writes are in Redis (in the order they were queued).
+    pub(crate) fn written(&self) -> u64 {
+        *self.shared.written.borrow()
+    }
+
     /// Writes queued and not yet in Redis.
     pub(crate) fn backlog(&self) -> u64 {
         self.shared.pushed.load(Ordering::SeqCst) - *self.shared.written.borrow()

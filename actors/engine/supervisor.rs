@@ -31,7 +31,7 @@ use crate::engine::ingress::{Ingress, IngressArgs, IngressMsg};
 use crate::engine::peer::{PeerActor, PeerArgs};
 use crate::engine::saver::{Saver, SaverArgs, SaverHandle};
 use crate::engine::scheduler::{Scheduler, SchedulerArgs};
-use crate::store::Store;
+use crate::store::{Incarnation, Store};
 use crate::wiring::{LeaseClock, Link, StopReason, Stopper, child_end};
 use crate::workers::registry::LiveRegistry;
 
@@ -71,9 +71,14 @@ pub(crate) struct NodeParts {
 }
 
 impl NodeParts {
+    /// This incarnation, as the scripts fence it.
+    pub(crate) fn incarnation(&self) -> Incarnation {
+        Incarnation::new(&self.node, self.generation)
+    }
+
     /// `node:generation`, the holder name used for leases.
     pub(crate) fn holder(&self) -> String {
-        format!("{}:{}", self.node, self.generation)
+        self.incarnation().holder
     }
 }
 
@@ -210,7 +215,7 @@ impl SupervisorState {
             }
             Child::Dispatcher => {
                 let args = DispatcherArgs {
-                    node: p.node.clone(),
+                    me: p.incarnation(),
                     generation: p.generation,
                     store: p.store.clone(),
                     saver: p.saver.clone(),
@@ -236,7 +241,7 @@ impl SupervisorState {
             }
             Child::Peer => {
                 let args = PeerArgs {
-                    node: p.node.clone(),
+                    me: p.incarnation(),
                     store: p.store.clone(),
                     dispatcher: p.dispatcher.clone(),
                     control: p.control.clone(),

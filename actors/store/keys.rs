@@ -45,13 +45,19 @@ impl Keys {
     pub(crate) fn owned(&self, node: &str) -> String {
         format!("{}:node:{node}:owned", self.prefix)
     }
-    /// `{p}:node:{node}:alive`: the liveness lease of a node; its value is the generation.
+    /// `{p}:node:{node}:alive`: the liveness lease of a node; its value is the incarnation
+    /// holding it (`node:generation`).
     pub(crate) fn alive(&self, node: &str) -> String {
         format!("{}:node:{node}:alive", self.prefix)
     }
     /// `{p}:ingress`: the ingress lease; only its holder subscribes to the task channel.
     pub(crate) fn ingress(&self) -> String {
         format!("{}:ingress", self.prefix)
+    }
+    /// `{p}:ingress:subscriber`: the Redis client id of the ingress holder's subscription (and
+    /// the holder), so that the next holder can close it before it subscribes.
+    pub(crate) fn ingress_subscriber(&self) -> String {
+        format!("{}:ingress:subscriber", self.prefix)
     }
     /// `{p}:reply:{id}`: the list a waiting caller pops the final event from.
     pub(crate) fn reply(&self, id: &str) -> String {

@@ -20,6 +20,46 @@ pub(crate) enum CookieCheck {
     },
 }
 
+/// One incarnation of a node, as the scripts fence it: its id and the value of its liveness
+/// lease (`id:generation`). Everything a node does to shared state in its own name carries it,
+/// so a process paused while its id was taken over by a new one changes nothing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Incarnation {
+    /// The node id.
+    pub(crate) node: String,
+    /// The lease holder: `id:generation`.
+    pub(crate) holder: String,
+}
+
+impl Incarnation {
+    /// Incarnation `generation` of node `node`.
+    pub(crate) fn new(node: &str, generation: u64) -> Incarnation {
+        Incarnation {
+            node: node.to_owned(),
+            holder: format!("{node}:{generation}"),
+        }
+    }
+}
+
+/// Who a membership change is made by.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Guard<'a> {
+    /// The node itself, as this incarnation: refused while another one holds the lease.
+    Myself(&'a Incarnation),
+    /// A survivor, for a dead node: refused while the node's lease exists.
+    Survivor,
+}
+
+impl<'a> Guard<'a> {
+    /// The script argument (see `release.lua`): the holder, or '' for a survivor.
+    pub(super) fn arg(self) -> &'a str {
+        match self {
+            Guard::Myself(me) => &me.holder,
+            Guard::Survivor => "",
+        }
+    }
+}
+
 /// The answer to a lease request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Lease {
@@ -32,33 +72,40 @@ pub(crate) enum Lease {
 }
 
 impl Store {
-    /// Makes `node` a member; it gets its occurrence of every running broadcast.
-    pub(crate) async fn join(&self, node: &str) -> StoreResult<usize> {
+    /// Makes `me` a member; it gets its occurrence of every running broadcast. Returns how
+    /// many, or `None` when another incarnation of the id holds its lease (nothing changed).
+    pub(crate) async fn join(&self, me: &Incarnation) -> StoreResult<Option<usize>> {
         let mut con = self.con.clone();
-        Ok(self
+        let n: i64 = self
             .scripts
             .join
+            .key(self.keys.alive(&me.node))
             .arg(self.keys.prefix())
-            .arg(node)
+            .arg(&me.node)
             .arg(now_ms())
             .arg(&self.names.channel)
             .arg(&self.names.events)
+            .arg(&me.holder)
             .invoke_async(&mut con)
-            .await?)
+            .await?;
+        Ok(usize::try_from(n).ok())
     }
 
     /// Removes `node` from the members; its unfinished broadcast occurrences are cancelled.
-    pub(crate) async fn leave(&self, node: &str) -> StoreResult<bool> {
+    /// Returns whether it was a member; `false` also when `guard` held the change back.
+    pub(crate) async fn leave(&self, node: &str, guard: Guard<'_>) -> StoreResult<bool> {
         let mut con = self.con.clone();
         let n: i64 = self
             .scripts
             .leave
+            .key(self.keys.alive(node))
             .arg(self.keys.prefix())
             .arg(node)
             .arg(now_ms())
             .arg(self.names.result_ttl.as_millis() as u64)
             .arg(&self.names.channel)
             .arg(&self.names.events)
+            .arg(guard.arg())
             .invoke_async(&mut con)
             .await?;
         Ok(n == 1)

@@ -13,6 +13,7 @@
 //! - `ownership.rs`: hand-back, failover, adoption, and checking who owns what.
 //! - `timers.rs`: firing due schedules and recurrences, expiring deadlines.
 //! - `members.rs`: joining and leaving, liveness, node reports, the cookie, leases.
+//! - `subscription.rs`: the ingress subscription, which a successor can close.
 //! - `views.rs`: what `bgnode bg` lists ([`Overview`], [`TaskRow`]).
 //! - `lua/`: the scripts; `common.lua` is prepended to each.
 
@@ -27,13 +28,14 @@ use crate::config::{KeyPolicy, Settings};
 mod keys;
 mod members;
 mod ownership;
+mod subscription;
 mod tasks;
 mod timers;
 mod views;
 mod writes;
 
 pub(crate) use keys::Keys;
-pub(crate) use members::{CookieCheck, Lease};
+pub(crate) use members::{CookieCheck, Guard, Incarnation, Lease};
 pub use tasks::{Accepted, CancelResult, RetryResult};
 pub(crate) use timers::DueTemplate;
 pub use views::{Overview, TaskRow};

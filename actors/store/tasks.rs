@@ -8,7 +8,7 @@ use redis::AsyncConnectionConfig;
 use serde::Serialize;
 use serde_json::Value;
 
-use super::{SCRIPT_CHUNK, Store, StoreError, StoreResult};
+use super::{Incarnation, SCRIPT_CHUNK, Store, StoreError, StoreResult};
 use crate::decide::cron::Recurrence;
 use crate::decide::due::first_run;
 use crate::model::task::{Task, TaskSpec, TaskState, TaskStatus, field, now_ms};
@@ -213,15 +213,23 @@ impl Store {
             .collect()
     }
 
-    /// Claims up to `n` pending tasks of `worker` for `node`.
-    pub(crate) async fn claim(&self, worker: &str, node: &str, n: usize) -> StoreResult<Vec<Task>> {
+    /// Claims up to `n` pending tasks of `worker` for `me`; none while another incarnation of
+    /// the id holds its lease.
+    pub(crate) async fn claim(
+        &self,
+        worker: &str,
+        me: &Incarnation,
+        n: usize,
+    ) -> StoreResult<Vec<Task>> {
         let mut con = self.con.clone();
+        let node = &me.node;
         let reply: Vec<Vec<String>> = self
             .scripts
             .claim
             .key(self.keys.pending(worker))
             .key(self.keys.owned(node))
             .key(self.keys.node_pending(worker, node))
+            .key(self.keys.alive(node))
             .arg(self.keys.prefix())
             .arg(node)
             .arg(n)
@@ -230,6 +238,7 @@ impl Store {
             .arg(&self.names.channel)
             .arg(&self.names.events)
             .arg(worker)
+            .arg(&me.holder)
             .invoke_async(&mut con)
             .await?;
         parse_claimed_rows(reply)
@@ -384,8 +393,8 @@ pub(super) fn parse_claimed(row: &ClaimedRow) -> StoreResult<Task> {
         priority: get(field::PRIORITY)
             .and_then(|v| v.parse().ok())
             .unwrap_or(0),
-        // The stored attempt is the last one that started; this run is the next.
-        attempt: num(field::ATTEMPT).unwrap_or(0) as u32 + 1,
+        // A claim recorded the attempt it took the task for; an adoption kept it.
+        attempt: num(field::ATTEMPT).unwrap_or(0).max(1) as u32,
         attempts: num(field::ATTEMPTS).filter(|a| *a > 0).map(|a| a as u32),
         timeout: ms(field::TIMEOUT),
         backoff: ms(field::BACKOFF),
@@ -476,7 +485,7 @@ mod tests {
         assert!(names.len() >= 10, "{names:?}");
         let bare = format!("{:?}", parse_claimed(&row(&[])).unwrap());
         for name in &names {
-            let with = parse_claimed(&row(&[(name, "1")])).unwrap();
+            let with = parse_claimed(&row(&[(name, "7")])).unwrap();
             assert_ne!(
                 format!("{with:?}"),
                 bare,

@@ -12,13 +12,18 @@ use serde_json::{Value, json};
 use crate::config::Settings;
 use crate::decide::fencing::{CASES, Verdict};
 use crate::model::task::{Target, Task, TaskSpec, TaskState, now_ms};
-use crate::store::{Accepted, Store, WriteOp, WriteResult};
+use crate::store::{Accepted, Incarnation, Store, WriteOp, WriteResult};
 
 mod ownership;
 mod poison;
 mod waiting;
 
 use crate::test_redis::Redis;
+
+/// Incarnation 1 of `node`.
+fn me(node: &str) -> Incarnation {
+    Incarnation::new(node, 1)
+}
 
 /// Settings pointing at `redis`.
 fn settings(redis: &Redis) -> Settings {
@@ -100,16 +105,16 @@ async fn claims_take_the_highest_priority_then_the_oldest_and_ids_are_unique() {
         [true, true, true, true, true, false],
         "the second `low` was not stored"
     );
-    let claimed = store.claim("w", "n1", 10).await.unwrap();
+    let claimed = store.claim("w", &me("n1"), 10).await.unwrap();
     let order: Vec<&str> = claimed.iter().map(|t| t.id.as_str()).collect();
     assert_eq!(order, ["urgent", "high", "mid", "low", "lowest"]);
     assert!(claimed.iter().all(|t| t.epoch == 1 && t.attempt == 1));
     assert_eq!(claimed[3].args, "1", "the first `low` kept its arguments");
-    assert!(store.claim("w", "n1", 10).await.unwrap().is_empty());
+    assert!(store.claim("w", &me("n1"), 10).await.unwrap().is_empty());
 
     // Handing back bumps the epoch and puts them back in the same order.
-    assert_eq!(store.release_owned("n1").await.unwrap(), 5);
-    let again = store.claim("w", "n2", 10).await.unwrap();
+    assert_eq!(store.release_owned(&me("n1")).await.unwrap(), 5);
+    let again = store.claim("w", &me("n2"), 10).await.unwrap();
     let order: Vec<&str> = again.iter().map(|t| t.id.as_str()).collect();
     assert_eq!(order, ["urgent", "high", "mid", "low", "lowest"]);
     assert!(again.iter().all(|t| t.epoch == 3));
@@ -154,7 +159,7 @@ async fn a_claimed_task_carries_every_field_it_was_enqueued_with() {
         .await
         .unwrap();
     let after = now_ms();
-    let claimed = store.claim("w", "n1", 10).await.unwrap();
+    let claimed = store.claim("w", &me("n1"), 10).await.unwrap();
     assert_eq!(claimed.len(), 2);
 
     // Taken apart without `..`: a field added to `Task` does not compile here until it is
@@ -218,7 +223,7 @@ async fn a_claimed_task_carries_every_field_it_was_enqueued_with() {
 
     // Adoption returns the same row, under the next epoch.
     let offered: Vec<(String, u64)> = claimed.iter().map(|t| (t.id.clone(), t.epoch)).collect();
-    let adopted = store.adopt("n1", "n2", &offered).await.unwrap();
+    let adopted = store.adopt("n1", &me("n2"), &offered).await.unwrap();
     assert_eq!(adopted.len(), 2);
     for (claimed, adopted) in claimed.iter().zip(adopted) {
         assert_eq!(adopted.epoch, claimed.epoch + 1);
@@ -234,7 +239,7 @@ async fn a_claimed_task_carries_every_field_it_was_enqueued_with() {
 async fn pinned_tasks_are_never_adopted_and_the_claim_says_which_are_pinned() {
     let redis = Redis::start();
     let store = Store::connect(&settings(&redis)).await.unwrap();
-    store.join("n1").await.unwrap();
+    store.join(&me("n1")).await.unwrap();
     let specs = [
         TaskSpec::new("w", json!(1)).id("anywhere"),
         TaskSpec::new("w", json!(2)).id("any").target(Target::Any),
@@ -250,7 +255,7 @@ async fn pinned_tasks_are_never_adopted_and_the_claim_says_which_are_pinned() {
             .target(Target::All),
     ];
     store.enqueue_many(&specs, false).await.unwrap();
-    let mut claimed = store.claim("w", "n1", 10).await.unwrap();
+    let mut claimed = store.claim("w", &me("n1"), 10).await.unwrap();
     claimed.sort_by(|a, b| a.id.cmp(&b.id));
     let pinned: Vec<(&str, bool)> = claimed.iter().map(|t| (t.id.as_str(), t.pinned)).collect();
     assert_eq!(
@@ -267,7 +272,7 @@ async fn pinned_tasks_are_never_adopted_and_the_claim_says_which_are_pinned() {
     // Offered everything, n2 adopts exactly the tasks the claim called not pinned.
     let offered: Vec<(String, u64)> = claimed.iter().map(|t| (t.id.clone(), t.epoch)).collect();
     let mut adopted: Vec<String> = store
-        .adopt("n1", "n2", &offered)
+        .adopt("n1", &me("n2"), &offered)
         .await
         .unwrap()
         .into_iter()
@@ -291,10 +296,10 @@ async fn pinned_tasks_are_never_adopted_and_the_claim_says_which_are_pinned() {
     );
 
     // Handed back, pinned tasks wait for their own node only.
-    store.release_owned("n1").await.unwrap();
-    store.release_owned("n2").await.unwrap();
+    store.release_owned(&me("n1")).await.unwrap();
+    store.release_owned(&me("n2")).await.unwrap();
     let mut by_n2: Vec<String> = store
-        .claim("w", "n2", 10)
+        .claim("w", &me("n2"), 10)
         .await
         .unwrap()
         .into_iter()
@@ -302,7 +307,7 @@ async fn pinned_tasks_are_never_adopted_and_the_claim_says_which_are_pinned() {
         .collect();
     by_n2.sort();
     assert_eq!(by_n2, movable);
-    let by_n1 = store.claim("w", "n1", 10).await.unwrap();
+    let by_n1 = store.claim("w", &me("n1"), 10).await.unwrap();
     assert_eq!(by_n1.len(), 3);
     assert!(by_n1.iter().all(|t| t.pinned));
 }

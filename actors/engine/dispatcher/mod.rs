@@ -26,7 +26,7 @@ mod steal;
 #[cfg(test)]
 mod tests;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -40,11 +40,12 @@ use crate::decide::backoff::Backoff;
 use crate::decide::outcome::conclude;
 use crate::decide::placement::NodeLoad;
 use crate::decide::policy::RetryPolicy;
+use crate::decide::reconcile::Reconciler;
 use crate::decide::restart::{RestartDecision, RestartPolicy, RestartTracker};
 use crate::engine::pool::{Pool, PoolArgs, PoolEvent, PoolMsg};
 use crate::engine::saver::SaverHandle;
 use crate::model::task::{Outcome, Task, now_ms};
-use crate::store::Store;
+use crate::store::{Incarnation, Store};
 use crate::wiring::{LeaseClock, child_end};
 use crate::workers::registry::{LiveRegistry, WorkerEntry};
 
@@ -56,8 +57,8 @@ pub(crate) struct Dispatcher;
 
 /// What the dispatcher needs.
 pub(crate) struct DispatcherArgs {
-    /// This node's id.
-    pub(crate) node: String,
+    /// This incarnation: claims, hand-backs and ownership checks are made in its name.
+    pub(crate) me: Incarnation,
     /// This incarnation (seeds placement's random choices).
     pub(crate) generation: u64,
     /// Claims, hand-backs, ownership checks.
@@ -140,6 +141,23 @@ pub(crate) enum Internal {
     Tick,
     /// The result of the ownership check after a lapse: drop these tasks.
     Lost(Vec<String>),
+    /// A hand-off to a peer is over: `given` left the lanes for it, `back` are those this node
+    /// still owns, to queue again.
+    Returned {
+        /// Every task that was offered.
+        given: Vec<String>,
+        /// Those not adopted and still owned here.
+        back: Vec<Task>,
+    },
+    /// A read of the owned set came back (see [`crate::decide::reconcile`]).
+    Reconciled {
+        /// Owned here, held nowhere here, with their epochs.
+        candidates: HashMap<String, u64>,
+        /// The saver's mark when the read was made.
+        mark: u64,
+        /// Held here but no longer owned: dropped.
+        lost: Vec<String>,
+    },
 }
 
 impl From<Internal> for DispatcherMsg {
@@ -169,6 +187,13 @@ pub(crate) struct DispatcherState {
     verifying: bool,
     /// Paces the ownership check after a lapse while Redis cannot answer it.
     lapse_backoff: Backoff,
+    /// Tasks offered to a peer whose answer is pending: out of the lanes, still owned here.
+    in_transit: HashSet<String>,
+    /// Hands back what Redis says this node owns but it does not hold.
+    reconciler: Reconciler,
+    /// When the owned set was last read; whether a read is out.
+    last_read: Option<Instant>,
+    reading: bool,
 }
 
 impl Actor for Dispatcher {
@@ -192,6 +217,10 @@ impl Actor for Dispatcher {
             idle_waiters: Vec::new(),
             verifying: false,
             lapse_backoff: Backoff::new(Duration::from_millis(200), Duration::from_secs(2)),
+            in_transit: HashSet::new(),
+            reconciler: Reconciler::default(),
+            last_read: None,
+            reading: false,
         };
         state.add_lanes(&myself).await?;
         Ok(state)
@@ -205,7 +234,7 @@ impl Actor for Dispatcher {
         let (store, saver, node) = (
             state.args.store.clone(),
             state.args.saver.clone(),
-            state.args.node.clone(),
+            state.args.me.clone(),
         );
         let me = myself.clone();
         tokio::spawn(async move {
@@ -356,12 +385,28 @@ impl DispatcherState {
                 self.pump_all();
                 self.tick(myself);
                 self.publish_load();
+                self.read_owned(myself);
             }
             Internal::Lost(ids) => {
                 self.drop_lost(&ids);
                 self.verifying = false;
                 self.lapse_backoff.reset();
+                self.reconciler.reset();
                 self.pump_all();
+            }
+            Internal::Returned { given, back } => {
+                for id in &given {
+                    self.in_transit.remove(id);
+                }
+                self.hold(back);
+            }
+            Internal::Reconciled {
+                candidates,
+                mark,
+                lost,
+            } => {
+                self.reading = false;
+                self.reconciled(myself, candidates, mark, &lost);
             }
         }
         Ok(())
@@ -402,7 +447,7 @@ impl DispatcherState {
             entry: entry.clone(),
             workers: self.args.workers.clone(),
             saver: self.args.saver.clone(),
-            node: self.args.node.clone(),
+            node: self.args.me.node.clone(),
             report: Arc::new(move |event| {
                 let _ = me.cast(Internal::Pool(event).into());
             }),
@@ -438,7 +483,7 @@ impl DispatcherState {
             return;
         }
         let store = self.args.store.clone();
-        let node = self.args.node.clone();
+        let node = self.args.me.clone();
         let worker = worker.to_owned();
         let me = myself.clone();
         tokio::spawn(async move {
@@ -458,8 +503,9 @@ impl DispatcherState {
             ))) = me.cast(msg.into())
             {
                 // The dispatcher died while this claim was in flight: do not strand the tasks.
-                let ids: Vec<String> = tasks.into_iter().map(|t| t.id).collect();
-                if let Err(e) = store.release_ids(&node, &ids).await {
+                let ids: Vec<(String, Option<u64>)> =
+                    tasks.into_iter().map(|t| (t.id, Some(t.epoch))).collect();
+                if let Err(e) = store.release_ids(&node, &ids, true).await {
                     tracing::warn!("could not hand back {} claimed tasks: {e}", ids.len());
                 }
             }
@@ -517,7 +563,7 @@ impl DispatcherState {
                     let outcome = Outcome::failed(format!("worker crashed: {why}"));
                     let op = conclude(
                         &run.task,
-                        &self.args.node,
+                        &self.args.me.node,
                         outcome,
                         &policy,
                         run.started,
@@ -554,10 +600,11 @@ impl DispatcherState {
     /// as well would then run twice.
     fn hold(&mut self, tasks: Vec<Task>) {
         if !self.recovered {
-            let ids: Vec<String> = tasks.into_iter().map(|t| t.id).collect();
-            let (store, node) = (self.args.store.clone(), self.args.node.clone());
+            let ids: Vec<(String, Option<u64>)> =
+                tasks.into_iter().map(|t| (t.id, Some(t.epoch))).collect();
+            let (store, node) = (self.args.store.clone(), self.args.me.clone());
             tokio::spawn(async move {
-                if let Err(e) = store.release_ids(&node, &ids).await {
+                if let Err(e) = store.release_ids(&node, &ids, true).await {
                     tracing::warn!(
                         "cannot hand back {} tasks adopted during recovery ({e}); the next recovery will",
                         ids.len()
@@ -595,7 +642,7 @@ impl DispatcherState {
             let policy = self.policy(&worker, &self.lanes[&worker], &task);
             let op = conclude(
                 &task,
-                &self.args.node,
+                &self.args.me.node,
                 Outcome::Cancelled,
                 &policy,
                 0,

@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use ractor::ActorRef;
 
-use super::{DispatcherMsg, DispatcherState};
+use super::{DispatcherMsg, DispatcherState, Internal};
 use crate::cluster::handle::CALL_TIMEOUT;
 use crate::cluster::wire::{Body, Handed};
 use crate::decide::placement::{Target as Place, place, steal_from};
@@ -92,10 +92,12 @@ impl DispatcherState {
         if tasks.is_empty() {
             return;
         }
+        let given: Vec<String> = tasks.iter().map(|t| t.id.clone()).collect();
+        self.in_transit.extend(given.iter().cloned());
         let (cluster, store, node) = (
             self.args.cluster.clone(),
             self.args.store.clone(),
-            self.args.node.clone(),
+            self.args.me.node.clone(),
         );
         let me = myself.clone();
         tokio::spawn(async move {
@@ -126,6 +128,13 @@ impl DispatcherState {
                 .collect();
             tracing::debug!(%thief, adopted = adopted.len(), kept = rest.len(), "handed tasks to an idle peer");
             if rest.is_empty() {
+                let _ = me.cast(
+                    Internal::Returned {
+                        given,
+                        back: Vec::new(),
+                    }
+                    .into(),
+                );
                 return;
             }
             let check: Vec<(String, u64)> = rest.iter().map(|t| (t.id.clone(), t.epoch)).collect();
@@ -138,7 +147,7 @@ impl DispatcherState {
                 .zip(owned)
                 .filter_map(|(t, own)| own.then_some(t))
                 .collect();
-            let _ = me.cast(DispatcherMsg::Hold(back));
+            let _ = me.cast(Internal::Returned { given, back }.into());
         });
     }
 }

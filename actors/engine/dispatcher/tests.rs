@@ -19,11 +19,16 @@ use crate::cluster::handle::ClusterHandle;
 use crate::config::Settings;
 use crate::engine::saver::{Saver, SaverArgs, SaverHandle, SaverMsg};
 use crate::model::task::TaskSpec;
-use crate::store::{Store, WriteOp};
+use crate::store::{Incarnation, Store, WriteOp};
 use crate::test_redis::Redis;
 use crate::wiring::LeaseClock;
 use crate::workers::registry::LiveRegistry;
 use crate::workers::rust::{TaskContext, TaskError, Worker, WorkerOptions};
+
+/// Incarnation 1 of `node`.
+fn me(node: &str) -> Incarnation {
+    Incarnation::new(node, 1)
+}
 
 /// A lease that stays fresh for the whole test.
 const FRESH: Duration = Duration::from_secs(3_600);
@@ -104,7 +109,7 @@ impl Rig {
     /// Starts n1's dispatcher with `lease` and room for `queue` tasks beyond its concurrency.
     async fn dispatcher(&self, lease: LeaseClock, queue: usize) -> ActorRef<DispatcherMsg> {
         let args = DispatcherArgs {
-            node: "n1".into(),
+            me: me("n1"),
             generation: 1,
             store: self.store.clone(),
             saver: self.saver.clone(),
@@ -182,7 +187,7 @@ async fn nothing_is_claimed_before_the_owned_set_is_handed_back() {
     let rig = Rig::new(2).await;
     rig.enqueue(&["a", "b"]).await;
     // n1 owns `a` from a previous incarnation; `b` waits in the pending set.
-    let a = rig.store.claim("gate", "n1", 1).await.unwrap();
+    let a = rig.store.claim("gate", &me("n1"), 1).await.unwrap();
     assert_eq!((a[0].id.as_str(), a[0].epoch), ("a", 1));
     rig.saver.write(WriteOp::Event { event: "{}".into() });
     let dispatcher = rig.dispatcher(LeaseClock::new(FRESH), 4).await;
@@ -263,7 +268,10 @@ async fn after_a_lapse_the_tasks_lost_to_a_failover_are_dropped() {
 
     // While n1 could not renew its lease, a survivor failed it over and n2 took its tasks.
     assert_eq!(rig.store.failover("n1").await.unwrap(), Some(2));
-    assert_eq!(rig.store.claim("gate", "n2", 10).await.unwrap().len(), 2);
+    assert_eq!(
+        rig.store.claim("gate", &me("n2"), 10).await.unwrap().len(),
+        2
+    );
     dispatcher.cast(DispatcherMsg::Lapsed).unwrap();
     until("the lost tasks to leave the lane", || async {
         let lane = lane(&dispatcher).await;
@@ -293,7 +301,7 @@ async fn after_a_lapse_the_tasks_lost_to_a_failover_are_dropped() {
 async fn a_task_adopted_while_recovering_runs_once() {
     let rig = Rig::new(2).await;
     rig.enqueue(&["x"]).await;
-    let x = rig.store.claim("gate", "n0", 1).await.unwrap();
+    let x = rig.store.claim("gate", &me("n0"), 1).await.unwrap();
     rig.saver.write(WriteOp::Event { event: "{}".into() });
     let dispatcher = rig.dispatcher(LeaseClock::new(FRESH), 4).await;
 
@@ -301,7 +309,7 @@ async fn a_task_adopted_while_recovering_runs_once() {
     // and hands it to the dispatcher now running, which is still recovering.
     let adopted = rig
         .store
-        .adopt("n0", "n1", &[("x".into(), x[0].epoch)])
+        .adopt("n0", &me("n1"), &[("x".into(), x[0].epoch)])
         .await
         .unwrap();
     assert_eq!(adopted.len(), 1);

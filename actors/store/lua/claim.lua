@@ -2,12 +2,18 @@
 -- owner, add them to the node's owned set. Entries whose record is gone or not queued are
 -- dropped; a task cancelled while it waited is closed as cancelled instead of handed out.
 -- Tasks pinned to this node are taken first.
--- KEYS[1] pending set, KEYS[2] owned set of the node, KEYS[3] this node's own pending set
+-- KEYS[1] pending set, KEYS[2] owned set of the node, KEYS[3] this node's own pending set,
+-- KEYS[4] the node's liveness lease
 -- ARGV[1] key prefix, ARGV[2] node id, ARGV[3] N, ARGV[4] now, ARGV[5] result ttl (ms),
--- ARGV[6] task channel, ARGV[7] events channel, ARGV[8] the worker
+-- ARGV[6] task channel, ARGV[7] events channel, ARGV[8] the worker, ARGV[9] the claiming
+-- incarnation (lease holder): nothing is claimed while another incarnation holds the lease
+-- (see fenced).
 -- A record that names another worker than the set it waited in is set aside (see quarantine):
 -- run here, it would hold a slot of the wrong worker type.
 -- Returns the header ROW, then one row per task (see ROW).
+if fenced(KEYS[4], ARGV[9]) then
+  return {ROW}
+end
 local want = tonumber(ARGV[3])
 local popped = redis.call('ZPOPMIN', KEYS[3], want)
 if #popped / 2 < want then
@@ -29,7 +35,7 @@ for i = 1, #popped, 2 do
     close_unrun(ARGV[1], id, 'cancelled', 'cancelled before it started', ARGV[4], ARGV[5], ARGV[6],
       ARGV[7])
   elseif f[STATE] == 'queued' then
-    out[#out + 1] = take_ownership(ARGV[1], id, f, ARGV[2], KEYS[2])
+    out[#out + 1] = take_ownership(ARGV[1], id, f, ARGV[2], KEYS[2], true)
   end
 end
 return out

@@ -88,11 +88,28 @@ local function read_claimable(prefix, id, found_in, events, now)
   return read_task(prefix, id, CLAIM_READ, found_in, events, now)
 end
 
+-- Where `attempt` sits in CLAIM_READ.
+local ATTEMPT
+for i, name in ipairs(CLAIM_READ) do
+  if name == 'attempt' then
+    ATTEMPT = i
+  end
+end
+
 -- Make `node` the owner of task `id` (its fields `f`, from read_claimable): a new epoch, the
--- owner recorded, the id in the owner's set. Returns the task's row (see ROW).
-local function take_ownership(prefix, id, f, node, owned)
+-- owner recorded, the id in the owner's set. A claim (`count`) also records the attempt it is
+-- taken for, before any worker sees it: a node that dies just after starting it cannot make
+-- the next owner run the same attempt number again. An adoption takes over a claimed attempt
+-- that never started and counts nothing. Returns the task's row (see ROW).
+local function take_ownership(prefix, id, f, node, owned, count)
   local epoch = (tonumber(f[EPOCH]) or 0) + 1
-  redis.call('HSET', prefix .. ':task:' .. id, 'epoch', epoch, 'node', node)
+  local tk = prefix .. ':task:' .. id
+  if count then
+    f[ATTEMPT] = tostring((tonumber(f[ATTEMPT]) or 0) + 1)
+    redis.call('HSET', tk, 'epoch', epoch, 'node', node, 'attempt', f[ATTEMPT])
+  else
+    redis.call('HSET', tk, 'epoch', epoch, 'node', node)
+  end
   redis.call('SADD', owned, id)
   local pinned = '0'
   if pinned_node(f[TARGET] or nil) then
@@ -103,6 +120,16 @@ local function take_ownership(prefix, id, f, node, owned)
     row[3 + i] = f[TARGET + i] or ''
   end
   return row
+end
+
+-- Generation fencing: a node changes shared state only as the incarnation that holds its
+-- liveness lease (`alive`, valued `holder` = `id:generation`). True when another incarnation
+-- of the same id holds it now, so a process that was paused while its id was taken over can
+-- change nothing. A lapsed lease (nobody's) fences nothing: what such a node owns, it still
+-- owns until a survivor fails it over.
+local function fenced(alive, holder)
+  local cur = redis.call('GET', alive)
+  return cur ~= false and cur ~= holder
 end
 
 -- The pending set a task waits in: its worker's, or, for a task pinned to a node, that node's

@@ -1,8 +1,13 @@
 -- A node joins: it becomes a member, and gets its occurrence of every broadcast still running
 -- (target `all` reaches nodes that join while it is pending).
--- ARGV[1] key prefix, ARGV[2] node id, ARGV[3] now, ARGV[4] task channel, ARGV[5] events channel
--- Returns the number of broadcasts this node joined.
+-- KEYS[1] the node's liveness lease
+-- ARGV[1] key prefix, ARGV[2] node id, ARGV[3] now, ARGV[4] task channel, ARGV[5] events channel,
+-- ARGV[6] the joining incarnation (not while another holds the lease, see fenced)
+-- Returns the number of broadcasts this node joined, or -1 when fenced.
 local prefix, node, now = ARGV[1], ARGV[2], ARGV[3]
+if fenced(KEYS[1], ARGV[6]) then
+  return -1
+end
 redis.call('SADD', prefix .. ':members', node)
 local n = 0
 for _, parent in ipairs(redis.call('SMEMBERS', prefix .. ':broadcasts')) do

@@ -6,17 +6,17 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use super::{Redis, epoch_of, finish_op, hget, places, settings, start_op};
+use super::{Redis, epoch_of, finish_op, hget, me, places, settings, start_op};
 use crate::config::KeyPolicy;
 use crate::model::task::{Target, TaskSpec, TaskState, now_ms};
-use crate::store::{CancelResult, Lease, Store, WriteResult};
+use crate::store::{CancelResult, Guard, Lease, Store, WriteResult};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn every_way_a_task_leaves_its_owner_fences_the_owner_out() {
     let redis = Redis::start();
     let store = Store::connect(&settings(&redis)).await.unwrap();
     let mut con = redis.con().await;
-    store.join("n1").await.unwrap();
+    store.join(&me("n1")).await.unwrap();
     let ways = [
         "hand-back",
         "recovery",
@@ -38,21 +38,24 @@ async fn every_way_a_task_leaves_its_owner_fences_the_owner_out() {
             spec = spec.target(Target::All);
         }
         store.enqueue_many(&[spec], false).await.unwrap();
-        let claimed = store.claim(&worker, "n1", 1).await.unwrap();
+        let claimed = store.claim(&worker, &me("n1"), 1).await.unwrap();
         assert_eq!(claimed.len(), 1, "{way}");
         let (id, old) = (claimed[0].id.clone(), claimed[0].epoch);
         match *way {
             "hand-back" => assert_eq!(
                 store
-                    .release_ids("n1", std::slice::from_ref(&id))
+                    .release_ids(&me("n1"), &[(id.clone(), None)], false)
                     .await
                     .unwrap(),
                 1
             ),
-            "recovery" => assert!(store.release_owned("n1").await.unwrap() >= 1),
+            "recovery" => assert!(store.release_owned(&me("n1")).await.unwrap() >= 1),
             "failover" => assert!(store.failover("n1").await.unwrap().is_some_and(|n| n >= 1)),
             "adoption" => {
-                let adopted = store.adopt("n1", "n2", &[(id.clone(), old)]).await.unwrap();
+                let adopted = store
+                    .adopt("n1", &me("n2"), &[(id.clone(), old)])
+                    .await
+                    .unwrap();
                 assert_eq!(adopted.len(), 1);
             }
             "retry" => {
@@ -61,7 +64,7 @@ async fn every_way_a_task_leaves_its_owner_fences_the_owner_out() {
             }
             "expiry" => assert_eq!(store.expire_due(now_ms() + 5_000, 10).await.unwrap(), 1),
             "leave" => {
-                store.leave("n1").await.unwrap();
+                store.leave("n1", Guard::Survivor).await.unwrap();
             }
             _ => unreachable!(),
         }
@@ -118,19 +121,19 @@ async fn a_task_is_in_one_place_at_every_step() {
         "a holds the key"
     );
 
-    let a = store.claim("w", "n1", 10).await.unwrap();
+    let a = store.claim("w", &me("n1"), 10).await.unwrap();
     assert_eq!(a.len(), 1);
     assert_eq!(places(&mut con, "a").await, ["bg:node:n1:owned"]);
     let adopted = store
-        .adopt("n1", "n2", &[("a".into(), a[0].epoch)])
+        .adopt("n1", &me("n2"), &[("a".into(), a[0].epoch)])
         .await
         .unwrap();
     assert_eq!(adopted.len(), 1);
     assert_eq!(places(&mut con, "a").await, ["bg:node:n2:owned"]);
-    store.release_owned("n2").await.unwrap();
+    store.release_owned(&me("n2")).await.unwrap();
     assert_eq!(places(&mut con, "a").await, ["bg:pending:w"]);
 
-    let a = store.claim("w", "n1", 10).await.unwrap();
+    let a = store.claim("w", &me("n1"), 10).await.unwrap();
     assert!(a[0].epoch > 2);
     let retry = finish_op("a", "n1", a[0].epoch, TaskState::Retrying, now_ms() - 1);
     store.write(&[retry]).await.unwrap();
@@ -138,7 +141,7 @@ async fn a_task_is_in_one_place_at_every_step() {
     assert!(store.fire_due(now_ms(), 10).await.unwrap().is_empty());
     assert_eq!(places(&mut con, "a").await, ["bg:pending:w"]);
 
-    let a = store.claim("w", "n1", 10).await.unwrap();
+    let a = store.claim("w", &me("n1"), 10).await.unwrap();
     assert_eq!(places(&mut con, "a").await, ["bg:node:n1:owned"]);
     let done = finish_op("a", "n1", a[0].epoch, TaskState::Done, 0);
     store.write(&[done]).await.unwrap();
@@ -162,7 +165,7 @@ async fn failover_waits_for_the_lease_and_adoption_for_the_named_owner_and_epoch
         .enqueue_many(&[TaskSpec::new("w", json!(null)).id("f")], false)
         .await
         .unwrap();
-    let epoch = store.claim("w", "n1", 1).await.unwrap()[0].epoch;
+    let epoch = store.claim("w", &me("n1"), 1).await.unwrap()[0].epoch;
     let lease = store.keys().alive("n1");
     assert_eq!(
         store
@@ -180,14 +183,14 @@ async fn failover_waits_for_the_lease_and_adoption_for_the_named_owner_and_epoch
     // Adoption takes a task only from the node that owns it, under the epoch it names.
     assert!(
         store
-            .adopt("n1", "n2", &[("f".into(), epoch + 1)])
+            .adopt("n1", &me("n2"), &[("f".into(), epoch + 1)])
             .await
             .unwrap()
             .is_empty()
     );
     assert!(
         store
-            .adopt("n3", "n2", &[("f".into(), epoch)])
+            .adopt("n3", &me("n2"), &[("f".into(), epoch)])
             .await
             .unwrap()
             .is_empty()
@@ -211,11 +214,11 @@ async fn a_cancel_survives_a_hand_back_and_the_next_claim_closes_the_task() {
         .enqueue_many(&[TaskSpec::new("w", json!(null)).id("c")], false)
         .await
         .unwrap();
-    let epoch = store.claim("w", "n1", 1).await.unwrap()[0].epoch;
+    let epoch = store.claim("w", &me("n1"), 1).await.unwrap()[0].epoch;
     // n1 holds it: the cancellation is a flag and a word to n1, which dies before acting on it.
     assert_eq!(store.cancel("c").await.unwrap(), CancelResult::Requested);
-    assert_eq!(store.release_owned("n1").await.unwrap(), 1);
-    assert!(store.claim("w", "n2", 10).await.unwrap().is_empty());
+    assert_eq!(store.release_owned(&me("n1")).await.unwrap(), 1);
+    assert!(store.claim("w", &me("n2"), 10).await.unwrap().is_empty());
     assert_eq!(
         hget(&mut con, "c", "state").await.as_deref(),
         Some("cancelled")

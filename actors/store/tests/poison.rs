@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use super::{Redis, settings};
+use super::{Redis, me, settings};
 use crate::model::task::{TaskSpec, now_ms};
 use crate::store::Store;
 
@@ -41,7 +41,10 @@ async fn a_poison_record_in_a_pending_set_costs_none_of_its_neighbours() {
         .collect();
     store.enqueue_many(&specs, false).await.unwrap();
     poison(&redis, "t2").await;
-    let claimed = store.claim("w", "n1", 10).await.expect("the claim goes on");
+    let claimed = store
+        .claim("w", &me("n1"), 10)
+        .await
+        .expect("the claim goes on");
     let mut ids: Vec<String> = claimed.into_iter().map(|t| t.id).collect();
     ids.sort();
     assert_eq!(
@@ -54,7 +57,7 @@ async fn a_poison_record_in_a_pending_set_costs_none_of_its_neighbours() {
         ["t2"],
         "the bad one is set aside, not lost silently"
     );
-    assert!(store.claim("w", "n1", 10).await.unwrap().is_empty());
+    assert!(store.claim("w", &me("n1"), 10).await.unwrap().is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -76,7 +79,7 @@ async fn a_poison_entry_in_the_scheduled_set_does_not_stall_the_others() {
         .await
         .expect("firing goes on");
     assert_eq!(bad_ids(&redis).await, ["stray"]);
-    let claimed = store.claim("w", "n1", 10).await.unwrap();
+    let claimed = store.claim("w", &me("n1"), 10).await.unwrap();
     assert_eq!(
         claimed.into_iter().map(|t| t.id).collect::<Vec<_>>(),
         ["good"],
@@ -105,7 +108,7 @@ async fn a_record_of_another_worker_in_a_pending_set_is_set_aside() {
         .query_async::<()>(&mut con)
         .await
         .unwrap();
-    let claimed = store.claim("w", "n1", 10).await.unwrap();
+    let claimed = store.claim("w", &me("n1"), 10).await.unwrap();
     assert!(claimed.iter().all(|t| t.worker == "w"), "{claimed:?}");
     assert_eq!(claimed.len(), 2);
     assert_eq!(bad_ids(&redis).await, ["t1"]);

@@ -7,7 +7,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use serde_json::{Value, json};
 
-use super::{Redis, finish_op, hget, places, settings, slots};
+use super::{Redis, finish_op, hget, me, places, settings, slots};
 use crate::config::KeyPolicy;
 use crate::decide::cron::Recurrence;
 use crate::model::task::{Target, TaskSpec, TaskState, now_ms};
@@ -261,7 +261,7 @@ async fn key_slots_are_pruned_and_held_from_queued_to_finished() {
     );
 
     // Retrying, the task keeps its slot, and takes it again when it fires.
-    let a = store.claim("w", "n1", 10).await.unwrap();
+    let a = store.claim("w", &me("n1"), 10).await.unwrap();
     let retry = finish_op("a", "n1", a[0].epoch, TaskState::Retrying, now_ms() - 1);
     store.write(&[retry]).await.unwrap();
     assert_eq!(slots(&mut con).await, ["a"]);
@@ -270,7 +270,7 @@ async fn key_slots_are_pruned_and_held_from_queued_to_finished() {
     assert_eq!(slots(&mut con).await, ["a"]);
 
     // Finished, it frees the slot for the oldest deferred task.
-    let a = store.claim("w", "n1", 10).await.unwrap();
+    let a = store.claim("w", &me("n1"), 10).await.unwrap();
     let done = finish_op("a", "n1", a[0].epoch, TaskState::Done, 0);
     store.write(&[done]).await.unwrap();
     assert_eq!(slots(&mut con).await, ["b"]);
