@@ -520,10 +520,11 @@ async fn keep_alive(ctx: Arc<NodeParts>) {
     tick.tick().await;
     loop {
         tick.tick().await;
+        let sent = Instant::now();
         match ctx.store.lease(&key, &holder, ttl).await {
-            Ok(Lease::Renewed) => ctx.lease.renewed_now(),
+            Ok(Lease::Renewed) => ctx.lease.renewed(sent),
             Ok(Lease::Taken) => {
-                ctx.lease.renewed_now();
+                ctx.lease.renewed(sent);
                 tracing::warn!(
                     "this node's liveness lease had expired; checking what it still owns"
                 );
