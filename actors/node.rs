@@ -40,7 +40,6 @@ use crate::engine::dispatcher::{DispatcherMsg, LaneStats};
 use crate::engine::ingress::IngressMsg;
 use crate::engine::supervisor::{NodeParts, Supervisor, SupervisorArgs, SupervisorMsg};
 use crate::model::names::{shorten, validate_worker_name};
-use crate::model::task::now_ms;
 use crate::store::{CookieCheck, Lease, Store, StoreError};
 use crate::wiring::{LeaseClock, Link, StopReason};
 use crate::workers::registry::LiveRegistry;
@@ -176,7 +175,9 @@ impl NodeBuilder {
         }
         let store = connect(&settings).await?;
         let node = settings.node.id.clone();
-        let generation = now_ms();
+        // Redis's time, so that a later incarnation has a later generation whatever the clocks
+        // of the hosts it ran on.
+        let generation = store.clock().now_ms();
         let holder = format!("{node}:{generation}");
         let redis_error = |source| NodeError::Redis {
             url: settings.redis_url_shown(),

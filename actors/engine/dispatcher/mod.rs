@@ -43,7 +43,7 @@ use crate::decide::policy::RetryPolicy;
 use crate::decide::restart::{RestartDecision, RestartPolicy, RestartTracker};
 use crate::engine::pool::{Pool, PoolArgs, PoolEvent, PoolMsg};
 use crate::engine::saver::SaverHandle;
-use crate::model::task::{Outcome, Task, now_ms};
+use crate::model::task::{Outcome, Task};
 use crate::store::Store;
 use crate::wiring::{LeaseClock, child_end};
 use crate::workers::registry::{LiveRegistry, WorkerEntry};
@@ -403,6 +403,7 @@ impl DispatcherState {
             workers: self.args.workers.clone(),
             saver: self.args.saver.clone(),
             node: self.args.node.clone(),
+            clock: self.args.store.clock().clone(),
             report: Arc::new(move |event| {
                 let _ = me.cast(Internal::Pool(event).into());
             }),
@@ -481,7 +482,7 @@ impl DispatcherState {
         else {
             return;
         };
-        while let Some((task, cancel)) = lane.next_to_start(now_ms()) {
+        while let Some((task, cancel)) = lane.next_to_start(self.args.store.clock().now_ms()) {
             let id = task.id.clone();
             if pool.cast(PoolMsg::Run(task, cancel)).is_err() {
                 // The pool is dying; its supervision event requeues what it ran. Keep this one.
@@ -521,7 +522,7 @@ impl DispatcherState {
                         outcome,
                         &policy,
                         run.started,
-                        now_ms(),
+                        self.args.store.clock().now_ms(),
                     );
                     self.args.saver.write(op);
                 }
@@ -599,7 +600,7 @@ impl DispatcherState {
                 Outcome::Cancelled,
                 &policy,
                 0,
-                now_ms(),
+                self.args.store.clock().now_ms(),
             );
             self.args.saver.write(op);
         } else if !self.lanes.values().any(|w| w.lane.cancel_running(id)) {
