@@ -40,7 +40,6 @@ use crate::engine::dispatcher::{DispatcherMsg, LaneStats};
 use crate::engine::ingress::IngressMsg;
 use crate::engine::supervisor::{NodeParts, Supervisor, SupervisorArgs, SupervisorMsg};
 use crate::model::names::{shorten, validate_worker_name};
-use crate::model::task::now_ms;
 use crate::store::{CookieCheck, Guard, Lease, Store, StoreError};
 use crate::wiring::{LeaseClock, Link, StopReason};
 use crate::workers::registry::LiveRegistry;
@@ -176,7 +175,9 @@ impl NodeBuilder {
         }
         let store = connect(&settings).await?;
         let node = settings.node.id.clone();
-        let generation = now_ms();
+        // Redis's time, so that a later incarnation has a later generation whatever the clocks
+        // of the hosts it ran on.
+        let generation = store.clock().now_ms();
         let holder = format!("{node}:{generation}");
         let redis_error = |source| NodeError::Redis {
             url: settings.redis_url_shown(),
@@ -527,10 +528,11 @@ async fn keep_alive(ctx: Arc<NodeParts>) {
     tick.tick().await;
     loop {
         tick.tick().await;
+        let sent = Instant::now();
         match ctx.store.lease(&key, &holder, ttl).await {
-            Ok(Lease::Renewed) => ctx.lease.renewed_now(),
+            Ok(Lease::Renewed) => ctx.lease.renewed(sent),
             Ok(Lease::Taken) => {
-                ctx.lease.renewed_now();
+                ctx.lease.renewed(sent);
                 tracing::warn!(
                     "this node's liveness lease had expired; checking what it still owns"
                 );

@@ -9,14 +9,12 @@
 use std::panic::AssertUnwindSafe;
 use std::sync::RwLock;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::FutureExt;
 use ractor::{ActorId, ActorRef, SupervisionEvent};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
-
-use crate::model::task::now_ms;
 
 /// The current address of an actor that its supervisor may restart; readers always get the
 /// live one. The supervisor sets it when it spawns the actor and clears it when the actor dies.
@@ -106,8 +104,14 @@ where
 
 /// When this node last renewed its liveness lease. The lease keeper writes it; the dispatcher
 /// reads it before starting a task, since a node whose lease lapsed may have been failed over.
+///
+/// It measures on the monotonic clock, from the moment the renewal was sent (Redis started the
+/// lease's time to live after that): a step of the machine's wall clock cannot make a lapsed
+/// lease look fresh.
 #[derive(Debug)]
 pub(crate) struct LeaseClock {
+    base: Instant,
+    /// µs after `base` at which the latest successful renewal was sent.
     renewed: AtomicU64,
     ttl: Duration,
 }
@@ -116,18 +120,21 @@ impl LeaseClock {
     /// A clock for a lease of `ttl`, renewed now.
     pub(crate) fn new(ttl: Duration) -> LeaseClock {
         LeaseClock {
-            renewed: AtomicU64::new(now_ms()),
+            base: Instant::now(),
+            renewed: AtomicU64::new(0),
             ttl,
         }
     }
 
     /// True while the lease is surely held (renewed within its time to live).
     pub(crate) fn fresh(&self) -> bool {
-        now_ms().saturating_sub(self.renewed.load(Ordering::SeqCst)) < self.ttl.as_millis() as u64
+        let now = self.base.elapsed().as_micros() as u64;
+        now.saturating_sub(self.renewed.load(Ordering::SeqCst)) < self.ttl.as_micros() as u64
     }
 
-    /// Notes a successful renewal.
-    pub(crate) fn renewed_now(&self) {
-        self.renewed.store(now_ms(), Ordering::SeqCst);
+    /// Notes a successful renewal whose request was sent at `sent`.
+    pub(crate) fn renewed(&self, sent: Instant) {
+        let at = sent.saturating_duration_since(self.base).as_micros() as u64;
+        self.renewed.fetch_max(at, Ordering::SeqCst);
     }
 }

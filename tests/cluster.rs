@@ -1163,3 +1163,272 @@ async fn a_paused_ingress_holder_loses_and_doubles_no_acknowledged_message() {
         }
     }
 }
+
+/// The libfaketime library (Debian package `faketime`), which shifts a process's clock.
+fn libfaketime() -> String {
+    let found = std::fs::read_dir("/usr/lib")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|d| d.path().join("faketime/libfaketimeMT.so.1"))
+        .chain([Path::new("/usr/lib/faketime/libfaketimeMT.so.1").to_path_buf()])
+        .find(|p| p.exists());
+    found
+        .expect("libfaketime is missing: apt-get install -y faketime")
+        .display()
+        .to_string()
+}
+
+/// The environment that runs a process with its clock shifted by `offset` (`+30s`, `-30s`).
+fn skewed(offset: &str) -> Vec<(String, String)> {
+    vec![
+        ("LD_PRELOAD".into(), libfaketime()),
+        ("FAKETIME".into(), offset.into()),
+        ("FAKETIME_DONT_FAKE_MONOTONIC".into(), "1".into()),
+    ]
+}
+
+/// Redis's clock (`TIME`), Unix ms.
+async fn redis_now(redis: &Redis) -> u64 {
+    let mut con = redis.con().await;
+    let (s, us): (u64, u64) = redis::cmd("TIME").query_async(&mut con).await.unwrap();
+    s * 1000 + us / 1000
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn clocks_minutes_apart_decide_nothing() {
+    let _serial = SERIAL.lock().await;
+    let redis = Redis::start();
+    let workers = common::test_workers();
+    let ports = [free_port(), free_port()];
+    let mut nodes = Vec::new();
+    for (i, (id, offset)) in [("fast", "+30s"), ("slow", "-30s")].into_iter().enumerate() {
+        let listen = format!("127.0.0.1:{}", ports[i]);
+        let seeds = format!("127.0.0.1:{}", ports[1 - i]);
+        let mut env: Vec<(String, String)> = vec![
+            ("BGNODE_NODE__LISTEN".into(), listen),
+            ("BGNODE_NODE__SEEDS".into(), seeds),
+        ];
+        env.extend(skewed(offset));
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        nodes.push(NodeProc::start(&redis, id, workers.path(), &env));
+    }
+    let client = Client::connect(&redis.url).await.unwrap();
+    eventually(Duration::from_secs(30), "both nodes up", || async {
+        let info = client.info().await.ok()?;
+        (info.iter().filter(|m| m.state == "up").count() == 2).then_some(())
+    })
+    .await;
+    // The preload works: the fast node's log runs half a minute ahead.
+    let line = nodes[0].log();
+    let stamp = line
+        .lines()
+        .find(|l| l.contains("node starting"))
+        .and_then(|l| background::time::parse_time(l.split_whitespace().next()?).ok())
+        .expect("a timestamped start line");
+    let ahead = stamp as i64 - redis_now(&redis).await as i64;
+    assert!(
+        (25_000..35_000).contains(&ahead),
+        "the fast node's clock is {ahead} ms ahead"
+    );
+
+    // Delayed by 3 s: from this process, and from CLIs 30 s fast and 30 s slow.
+    let t0 = redis_now(&redis).await;
+    client
+        .enqueue(
+            TaskSpec::new("record", json!({}))
+                .id("in-client")
+                .delay(Duration::from_secs(3)),
+        )
+        .await
+        .unwrap();
+    for (id, offset) in [("in-fast-cli", "+30s"), ("in-slow-cli", "-30s")] {
+        let env = skewed(offset);
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let (code, _, err) = common::cli_env(
+            &redis,
+            &env,
+            &["do", "record", "{}", "--in", "3s", "--id", id],
+        )
+        .await;
+        assert_eq!(code, 0, "{err}");
+    }
+    // A recurring task every second, fired by both skewed schedulers.
+    client
+        .enqueue(
+            TaskSpec::new("record", json!({}))
+                .id("tick")
+                .repeat(background::Recurrence::Every(Duration::from_secs(1))),
+        )
+        .await
+        .unwrap();
+    // Deadlines: one that no node can meet (nobody offers the worker) must not expire early;
+    // one each node can meet must run there.
+    client
+        .enqueue(
+            TaskSpec::new("nobody-runs-this", json!({}))
+                .id("orphan")
+                .deadline(Duration::from_secs(2)),
+        )
+        .await
+        .unwrap();
+    for node in ["fast", "slow"] {
+        client
+            .enqueue(
+                TaskSpec::new("record", json!({}))
+                    .id(format!("dl-{node}"))
+                    .deadline(Duration::from_secs(20))
+                    .target(background::Target::Node(node.into())),
+            )
+            .await
+            .unwrap();
+    }
+    // Plain tasks on each node, for the recorded times.
+    for node in ["fast", "slow"] {
+        for i in 0..5 {
+            client
+                .enqueue(
+                    TaskSpec::new("record", json!({}))
+                        .id(format!("on-{node}-{i}"))
+                        .target(background::Target::Node(node.into())),
+                )
+                .await
+                .unwrap();
+        }
+    }
+
+    let state = |id: &'static str| {
+        let redis = &redis;
+        async move { common::state_of(redis, id).await }
+    };
+    // The orphan expires when its deadline passes by Redis's clock, not before; its record says
+    // so too.
+    let mut figures = Vec::new();
+    let seen = eventually(Duration::from_secs(10), "the orphan to expire", || async {
+        let expired = state("orphan").await.as_deref() == Some("expired");
+        match expired {
+            true => Some(redis_now(&redis).await),
+            false => None,
+        }
+    })
+    .await;
+    let finished = common::num_field(&redis, "orphan", "finished").await;
+    let created = common::num_field(&redis, "orphan", "created").await;
+    let (seen, finished) = (seen as i64 - t0 as i64, finished as i64 - t0 as i64);
+    figures.push(format!(
+        "a 2 s deadline expired after {seen} ms (recorded {finished} ms)"
+    ));
+    assert!(
+        (2_000..4_000).contains(&seen) && (2_000..4_000).contains(&finished),
+        "a 2 s deadline expired {seen} ms after enqueue, recorded as {finished} ms"
+    );
+    assert!(
+        created.abs_diff(t0) < 1_000,
+        "created {created}, enqueued at {t0}"
+    );
+
+    // Nothing delayed ran early or late.
+    eventually(
+        Duration::from_secs(10),
+        "the delayed tasks to finish",
+        || async {
+            for id in ["in-client", "in-fast-cli", "in-slow-cli"] {
+                if state(id).await.as_deref() != Some("done") {
+                    return None;
+                }
+            }
+            Some(())
+        },
+    )
+    .await;
+    let runs = common::runs(workers.path());
+    for id in ["in-client", "in-fast-cli", "in-slow-cli"] {
+        let ran = runs.iter().find(|r| r.0 == id).map(|r| r.3).unwrap();
+        let after = ran as i64 - t0 as i64;
+        figures.push(format!("{id} ran after {after} ms"));
+        assert!(
+            (3_000..4_500).contains(&after),
+            "{id}, due in 3 s, ran {after} ms after it was enqueued"
+        );
+    }
+    for node in ["fast", "slow"] {
+        let id = format!("dl-{node}");
+        eventually(WAIT_CLOCK, &format!("{id} to end"), || async {
+            let s = common::state_of(&redis, &id).await?;
+            (s != "queued" && s != "running").then_some(s)
+        })
+        .await;
+        assert_eq!(
+            common::state_of(&redis, &id).await.as_deref(),
+            Some("done"),
+            "{id} had 20 s to start"
+        );
+    }
+
+    // The recurrence: every occurrence once, one second apart, none early or late.
+    let ticks = eventually(Duration::from_secs(10), "5 occurrences", || async {
+        let r: Vec<_> = common::runs(workers.path())
+            .into_iter()
+            .filter(|r| r.0.starts_with("tick@"))
+            .collect();
+        (r.len() >= 5).then_some(r)
+    })
+    .await;
+    client.cancel("tick").await.unwrap();
+    let mut dues: Vec<u64> = ticks
+        .iter()
+        .map(|r| r.0.rsplit('@').next().unwrap().parse().unwrap())
+        .collect();
+    dues.sort_unstable();
+    assert!(
+        dues[0].abs_diff(t0) < 1_000,
+        "first occurrence due {dues:?}, enqueued at {t0}"
+    );
+    for pair in dues.windows(2) {
+        assert_eq!(
+            pair[1] - pair[0],
+            1_000,
+            "one occurrence a second: {dues:?}"
+        );
+    }
+    for r in &ticks {
+        let due: u64 = r.0.rsplit('@').next().unwrap().parse().unwrap();
+        let late = r.3 as i64 - due as i64;
+        figures.push(format!("occurrence {} ms after its time", late));
+        assert!(
+            (0..1_000).contains(&late),
+            "{} ran {late} ms after its due time",
+            r.0
+        );
+    }
+    println!("clocks 30 s fast and slow: {}", figures.join(", "));
+
+    // Every record's times are in order, whichever clock ran it.
+    let mut ids: Vec<String> = [
+        "in-client",
+        "in-fast-cli",
+        "in-slow-cli",
+        "dl-fast",
+        "dl-slow",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    ids.extend(ticks.iter().map(|r| r.0.clone()));
+    for node in ["fast", "slow"] {
+        ids.extend((0..5).map(|i| format!("on-{node}-{i}")));
+    }
+    for id in &ids {
+        common::wait_state(&redis, id, "done").await;
+        let created = common::num_field(&redis, id, "created").await;
+        let started = common::num_field(&redis, id, "started").await;
+        let finished = common::num_field(&redis, id, "finished").await;
+        assert!(
+            created <= started && started <= finished,
+            "{id}: created {created}, started {started}, finished {finished}"
+        );
+    }
+}
+
+/// How long a task with a deadline may take to end.
+const WAIT_CLOCK: Duration = Duration::from_secs(10);

@@ -34,7 +34,6 @@ use crate::cluster::wire::Body;
 use crate::config::Settings;
 use crate::decide::backoff::Backoff;
 use crate::decide::placement::NodeLoad;
-use crate::model::task::now_ms;
 use crate::store::{Guard, Store};
 use crate::wiring::watch_task;
 
@@ -511,7 +510,7 @@ async fn write_info(ctx: &MembershipArgs, load: &NodeLoad) {
         "workers": load,
         "peers": view.peers.keys().collect::<Vec<_>>(),
         "leaving": ctx.leaving.load(std::sync::atomic::Ordering::SeqCst),
-        "ts": now_ms(),
+        "ts": ctx.store.clock().now_ms(),
     });
     let ttl = ctx.settings.node.lease_ttl * 2;
     if let Err(e) = ctx

@@ -1,5 +1,6 @@
 //! When a new task first comes due, and by when it must have started. Decided once, as the
-//! task is stored; the scheduler takes over from there (`cron::advance`).
+//! task is stored (the enqueue script resolves it against Redis's clock); the scheduler takes
+//! over from there (`cron::advance`).
 
 use std::time::Duration;
 
@@ -11,47 +12,44 @@ use crate::model::task::TaskSpec;
 /// can never run; a record written before that check may still hold one.)
 pub(crate) const NEVER: u64 = u64::MAX / 2;
 
-/// When a task stored now first comes due, and its deadline.
+/// When a task first comes due, and by when it must start, as the enqueue script applies them:
+/// times relative to the moment it is stored are counted there from Redis's clock, so a client
+/// on a host whose clock is off still gets the delay it asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct FirstRun {
-    /// When it is due (Unix ms); `None`: it may run at once. A recurring template always has
-    /// one: its first occurrence, or [`NEVER`].
-    pub due: Option<u64>,
-    /// Must have started by this time (Unix ms). Only a one-shot task has one: a template's
-    /// deadline applies to each occurrence, counted from that occurrence's due time.
-    pub deadline: Option<u64>,
+    /// Due at this time (Unix ms). A one-shot task whose time is not ahead of Redis's when it
+    /// is stored runs at once; a recurring template keeps it even when it has passed (it fires
+    /// at once). A template whose schedule never matches has [`NEVER`].
+    pub at: Option<u64>,
+    /// Due this long (ms) after it is stored.
+    pub after: Option<u64>,
+    /// Must have started within this long (ms) of being stored. Only a one-shot task has one: a
+    /// template's deadline applies to each occurrence, counted from that occurrence's due time.
+    pub deadline_in: Option<u64>,
 }
 
-/// Decides when `spec`, stored at `now`, first comes due and by when it must start.
+/// Decides when `spec` first comes due and by when it must start; `now` (Redis's time, Unix ms)
+/// matters only to a cron template given no time: its first occurrence is the next match after
+/// `now`.
 ///
-/// A one-shot task runs at its time (`at`, or `now` plus its delay), or at once when that time
-/// has passed or none was given. A recurring template's first occurrence is the time given, even
-/// a past one (it fires at once); else `now` for an interval and the next match after `now` for
-/// a cron expression.
+/// A one-shot task runs at its time (`at`, or its delay after it is stored), or at once when
+/// none was given. A recurring template's first occurrence is the time given, even a past one;
+/// else at once for an interval and the next match for a cron expression.
 pub(crate) fn first_run(spec: &TaskSpec, now: u64) -> FirstRun {
     let ms = |d: Duration| d.as_millis() as u64;
-    let given = spec.run_at.or_else(|| spec.delay.map(|d| now + ms(d)));
-    match &spec.repeat {
-        Some(rec) => FirstRun {
-            due: Some(
-                given
-                    .or_else(|| first_occurrence(rec, now))
-                    .unwrap_or(NEVER),
-            ),
-            deadline: None,
+    let (at, after) = match (spec.run_at, spec.delay) {
+        (Some(at), _) => (Some(at), None),
+        (None, Some(d)) => (None, Some(ms(d))),
+        (None, None) => match &spec.repeat {
+            Some(Recurrence::Every(_)) => (None, Some(0)),
+            Some(Recurrence::Cron(c)) => (Some(c.next_after(now).unwrap_or(NEVER)), None),
+            None => (None, None),
         },
-        None => FirstRun {
-            due: given.filter(|at| *at > now),
-            deadline: spec.deadline.map(|d| now + ms(d)),
-        },
-    }
-}
-
-/// A template's first occurrence when no time was given.
-fn first_occurrence(rec: &Recurrence, now: u64) -> Option<u64> {
-    match rec {
-        Recurrence::Every(_) => Some(now),
-        Recurrence::Cron(c) => c.next_after(now),
+    };
+    FirstRun {
+        at,
+        after,
+        deadline_in: spec.deadline.filter(|_| spec.repeat.is_none()).map(ms),
     }
 }
 
@@ -73,50 +71,48 @@ mod tests {
         Recurrence::Cron(Cron::parse(text).unwrap())
     }
 
+    fn run(s: &TaskSpec) -> FirstRun {
+        first_run(s, NOW)
+    }
+
     #[test]
-    fn one_shot_tasks_run_at_once_unless_their_time_is_ahead() {
-        let run = |s: TaskSpec| first_run(&s, NOW).due;
-        assert_eq!(run(spec()), None);
-        assert_eq!(run(spec().delay(SECOND * 5)), Some(NOW + 5_000));
-        assert_eq!(run(spec().at(NOW + 1)), Some(NOW + 1));
-        assert_eq!(run(spec().at(NOW)), None, "due now is runnable now");
+    fn one_shot_tasks_run_at_their_time_or_after_their_delay() {
+        assert_eq!(run(&spec()).at, None);
+        assert_eq!(run(&spec()).after, None, "no time: at once");
+        assert_eq!(run(&spec().delay(SECOND * 5)).after, Some(5_000));
+        assert_eq!(run(&spec().at(NOW + 1)).at, Some(NOW + 1));
         assert_eq!(
-            run(spec().at(NOW - 60_000)),
-            None,
-            "a past time runs at once"
+            run(&spec().at(NOW - 60_000)).at,
+            Some(NOW - 60_000),
+            "a past time is the script's to judge, by Redis's clock"
         );
     }
 
     #[test]
-    fn a_one_shot_deadline_counts_from_now() {
-        let run = first_run(&spec().deadline(SECOND * 10).delay(SECOND), NOW);
-        assert_eq!(run.deadline, Some(NOW + 10_000));
-        assert_eq!(run.due, Some(NOW + 1_000));
-        assert_eq!(first_run(&spec(), NOW).deadline, None);
+    fn a_one_shot_deadline_counts_from_the_store() {
+        let r = run(&spec().deadline(SECOND * 10).delay(SECOND));
+        assert_eq!(r.deadline_in, Some(10_000));
+        assert_eq!(r.after, Some(1_000));
+        assert_eq!(run(&spec()).deadline_in, None);
     }
 
     #[test]
-    fn an_interval_starts_now_or_at_the_time_given() {
+    fn an_interval_starts_at_once_or_at_the_time_given() {
         let every = Recurrence::Every(SECOND * 60);
-        let run = |s: TaskSpec| first_run(&s.repeat(every.clone()), NOW);
-        assert_eq!(run(spec()).due, Some(NOW));
-        assert_eq!(run(spec().delay(SECOND * 2)).due, Some(NOW + 2_000));
-        assert_eq!(
-            run(spec().at(NOW - 5_000)).due,
-            Some(NOW - 5_000),
-            "a past first time is kept: it fires at once"
-        );
+        let r = |s: TaskSpec| run(&s.repeat(every.clone()));
+        assert_eq!((r(spec()).at, r(spec()).after), (None, Some(0)));
+        assert_eq!(r(spec().delay(SECOND * 2)).after, Some(2_000));
+        assert_eq!(r(spec().at(NOW - 5_000)).at, Some(NOW - 5_000));
     }
 
     #[test]
     fn a_cron_starts_at_its_next_match_or_at_the_time_given() {
-        let run = |s: TaskSpec| first_run(&s, NOW);
         assert_eq!(
-            run(spec().repeat(cron("*/5 * * * *"))).due,
+            run(&spec().repeat(cron("*/5 * * * *"))).at,
             Some(NOW - 30_000 + 5 * 60_000)
         );
         assert_eq!(
-            run(spec().repeat(cron("@daily")).at(NOW + 7)).due,
+            run(&spec().repeat(cron("@daily")).at(NOW + 7)).at,
             Some(NOW + 7)
         );
     }
@@ -126,6 +122,6 @@ mod tests {
         let s = spec()
             .repeat(Recurrence::Every(SECOND * 60))
             .deadline(SECOND * 10);
-        assert_eq!(first_run(&s, NOW).deadline, None);
+        assert_eq!(run(&s).deadline_in, None);
     }
 }

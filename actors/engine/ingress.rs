@@ -547,6 +547,6 @@ fn reject(ctx: &IngressArgs, rejection: &Rejection) {
         rejection.excerpt
     );
     ctx.saver.write(WriteOp::Event {
-        event: events::rejected(rejection, &ctx.node),
+        event: events::rejected(rejection, &ctx.node, ctx.store.clock().now_ms()),
     });
 }

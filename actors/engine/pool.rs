@@ -21,7 +21,8 @@ use tokio_util::sync::CancellationToken;
 use crate::decide::outcome::conclude;
 use crate::engine::saver::SaverHandle;
 use crate::model::events;
-use crate::model::task::{Outcome, Task, now_ms};
+use crate::model::task::{Outcome, Task};
+use crate::store::Clock;
 use crate::store::WriteOp;
 use crate::wiring::child_end;
 use crate::workers::registry::{LiveRegistry, WorkerEntry, run_attempt};
@@ -71,6 +72,8 @@ pub(crate) struct PoolArgs {
     pub(crate) saver: SaverHandle,
     /// This node's id.
     pub(crate) node: String,
+    /// Redis's clock: an attempt's start and end, and the deadline check before it starts.
+    pub(crate) clock: Clock,
     /// Told when a slot frees up or crashes.
     pub(crate) report: Report,
 }
@@ -201,6 +204,7 @@ async fn spawn_slot(
             workers: args.workers.clone(),
             saver: args.saver.clone(),
             node: args.node.clone(),
+            clock: args.clock.clone(),
             pool: pool.clone(),
         },
         pool.get_cell(),
@@ -219,6 +223,7 @@ pub(crate) struct SlotArgs {
     workers: Arc<LiveRegistry>,
     saver: SaverHandle,
     node: String,
+    clock: Clock,
     pool: ActorRef<PoolMsg>,
 }
 
@@ -257,7 +262,7 @@ impl Actor for Slot {
             .get(&task.worker)
             .unwrap_or_else(|| state.entry.clone());
         let policy = entry.retry_policy(&task);
-        let now = now_ms();
+        let now = state.clock.now_ms();
         let op = if task.deadline.is_some_and(|d| now > d) {
             conclude(&task, node, Outcome::Expired, &policy, 0, now)
         } else if cancel.is_cancelled() {
@@ -271,7 +276,7 @@ impl Actor for Slot {
                 event: events::started(&task, node, now),
             });
             let outcome = run_attempt(&entry, &task, state.workers.env(), &cancel).await;
-            conclude(&task, node, outcome, &policy, now, now_ms())
+            conclude(&task, node, outcome, &policy, now, state.clock.now_ms())
         };
         state.saver.write(op);
         let _ = state.pool.cast(PoolMsg::SlotIdle { slot: state.index });

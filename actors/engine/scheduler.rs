@@ -11,6 +11,12 @@
 //! It sleeps until the earliest due time or deadline, at most [`MAX_SLEEP`], and wakes early
 //! when told something was scheduled (`{"op":"schedule"}` on the task channel). It does not
 //! poll in a tight loop.
+//!
+//! Every time it goes by is Redis's: the scripts judge what is due and what expired by `TIME`,
+//! `fire.lua` answers the time it judged by (the next occurrences are computed from it), and the
+//! sleep is measured from Redis's time read with the next due time. This node's own clock
+//! decides nothing, so schedulers on hosts whose clocks disagree fire the same occurrences at
+//! the same moments.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,7 +27,6 @@ use tokio::task::JoinHandle;
 
 use crate::decide::backoff::Backoff;
 use crate::decide::cron::{Cron, Missed, Recurrence, advance, occurrence_id};
-use crate::model::task::now_ms;
 use crate::store::{DueTemplate, Store};
 use crate::wiring::watch_task;
 
@@ -112,12 +117,11 @@ async fn run(ctx: SchedulerArgs) {
 async fn tick(ctx: &SchedulerArgs) -> Result<Duration, crate::store::StoreError> {
     let store = &ctx.store;
     loop {
-        let now = now_ms();
-        let templates = store.fire_due(now, BATCH).await?;
+        let (now, templates) = store.fire_due(BATCH).await?;
         for t in &templates {
             occur(ctx, t, now).await?;
         }
-        let expired = store.expire_due(now, BATCH).await?;
+        let expired = store.expire_due(BATCH).await?;
         if expired > 0 {
             tracing::info!(expired, "tasks expired before they could start");
         }
@@ -125,7 +129,8 @@ async fn tick(ctx: &SchedulerArgs) -> Result<Duration, crate::store::StoreError>
             break;
         }
     }
-    Ok(wait_for(store.next_due().await?, now_ms()))
+    let (next, now) = store.next_due().await?;
+    Ok(wait_for(next, now))
 }
 
 async fn occur(
@@ -139,14 +144,14 @@ async fn occur(
             Ok(c) => Recurrence::Cron(c),
             Err(e) => {
                 tracing::error!(template = %t.id, "stored cron expression is invalid ({e}); stopping it");
-                ctx.store.occur(&t.id, t.due, None, now).await?;
+                ctx.store.occur(&t.id, t.due, None).await?;
                 return Ok(());
             }
         },
         (None, None) => return Ok(()),
     };
     let next = advance(&rec, t.due, now, ctx.missed);
-    if ctx.store.occur(&t.id, t.due, next, now).await? {
+    if ctx.store.occur(&t.id, t.due, next).await? {
         tracing::debug!(occurrence = %occurrence_id(&t.id, t.due), ?next, "fired an occurrence");
     }
     Ok(())

@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 
 use crate::decide::policy::Settle;
 use crate::model::envelope::Rejection;
-use crate::model::task::{Task, now_ms};
+use crate::model::task::Task;
 
 fn base(kind: &str, task: &Task, node: &str, at: u64) -> Value {
     json!({
@@ -67,10 +67,10 @@ pub(crate) fn transition(task: &Task, node: &str, settle: &Settle, at: u64) -> S
 }
 
 /// `rejected`: a channel message was refused.
-pub(crate) fn rejected(rejection: &Rejection, node: &str) -> String {
+pub(crate) fn rejected(rejection: &Rejection, node: &str, ts: u64) -> String {
     json!({
         "event": "rejected", "reason": rejection.reason, "id": rejection.id,
-        "worker": rejection.worker, "excerpt": rejection.excerpt, "node": node, "ts": now_ms(),
+        "worker": rejection.worker, "excerpt": rejection.excerpt, "node": node, "ts": ts,
     })
     .to_string()
 }

@@ -633,7 +633,8 @@ pub struct TaskStatus {
     pub parent: Option<String>,
 }
 
-/// Milliseconds since the Unix epoch.
+/// Milliseconds since the Unix epoch by this machine's clock. The cluster decides nothing by
+/// it: every due time, deadline and recorded time is Redis's (see ARCHITECTURE.md, "One clock").
 pub fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -1,10 +1,9 @@
 //! The cluster's members: joining and leaving, liveness leases, what nodes report about
 //! themselves, the cookie check, and leases in general (liveness, ingress).
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::{Keys, Store, StoreResult};
-use crate::model::task::now_ms;
 
 /// What the cookie check found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -82,7 +81,6 @@ impl Store {
             .key(self.keys.alive(&me.node))
             .arg(self.keys.prefix())
             .arg(&me.node)
-            .arg(now_ms())
             .arg(&self.names.channel)
             .arg(&self.names.events)
             .arg(&me.holder)
@@ -101,7 +99,6 @@ impl Store {
             .key(self.keys.alive(node))
             .arg(self.keys.prefix())
             .arg(node)
-            .arg(now_ms())
             .arg(self.names.result_ttl.as_millis() as u64)
             .arg(&self.names.channel)
             .arg(&self.names.events)
@@ -202,10 +199,12 @@ impl Store {
         Ok((!owner.is_empty()).then_some(owner))
     }
 
-    /// Takes or renews the lease `key` for `holder`.
+    /// Takes or renews the lease `key` for `holder`. The script's answer carries Redis's time,
+    /// which the clock is offered as a new anchor.
     pub(crate) async fn lease(&self, key: &str, holder: &str, ttl: Duration) -> StoreResult<Lease> {
         let mut con = self.con.clone();
-        let (code, who): (i64, String) = self
+        let sent = Instant::now();
+        let (code, who, seconds, micros): (i64, String, u64, u64) = self
             .scripts
             .lease
             .key(key)
@@ -213,6 +212,8 @@ impl Store {
             .arg(ttl.as_millis() as u64)
             .invoke_async(&mut con)
             .await?;
+        self.clock
+            .offer(sent, Instant::now(), super::clock::time_us(seconds, micros));
         Ok(match code {
             1 => Lease::Renewed,
             2 => Lease::Taken,

@@ -7,6 +7,7 @@
 //! [`Store`] is one struct; its methods are spread over one file per concern:
 //!
 //! - `mod.rs`: connecting, errors, the script registry, running scripts, publishing.
+//! - `clock.rs`: [`Clock`], Redis's time as read here (the one clock, see there).
 //! - `keys.rs`: [`Keys`], the name of every key.
 //! - `tasks.rs`: enqueueing, claiming, cancelling, retrying, status and results.
 //! - `writes.rs`: the saver's fenced writes ([`WriteOp`], [`WriteResult`]).
@@ -18,13 +19,14 @@
 //! - `lua/`: the scripts; `common.lua` is prepended to each.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use redis::Script;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 use crate::config::{KeyPolicy, Settings};
 
+mod clock;
 mod keys;
 mod members;
 mod ownership;
@@ -34,6 +36,7 @@ mod timers;
 mod views;
 mod writes;
 
+pub(crate) use clock::Clock;
 pub(crate) use keys::Keys;
 pub(crate) use members::{CookieCheck, Guard, Incarnation, Lease};
 pub use tasks::{Accepted, CancelResult, RetryResult};
@@ -151,6 +154,7 @@ pub(crate) struct Store {
     keys: Keys,
     names: Arc<Names>,
     scripts: Arc<Scripts>,
+    clock: Clock,
 }
 
 impl std::fmt::Debug for Store {
@@ -169,8 +173,10 @@ impl Store {
             .set_response_timeout(Some(Duration::from_secs(5)))
             .set_number_of_retries(2)
             .set_max_delay(Duration::from_secs(1));
-        let con = ConnectionManager::new_with_config(client.clone(), config).await?;
+        let mut con = ConnectionManager::new_with_config(client.clone(), config).await?;
+        let (sent, answered, redis_us) = read_time(&mut con).await?;
         Ok(Store {
+            clock: Clock::new(sent, answered, redis_us),
             client,
             con,
             keys: Keys::new(&settings.redis.prefix),
@@ -189,6 +195,22 @@ impl Store {
     /// The key names.
     pub(crate) fn keys(&self) -> &Keys {
         &self.keys
+    }
+
+    /// Redis's clock as read here: the time of everything this side computes or records.
+    pub(crate) fn clock(&self) -> &Clock {
+        &self.clock
+    }
+
+    /// Redis's time now (Unix ms), reading `TIME` first when the clock's anchor is older than
+    /// [`clock::STALE`] (a client that has been idle; a node renews its anchor with its lease).
+    pub(crate) async fn now_ms(&self) -> StoreResult<u64> {
+        if self.clock.age(Instant::now()) >= clock::STALE {
+            let mut con = self.con.clone();
+            let (sent, answered, redis_us) = read_time(&mut con).await?;
+            self.clock.offer(sent, answered, redis_us);
+        }
+        Ok(self.clock.now_ms())
     }
 
     /// The underlying client, for dedicated connections (pub/sub, blocking pops).
@@ -241,6 +263,13 @@ impl Store {
         }
         Ok(())
     }
+}
+
+/// Reads Redis's `TIME`: when the request was sent, when it was answered, and the time in µs.
+async fn read_time(con: &mut ConnectionManager) -> StoreResult<(Instant, Instant, u64)> {
+    let sent = Instant::now();
+    let (seconds, micros): (u64, u64) = redis::cmd("TIME").query_async(con).await?;
+    Ok((sent, Instant::now(), clock::time_us(seconds, micros)))
 }
 
 #[cfg(test)]

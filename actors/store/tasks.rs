@@ -10,8 +10,8 @@ use serde_json::Value;
 
 use super::{Incarnation, SCRIPT_CHUNK, Store, StoreError, StoreResult};
 use crate::decide::cron::Recurrence;
-use crate::decide::due::first_run;
-use crate::model::task::{Task, TaskSpec, TaskState, TaskStatus, field, now_ms};
+use crate::decide::due::{FirstRun, first_run};
+use crate::model::task::{Task, TaskSpec, TaskState, TaskStatus, field};
 
 /// What happened to a task handed to the cluster (`Client::enqueue`, the channel).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -58,12 +58,9 @@ pub enum RetryResult {
 }
 
 impl Store {
-    /// The record fields of a new task, and its due time and deadline (script arguments).
-    fn record(
-        id: &str,
-        spec: &TaskSpec,
-        now: u64,
-    ) -> (Vec<(&'static str, String)>, String, String) {
+    /// The record fields of a new task (the script adds `created`, `run_at` and `deadline`), and
+    /// when it first comes due (script arguments). `now` is Redis's time, for a cron's first match.
+    fn record(id: &str, spec: &TaskSpec, now: u64) -> (Vec<(&'static str, String)>, FirstRun) {
         let ms = |d: Duration| (d.as_millis() as u64).to_string();
         let mut fields = vec![
             (field::ID, id.to_owned()),
@@ -77,7 +74,6 @@ impl Store {
             (field::STATE, TaskState::Queued.as_str().into()),
             (field::NODE, String::new()),
             (field::EPOCH, "0".into()),
-            (field::CREATED, now.to_string()),
         ];
         let optional = [
             (field::BACKOFF, spec.backoff.map(ms)),
@@ -87,7 +83,6 @@ impl Store {
             (field::TARGET, spec.target.as_field()),
         ];
         fields.extend(optional.into_iter().filter_map(|(k, v)| v.map(|v| (k, v))));
-        let when = first_run(spec, now);
         match &spec.repeat {
             Some(Recurrence::Every(d)) => fields.push((field::EVERY, ms(*d))),
             Some(Recurrence::Cron(c)) => fields.push((field::CRON, c.as_str().to_owned())),
@@ -96,14 +91,7 @@ impl Store {
         if let (Some(_), Some(d)) = (&spec.repeat, spec.deadline) {
             fields.push((field::DEADLINE_IN, ms(d)));
         }
-        if let Some(deadline) = when.deadline {
-            fields.push((field::DEADLINE, deadline.to_string()));
-        }
-        if let Some(due) = when.due {
-            fields.push((field::RUN_AT, due.to_string()));
-        }
-        let text = |t: Option<u64>| t.map(|t| t.to_string()).unwrap_or_default();
-        (fields, text(when.due), text(when.deadline))
+        (fields, first_run(spec, now))
     }
 
     /// Appends one task to an enqueue call; `wake` publishes its wake notice.
@@ -115,18 +103,19 @@ impl Store {
         now: u64,
         limit: u32,
     ) {
-        let (mut fields, due, deadline) = Self::record(id, spec, now);
+        let (mut fields, when) = Self::record(id, spec, now);
         if spec.key.is_some() {
             fields.push((field::KEY_LIMIT, limit.to_string()));
         }
+        let text = |t: Option<u64>| t.map(|t| t.to_string()).unwrap_or_default();
         cmd.arg(id)
             .arg(&spec.worker)
             .arg(if wake { "1" } else { "0" })
             .arg(spec.priority)
-            .arg(now)
-            .arg(due)
+            .arg(text(when.at))
+            .arg(text(when.after))
             .arg(spec.key.as_deref().unwrap_or(""))
-            .arg(deadline)
+            .arg(text(when.deadline_in))
             .arg(fields.len() * 2);
         for (name, value) in fields {
             cmd.arg(name).arg(value);
@@ -161,7 +150,7 @@ impl Store {
             wakes[i] =
                 wake && (scheduled || woken.insert((spec.worker.as_str(), spec.target.as_field())));
         }
-        let now = now_ms();
+        let now = self.now_ms().await?;
         let limit = self.names.key_limit;
         let mut pipe = redis::pipe();
         let all: Vec<((&String, &TaskSpec), bool)> = ids.iter().zip(specs).zip(wakes).collect();
@@ -172,7 +161,6 @@ impl Store {
                 .arg(self.keys.prefix())
                 .arg(&self.names.channel)
                 .arg(&self.names.events)
-                .arg(now)
                 .arg(limit)
                 .arg(self.names.key_policy.as_str());
             for ((id, spec), wake) in chunk {
@@ -233,7 +221,6 @@ impl Store {
             .arg(self.keys.prefix())
             .arg(node)
             .arg(n)
-            .arg(now_ms())
             .arg(self.names.result_ttl.as_millis() as u64)
             .arg(&self.names.channel)
             .arg(&self.names.events)
@@ -253,7 +240,6 @@ impl Store {
             .key(self.keys.task(id))
             .arg(self.keys.prefix())
             .arg(id)
-            .arg(now_ms())
             .arg(self.names.result_ttl.as_millis() as u64)
             .arg(&self.names.channel)
             .arg(&self.names.events)
@@ -276,7 +262,6 @@ impl Store {
             .key(self.keys.task(id))
             .arg(self.keys.prefix())
             .arg(id)
-            .arg(now_ms())
             .arg(&self.names.channel)
             .arg(&self.names.events)
             .invoke_async(&mut con)

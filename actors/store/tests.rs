@@ -406,6 +406,21 @@ async fn places(con: &mut MultiplexedConnection, id: &str) -> Vec<&'static str> 
     found
 }
 
+/// Moves `id` in the sorted set `set` (`bg:scheduled`, `bg:deadlines`) to long ago, as if its
+/// time had passed: the scripts judge by Redis's clock, which a test does not set.
+async fn backdate(con: &mut MultiplexedConnection, set: &str, id: &str) {
+    let n: i64 = redis::cmd("ZADD")
+        .arg(set)
+        .arg("XX")
+        .arg("CH")
+        .arg(1)
+        .arg(id)
+        .query_async(con)
+        .await
+        .unwrap();
+    assert_eq!(n, 1, "{id} waits in {set}");
+}
+
 /// The ids holding a slot of key `k`, sorted.
 async fn slots(con: &mut MultiplexedConnection) -> Vec<String> {
     let mut ids: Vec<String> = redis::cmd("SMEMBERS")

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use super::{Store, StoreResult};
+use super::{Store, StoreError, StoreResult};
 
 /// A recurring template that came due.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -22,22 +22,25 @@ pub(crate) struct DueTemplate {
 const DEADLINE_GRACE: Duration = Duration::from_secs(1);
 
 impl Store {
-    /// Fires what is due at `now` (at most `max` entries): one-shot tasks become runnable;
-    /// recurring templates are returned for [`Store::occur`].
-    pub(crate) async fn fire_due(&self, now: u64, max: usize) -> StoreResult<Vec<DueTemplate>> {
+    /// Fires what is due by Redis's time (at most `max` entries): one-shot tasks become
+    /// runnable; recurring templates are returned for [`Store::occur`]. Returns that time too
+    /// (Unix ms), from which the templates' next times are computed.
+    pub(crate) async fn fire_due(&self, max: usize) -> StoreResult<(u64, Vec<DueTemplate>)> {
         let mut con = self.con.clone();
-        let rows: Vec<(String, String, String, String)> = self
+        let (now, rows): (String, Vec<(String, String, String, String)>) = self
             .scripts
             .fire
             .key(self.keys.scheduled())
             .arg(self.keys.prefix())
-            .arg(now)
             .arg(max)
             .arg(&self.names.channel)
             .arg(&self.names.events)
             .invoke_async(&mut con)
             .await?;
-        Ok(rows
+        let now = now
+            .parse()
+            .map_err(|_| StoreError::Corrupt(format!("fire.lua answered the time `{now}`")))?;
+        let templates = rows
             .into_iter()
             .map(|(id, due, every, cron)| DueTemplate {
                 id,
@@ -45,18 +48,13 @@ impl Store {
                 every: every.parse().ok(),
                 cron: Some(cron).filter(|c| !c.is_empty()),
             })
-            .collect())
+            .collect();
+        Ok((now, templates))
     }
 
     /// Creates the occurrence of template `id` due at `due` and moves the template to `next`,
     /// if nobody did it first. Returns true when this call created it.
-    pub(crate) async fn occur(
-        &self,
-        id: &str,
-        due: u64,
-        next: Option<u64>,
-        now: u64,
-    ) -> StoreResult<bool> {
+    pub(crate) async fn occur(&self, id: &str, due: u64, next: Option<u64>) -> StoreResult<bool> {
         let mut con = self.con.clone();
         let n: i64 = self
             .scripts
@@ -67,7 +65,6 @@ impl Store {
             .arg(id)
             .arg(due)
             .arg(next.map(|n| n.to_string()).unwrap_or_default())
-            .arg(now)
             .arg(&self.names.channel)
             .arg(&self.names.events)
             .invoke_async(&mut con)
@@ -75,15 +72,15 @@ impl Store {
         Ok(n == 1)
     }
 
-    /// Expires tasks whose deadline passed before they started. Returns how many.
-    pub(crate) async fn expire_due(&self, now: u64, max: usize) -> StoreResult<usize> {
+    /// Expires tasks whose deadline passed (by Redis's time) before they started. Returns how
+    /// many.
+    pub(crate) async fn expire_due(&self, max: usize) -> StoreResult<usize> {
         let mut con = self.con.clone();
         Ok(self
             .scripts
             .expire
             .key(self.keys.deadlines())
             .arg(self.keys.prefix())
-            .arg(now)
             .arg(max)
             .arg(self.names.result_ttl.as_millis() as u64)
             .arg(&self.names.channel)
@@ -93,17 +90,22 @@ impl Store {
             .await?)
     }
 
-    /// The earliest time something scheduled or a deadline is due.
-    pub(crate) async fn next_due(&self) -> StoreResult<Option<u64>> {
+    /// The earliest time something scheduled or a deadline is due, and Redis's time now (both
+    /// Unix ms).
+    pub(crate) async fn next_due(&self) -> StoreResult<(Option<u64>, u64)> {
         let mut con = self.con.clone();
         let mut pipe = redis::pipe();
         for key in [self.keys.scheduled(), self.keys.deadlines()] {
             pipe.cmd("ZRANGE").arg(key).arg(0).arg(0).arg("WITHSCORES");
         }
-        let heads: Vec<Vec<(String, f64)>> = pipe.query_async(&mut con).await?;
-        Ok(heads
+        pipe.cmd("TIME");
+        type Head = Vec<(String, f64)>;
+        let (scheduled, deadlines, (seconds, micros)): (Head, Head, (u64, u64)) =
+            pipe.query_async(&mut con).await?;
+        let next = [scheduled, deadlines]
             .into_iter()
             .filter_map(|h| h.first().map(|(_, s)| *s as u64))
-            .min())
+            .min();
+        Ok((next, super::clock::time_us(seconds, micros) / 1_000))
     }
 }

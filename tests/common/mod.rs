@@ -254,3 +254,12 @@ pub async fn cli_env(redis: &Redis, env: &[(&str, &str)], args: &[&str]) -> (i32
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// A numeric field of a task's hash; panics when it has none.
+pub async fn num_field(redis: &Redis, id: &str, field: &str) -> u64 {
+    redis
+        .task_field(id, field)
+        .await
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("task {id} has no numeric `{field}`"))
+}

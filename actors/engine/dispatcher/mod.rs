@@ -44,7 +44,7 @@ use crate::decide::reconcile::Reconciler;
 use crate::decide::restart::{RestartDecision, RestartPolicy, RestartTracker};
 use crate::engine::pool::{Pool, PoolArgs, PoolEvent, PoolMsg};
 use crate::engine::saver::SaverHandle;
-use crate::model::task::{Outcome, Task, now_ms};
+use crate::model::task::{Outcome, Task};
 use crate::store::{Incarnation, Store};
 use crate::wiring::{LeaseClock, child_end};
 use crate::workers::registry::{LiveRegistry, WorkerEntry};
@@ -448,6 +448,7 @@ impl DispatcherState {
             workers: self.args.workers.clone(),
             saver: self.args.saver.clone(),
             node: self.args.me.node.clone(),
+            clock: self.args.store.clock().clone(),
             report: Arc::new(move |event| {
                 let _ = me.cast(Internal::Pool(event).into());
             }),
@@ -527,7 +528,7 @@ impl DispatcherState {
         else {
             return;
         };
-        while let Some((task, cancel)) = lane.next_to_start(now_ms()) {
+        while let Some((task, cancel)) = lane.next_to_start(self.args.store.clock().now_ms()) {
             let id = task.id.clone();
             if pool.cast(PoolMsg::Run(task, cancel)).is_err() {
                 // The pool is dying; its supervision event requeues what it ran. Keep this one.
@@ -567,7 +568,7 @@ impl DispatcherState {
                         outcome,
                         &policy,
                         run.started,
-                        now_ms(),
+                        self.args.store.clock().now_ms(),
                     );
                     self.args.saver.write(op);
                 }
@@ -646,7 +647,7 @@ impl DispatcherState {
                 Outcome::Cancelled,
                 &policy,
                 0,
-                now_ms(),
+                self.args.store.clock().now_ms(),
             );
             self.args.saver.write(op);
         } else if !self.lanes.values().any(|w| w.lane.cancel_running(id)) {

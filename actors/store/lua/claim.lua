@@ -4,17 +4,18 @@
 -- Tasks pinned to this node are taken first.
 -- KEYS[1] pending set, KEYS[2] owned set of the node, KEYS[3] this node's own pending set,
 -- KEYS[4] the node's liveness lease
--- ARGV[1] key prefix, ARGV[2] node id, ARGV[3] N, ARGV[4] now, ARGV[5] result ttl (ms),
--- ARGV[6] task channel, ARGV[7] events channel, ARGV[8] the worker, ARGV[9] the claiming
+-- ARGV[1] key prefix, ARGV[2] node id, ARGV[3] N, ARGV[4] result ttl (ms),
+-- ARGV[5] task channel, ARGV[6] events channel, ARGV[7] the worker, ARGV[8] the claiming
 -- incarnation (lease holder): nothing is claimed while another incarnation holds the lease
 -- (see fenced).
 -- A record that names another worker than the set it waited in is set aside (see quarantine):
 -- run here, it would hold a slot of the wrong worker type.
 -- Returns the header ROW, then one row per task (see ROW).
-if fenced(KEYS[4], ARGV[9]) then
+if fenced(KEYS[4], ARGV[8]) then
   return {ROW}
 end
 local want = tonumber(ARGV[3])
+local now = redis_ms()
 local popped = redis.call('ZPOPMIN', KEYS[3], want)
 if #popped / 2 < want then
   local shared = redis.call('ZPOPMIN', KEYS[1], want - #popped / 2)
@@ -25,15 +26,15 @@ end
 local out = {ROW}
 for i = 1, #popped, 2 do
   local id = popped[i]
-  local f = read_claimable(ARGV[1], id, KEYS[1], ARGV[7], ARGV[4]) or {}
-  if f[STATE] == 'queued' and f[TARGET + 1] ~= ARGV[8] then
+  local f = read_claimable(ARGV[1], id, KEYS[1], ARGV[6], now) or {}
+  if f[STATE] == 'queued' and f[TARGET + 1] ~= ARGV[7] then
     quarantine(ARGV[1], id, KEYS[1], 'its record names worker `' .. tostring(f[TARGET + 1])
-      .. '`, not `' .. ARGV[8] .. '`', ARGV[7], ARGV[4])
+      .. '`, not `' .. ARGV[7] .. '`', ARGV[6], now)
     f = {}
   end
   if f[STATE] == 'queued' and f[CANCEL] == '1' then
-    close_unrun(ARGV[1], id, 'cancelled', 'cancelled before it started', ARGV[4], ARGV[5], ARGV[6],
-      ARGV[7])
+    close_unrun(ARGV[1], id, 'cancelled', 'cancelled before it started', now, ARGV[4], ARGV[5],
+      ARGV[6])
   elseif f[STATE] == 'queued' then
     out[#out + 1] = take_ownership(ARGV[1], id, f, ARGV[2], KEYS[2], true)
   end

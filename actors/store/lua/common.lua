@@ -1,5 +1,13 @@
 -- Shared by every script (prepended at build time).
 
+-- Redis's time in ms, as an integer string. Every time a script records or compares is this
+-- one: a node's own clock decides nothing (times computed by nodes come from a clock anchored
+-- to it). Scripts run with effects replication, so reading the time before writing is allowed.
+local function redis_ms()
+  local t = redis.call('TIME')
+  return string.format('%.0f', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
+end
+
 -- Pending sets are scored so that ZPOPMIN yields the highest priority first and, among equal
 -- priorities, the oldest task first: score = created_ms - priority * 10^13, priority in -100..100.
 -- The score is formatted as an integer: Lua's default number format would round it.

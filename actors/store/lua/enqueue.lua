@@ -1,19 +1,24 @@
 -- Store new tasks, each unless its id exists already (the id is the idempotency key). One call
 -- stores a whole batch; each task is stored on its own (one that fails is reported, the others
--- are stored).
--- ARGV[1] key prefix, ARGV[2] task channel, ARGV[3] events channel, ARGV[4] now (ms),
--- ARGV[5] key limit, ARGV[6] key policy ('reject' or 'defer'); then per task:
---   id, worker, wake ('1': publish the wake notice for it), priority, created (ms),
---   due time in ms ('' = runnable now), key ('' = none), deadline in ms ('' = none),
---   the number of record values N, then N values: field, value pairs of the record
+-- are stored). Its times are Redis's: `created` is now, and a delay or deadline counts from now.
+-- ARGV[1] key prefix, ARGV[2] task channel, ARGV[3] events channel, ARGV[4] key limit,
+-- ARGV[5] key policy ('reject' or 'defer'); then per task:
+--   id, worker, wake ('1': publish the wake notice for it), priority,
+--   due time in ms ('' = none given), delay in ms ('' = none; due that long after now),
+--   key ('' = none), deadline in ms from now ('' = none),
+--   the number of record values N, then N values: field, value pairs of the record (without
+--   created, run_at and deadline, which are set here)
+-- A one-shot task whose due time is not ahead of now is runnable now; a recurring template
+-- (the record has `every` or `cron`) keeps its first time even when it has passed.
 -- Returns per task: 1 queued, 2 deferred (key at its limit), 3 scheduled, 0 the id exists (its
 -- wake is still published, so a client retrying after a broken pipeline wakes a node),
 -- -1 refused (key at its limit and the policy is to reject; nothing stored), -2 failed.
-local prefix, channel, events, now = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-local limit, policy = ARGV[5], ARGV[6]
+local prefix, channel, events = ARGV[1], ARGV[2], ARGV[3]
+local limit, policy = ARGV[4], ARGV[5]
+local now = redis_ms()
 local accepted = 0
 
-local function enqueue(id, worker, wake, priority, created, due, key, deadline, first, count)
+local function enqueue(id, worker, wake, priority, due, delay, key, deadline_in, first, count)
   local tk = prefix .. ':task:' .. id
   local ch = ''
   if wake == '1' then
@@ -23,17 +28,36 @@ local function enqueue(id, worker, wake, priority, created, due, key, deadline, 
     publish_json(ch, {op = 'wake', worker = worker})
     return 0
   end
-  if due == '' and key ~= '' and policy == 'reject' and not take_slot(prefix, key, limit, id) then
-    return -1
-  end
-  local fields = {}
+  local fields = {'created', now}
   local target = nil
+  local recurring = false
   for i = first, first + count - 1, 2 do
     fields[#fields + 1] = ARGV[i]
     fields[#fields + 1] = ARGV[i + 1]
     if ARGV[i] == 'target' then
       target = ARGV[i + 1]
+    elseif ARGV[i] == 'every' or ARGV[i] == 'cron' then
+      recurring = true
     end
+  end
+  if delay ~= '' then
+    due = string.format('%.0f', tonumber(now) + tonumber(delay))
+  end
+  if due ~= '' and not recurring and tonumber(due) <= tonumber(now) then
+    due = ''
+  end
+  if due == '' and key ~= '' and policy == 'reject' and not take_slot(prefix, key, limit, id) then
+    return -1
+  end
+  local deadline = ''
+  if deadline_in ~= '' and not recurring then
+    deadline = string.format('%.0f', tonumber(now) + tonumber(deadline_in))
+    fields[#fields + 1] = 'deadline'
+    fields[#fields + 1] = deadline
+  end
+  if due ~= '' then
+    fields[#fields + 1] = 'run_at'
+    fields[#fields + 1] = due
   end
   redis.call('HSET', tk, unpack(fields))
   accepted = accepted + 1
@@ -54,7 +78,7 @@ local function enqueue(id, worker, wake, priority, created, due, key, deadline, 
     publish_json(ch, {op = 'schedule', due = tonumber(due)})
     return 3
   end
-  local state = admit(prefix, id, {worker = worker, priority = priority, created = created,
+  local state = admit(prefix, id, {worker = worker, priority = priority, created = now,
     key = key, klimit = limit, target = target or false, fresh = true}, ch, events, now)
   if state == 'deferred' then
     return 2
@@ -63,7 +87,7 @@ local function enqueue(id, worker, wake, priority, created, due, key, deadline, 
 end
 
 local out = {}
-local i = 7
+local i = 6
 while i <= #ARGV do
   local count = tonumber(ARGV[i + 8])
   local ok, code = pcall(enqueue, ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4],

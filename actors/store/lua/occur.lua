@@ -3,9 +3,9 @@
 -- for one occurrence cannot both create it, and its id (template@due) is the same on every node.
 -- KEYS[1] scheduled set, KEYS[2] template hash
 -- ARGV[1] key prefix, ARGV[2] template id, ARGV[3] due (ms), ARGV[4] next due ('' = never),
--- ARGV[5] now, ARGV[6] task channel, ARGV[7] events channel
+-- ARGV[5] task channel, ARGV[6] events channel
 -- Returns 1 created, 0 someone else advanced the template (or it was cancelled).
-local prefix, tid, due, now = ARGV[1], ARGV[2], ARGV[3], ARGV[5]
+local prefix, tid, due, now = ARGV[1], ARGV[2], ARGV[3], redis_ms()
 local score = redis.call('ZSCORE', KEYS[1], tid)
 if (not score) or tonumber(score) ~= tonumber(due) then
   return 0
@@ -34,7 +34,7 @@ if redis.call('EXISTS', ok) == 0 then
   end
   redis.call('HINCRBY', prefix .. ':stats', 'accepted', 1)
   admit(prefix, oid, {worker = t[2], priority = t[4], created = now, key = t[7], klimit = t[8]},
-    ARGV[6], ARGV[7], now)
+    ARGV[5], ARGV[6], now)
 end
 if ARGV[4] == '' then
   redis.call('ZREM', KEYS[1], tid)

@@ -7,7 +7,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use serde_json::{Value, json};
 
-use super::{Redis, finish_op, hget, me, places, settings, slots};
+use super::{Redis, backdate, finish_op, hget, me, places, settings, slots};
 use crate::config::KeyPolicy;
 use crate::decide::cron::Recurrence;
 use crate::model::task::{Target, TaskSpec, TaskState, now_ms};
@@ -166,14 +166,14 @@ async fn a_due_entry_fires_once_however_many_schedulers_ask() {
         .unwrap();
 
     // A one-shot entry leaves the scheduled set in the call that queues it.
-    let later = now_ms() + 1_000;
-    let due = store.fire_due(later, 10).await.unwrap();
+    backdate(&mut con, "bg:scheduled", "once").await;
+    let (_, due) = store.fire_due(10).await.unwrap();
     assert_eq!(places(&mut con, "once").await, ["bg:pending:w"]);
     assert_eq!(
         hget(&mut con, "once", "state").await.as_deref(),
         Some("queued")
     );
-    let again = store.fire_due(later, 10).await.unwrap();
+    let (_, again) = store.fire_due(10).await.unwrap();
     assert_eq!(again, due, "a second scheduler sees only the template");
     assert_eq!(places(&mut con, "once").await, ["bg:pending:w"]);
 
@@ -181,10 +181,8 @@ async fn a_due_entry_fires_once_however_many_schedulers_ask() {
     assert_eq!(due.len(), 1);
     assert_eq!((due[0].id.as_str(), due[0].due), ("tick", t0));
     let next = Some(t0 + 1_000);
-    let (first, second) = tokio::join!(
-        store.occur("tick", t0, next, later),
-        store.occur("tick", t0, next, later)
-    );
+    let (first, second) =
+        tokio::join!(store.occur("tick", t0, next), store.occur("tick", t0, next));
     let mut won = [first.unwrap(), second.unwrap()];
     won.sort();
     assert_eq!(won, [false, true]);
@@ -199,12 +197,7 @@ async fn a_due_entry_fires_once_however_many_schedulers_ask() {
     assert_eq!(score as u64, t0 + 1_000);
 
     // A scheduler that read the old due time changes nothing.
-    assert!(
-        !store
-            .occur("tick", t0, Some(t0 + 2_000), later)
-            .await
-            .unwrap()
-    );
+    assert!(!store.occur("tick", t0, Some(t0 + 2_000)).await.unwrap());
     let score: f64 = redis::cmd("ZSCORE")
         .arg("bg:scheduled")
         .arg("tick")
@@ -266,7 +259,7 @@ async fn key_slots_are_pruned_and_held_from_queued_to_finished() {
     store.write(&[retry]).await.unwrap();
     assert_eq!(slots(&mut con).await, ["a"]);
     assert_eq!(places(&mut con, "b").await, ["bg:deferred:k"]);
-    store.fire_due(now_ms(), 10).await.unwrap();
+    store.fire_due(10).await.unwrap();
     assert_eq!(slots(&mut con).await, ["a"]);
 
     // Finished, it frees the slot for the oldest deferred task.
