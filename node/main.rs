@@ -389,6 +389,7 @@ async fn dispatch(cli: Cli) -> Result<u8, Exit> {
             let wait_for =
                 parse_duration(wait_timeout).map_err(|e| usage(format!("--wait-timeout: {e}")))?;
             let client = connect(&settings).await?;
+            let check = spec.clone();
             let (id, accepted) = match client.submit(vec![spec]).await {
                 Ok(mut v) => v.remove(0),
                 Err(e @ ClientError::KeyFull { .. }) => return Err(Exit(EXIT_REFUSED, e.into())),
@@ -402,6 +403,9 @@ async fn dispatch(cli: Cli) -> Result<u8, Exit> {
                     eprintln!("note: a task with id {id} exists; nothing was added");
                 }
                 _ => {}
+            }
+            if accepted != Accepted::Exists {
+                warn_unrunnable(&client, &check, &id, &settings).await;
             }
             if !*wait {
                 out!("{id}");
@@ -513,6 +517,27 @@ async fn dispatch(cli: Cli) -> Result<u8, Exit> {
             .await
         }
     }
+}
+
+/// Says on stderr when no live node can run the task just enqueued, why, and what becomes of
+/// it.
+async fn warn_unrunnable(client: &Client, spec: &TaskSpec, id: &str, settings: &Settings) {
+    let Ok(Some(why)) = client.unrunnable(spec).await else {
+        return;
+    };
+    let limit = settings.tasks.unrunnable_after;
+    let fate = if limit.is_zero() {
+        "with no limit ([tasks] unrunnable_after is 0)".to_owned()
+    } else {
+        format!(
+            "and expires if it still cannot run after {} ([tasks] unrunnable_after)",
+            format_duration(limit)
+        )
+    };
+    eprintln!(
+        "warning: {why}: task {id} cannot run now; it waits for {}, {fate}",
+        why.waits_for()
+    );
 }
 
 async fn control(cli: &Cli, op: ControlOp, select: &NodeSelect) -> Result<u8, Exit> {
@@ -745,11 +770,24 @@ fn print_overview(o: &Overview) {
         ("dead", &o.dead),
     ];
     for (name, rows) in groups {
-        out!("{name} ({}):", count(name));
+        match (name, count("unrunnable")) {
+            ("pending", n) if n > 0 => {
+                out!("{name} ({}, {n} that no live node can run):", count(name));
+            }
+            _ => out!("{name} ({}):", count(name)),
+        }
         for r in rows {
             let mut line = format!("  {}  {}  {}", r.id, r.worker, r.state);
             match name {
-                "pending" => line.push_str(&format!("  priority {}", r.priority)),
+                "pending" => {
+                    line.push_str(&format!("  priority {}", r.priority));
+                    if let Some(node) = r.target.as_deref().and_then(|t| t.strip_prefix("node:")) {
+                        line.push_str(&format!("  only on {node}"));
+                    }
+                    if let Some(why) = &r.unrunnable {
+                        line.push_str(&format!("  CANNOT RUN NOW: {why}"));
+                    }
+                }
                 "scheduled" => {
                     line.push_str(&format!("  due {}", time(r.due)));
                     if let Some(every) = r.every {

@@ -9,4 +9,5 @@ pub(crate) mod outcome;
 pub(crate) mod placement;
 pub(crate) mod policy;
 pub(crate) mod restart;
+pub(crate) mod runnable;
 pub(crate) mod times;

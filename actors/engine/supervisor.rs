@@ -228,6 +228,7 @@ impl SupervisorState {
                     store: p.store.clone(),
                     wake: p.schedule.clone(),
                     missed: p.settings.scheduler.missed,
+                    unrunnable_after: p.settings.tasks.unrunnable_after,
                 };
                 Actor::spawn_linked(None, Scheduler, args, me)
                     .await?

@@ -77,6 +77,7 @@ struct Scripts {
     fire: Script,
     occur: Script,
     expire: Script,
+    unrunnable: Script,
     cancel: Script,
     retry: Script,
     adopt: Script,
@@ -98,6 +99,7 @@ impl Scripts {
             fire: lua!("fire.lua"),
             occur: lua!("occur.lua"),
             expire: lua!("expire.lua"),
+            unrunnable: lua!("unrunnable.lua"),
             cancel: lua!("cancel.lua"),
             retry: lua!("retry.lua"),
             adopt: lua!("adopt.lua"),
@@ -108,7 +110,7 @@ impl Scripts {
         }
     }
 
-    fn all(&self) -> [&Script; 16] {
+    fn all(&self) -> [&Script; 17] {
         [
             &self.enqueue,
             &self.claim,
@@ -119,6 +121,7 @@ impl Scripts {
             &self.fire,
             &self.occur,
             &self.expire,
+            &self.unrunnable,
             &self.cancel,
             &self.retry,
             &self.adopt,
