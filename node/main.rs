@@ -315,6 +315,9 @@ fn describe(e: &anyhow::Error) -> String {
 
 /// Logs to stderr: `RUST_LOG` when it is set (and not empty), else `default` for bgnode with
 /// the cluster libraries quiet (their per-session chatter shows with `RUST_LOG=info`).
+/// ractor_cluster's node server logs the end of every session, a normal one included, as a
+/// warning with a dump of the peer's name struct; the membership logs each end itself, in words
+/// and at the level it deserves, so that module is limited to errors unless `RUST_LOG` asks.
 fn init_logging(default: &str) {
     let filter = std::env::var("RUST_LOG")
         .ok()
@@ -322,7 +325,9 @@ fn init_logging(default: &str) {
         .and_then(|v| tracing_subscriber::EnvFilter::try_new(v).ok())
         .unwrap_or_else(|| {
             tracing_subscriber::EnvFilter::new(format!(
-                "{default},ractor=warn,ractor_cluster=warn,chitchat=warn"
+                "{default},ractor=warn,ractor_cluster=warn,ractor_cluster::node=error,\
+                 ractor_cluster::node::node_session=warn,ractor_cluster::node::client=warn,\
+                 ractor_cluster::node::auth=warn,chitchat=warn"
             ))
         });
     tracing_subscriber::fmt()

@@ -241,6 +241,7 @@ impl SupervisorState {
                     store: p.store.clone(),
                     dispatcher: p.dispatcher.clone(),
                     control: p.control.clone(),
+                    cluster: p.cluster.clone(),
                 };
                 Actor::spawn_linked(None, PeerActor, args, me)
                     .await?
