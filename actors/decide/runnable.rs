@@ -110,9 +110,123 @@ pub(crate) fn unrunnable(
     }
 }
 
+/// One case of the rule, for the unit test here and for `unrunnable.lua`'s store test: the
+/// members (id, whether its liveness lease exists, its report's workers: `None` no report), a
+/// task's worker and pinned node, and the reason no live node can run it (`None`: one can).
+#[cfg(test)]
+pub(crate) struct Case {
+    pub members: &'static [(&'static str, bool, Option<&'static [&'static str]>)],
+    pub worker: &'static str,
+    pub pinned: Option<&'static str>,
+    pub want: Option<&'static str>,
+}
+
+/// The rule as a table.
+#[cfg(test)]
+pub(crate) const CASES: &[Case] = &[
+    Case {
+        members: &[("n1", true, Some(&["echo"]))],
+        worker: "echo",
+        pinned: None,
+        want: None,
+    },
+    Case {
+        members: &[("n1", true, Some(&["echo"]))],
+        worker: "other",
+        pinned: None,
+        want: Some("no live node offers worker `other`"),
+    },
+    Case {
+        members: &[
+            ("n1", true, Some(&["echo"])),
+            ("n2", false, Some(&["other"])),
+        ],
+        worker: "other",
+        pinned: None,
+        want: Some("no live node offers worker `other`"),
+    },
+    Case {
+        members: &[
+            ("n1", true, Some(&["echo"])),
+            ("n2", true, Some(&["other"])),
+        ],
+        worker: "other",
+        pinned: None,
+        want: None,
+    },
+    Case {
+        members: &[("n1", true, None)],
+        worker: "other",
+        pinned: None,
+        want: None,
+    },
+    Case {
+        members: &[("n1", true, Some(&[]))],
+        worker: "other",
+        pinned: None,
+        want: None,
+    },
+    Case {
+        members: &[],
+        worker: "echo",
+        pinned: None,
+        want: Some("no live node offers worker `echo`"),
+    },
+    Case {
+        members: &[("n1", true, Some(&["echo"]))],
+        worker: "echo",
+        pinned: Some("n1"),
+        want: None,
+    },
+    Case {
+        members: &[("n1", true, Some(&["echo"]))],
+        worker: "other",
+        pinned: Some("n1"),
+        want: Some("node `n1` does not offer worker `other`"),
+    },
+    Case {
+        members: &[("n1", true, None)],
+        worker: "other",
+        pinned: Some("n1"),
+        want: None,
+    },
+    Case {
+        members: &[("n1", true, Some(&["echo"]))],
+        worker: "echo",
+        pinned: Some("n2"),
+        want: Some("node `n2` is not live"),
+    },
+    Case {
+        members: &[
+            ("n1", true, Some(&["echo"])),
+            ("n2", false, Some(&["echo"])),
+        ],
+        worker: "echo",
+        pinned: Some("n2"),
+        want: Some("node `n2` is not live"),
+    },
+];
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_table_holds() {
+        for (i, case) in CASES.iter().enumerate() {
+            let mut live = LiveNodes::default();
+            for (node, alive, workers) in case.members {
+                // What `Store::live_nodes` does: only leased members; a report listing no
+                // worker counts as none.
+                if *alive {
+                    let w = workers.filter(|w| !w.is_empty());
+                    live.add(node, w.map(|w| w.iter().map(|s| s.to_string()).collect()));
+                }
+            }
+            let got = unrunnable(case.worker, case.pinned, &live).map(|u| u.to_string());
+            assert_eq!(got.as_deref(), case.want, "case {i}");
+        }
+    }
 
     fn live(nodes: &[(&str, Option<&[&str]>)]) -> LiveNodes {
         let mut l = LiveNodes::default();
