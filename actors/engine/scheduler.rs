@@ -162,10 +162,17 @@ async fn sweep_unrunnable(
     period: Duration,
 ) -> Result<(), crate::store::StoreError> {
     let idle = (period * 8).max(Duration::from_secs(30));
-    let expired = ctx
-        .store
-        .expire_unrunnable(ctx.unrunnable_after, idle, BATCH)
-        .await?;
+    let mut expired = 0;
+    loop {
+        let n = ctx
+            .store
+            .expire_unrunnable(ctx.unrunnable_after, idle, BATCH)
+            .await?;
+        expired += n;
+        if n < BATCH {
+            break;
+        }
+    }
     if expired > 0 {
         tracing::info!(
             expired,
