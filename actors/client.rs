@@ -14,8 +14,9 @@ use serde_json::Value;
 use crate::cluster::wire::ControlOp;
 use crate::config::Settings;
 use crate::decide::placement::Load;
+use crate::decide::runnable::{Unrunnable, unrunnable};
 use crate::model::events::{Ending, ending_of};
-use crate::model::task::{SpecError, TaskSpec, TaskStatus};
+use crate::model::task::{SpecError, Target, TaskSpec, TaskStatus};
 use crate::store::{Accepted, CancelResult, Overview, RetryResult, Store, StoreError};
 
 /// A client error.
@@ -184,6 +185,21 @@ impl Client {
             });
         }
         Ok(stored)
+    }
+
+    /// Why no live node could run `spec` now, or `None` when one could (or the task is a
+    /// broadcast, target `all`). Such a task is still accepted: it waits for a node that can
+    /// run it, at most `[tasks] unrunnable_after`, then ends `expired`. `submit` does not
+    /// check (it would cost every enqueue a round trip); call this when you want to warn, as
+    /// `bgnode do` does.
+    pub async fn unrunnable(&self, spec: &TaskSpec) -> Result<Option<Unrunnable>, ClientError> {
+        let pinned = match spec.target.clone().resolve(&self.local_node) {
+            Target::All => return Ok(None),
+            Target::Node(node) => Some(node),
+            Target::Any | Target::Local => None,
+        };
+        let live = self.store.live_nodes().await?;
+        Ok(unrunnable(&spec.worker, pinned.as_deref(), &live))
     }
 
     /// Enqueues a task and waits up to `timeout` for its result. When a task with the same id

@@ -40,6 +40,8 @@ pub struct Settings {
     pub scheduler: SchedulerSettings,
     /// `[keys]`: per-key limits.
     pub keys: KeySettings,
+    /// `[tasks]`: what happens to tasks no live node can run.
+    pub tasks: TaskSettings,
     /// `[saver]`: durable writes.
     pub saver: SaverSettings,
     /// `[limits]`: input sizes.
@@ -117,6 +119,16 @@ pub struct WorkerSettings {
 pub struct SchedulerSettings {
     /// What to do with occurrences missed during an outage.
     pub missed: Missed,
+}
+
+/// `[tasks]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskSettings {
+    /// A waiting task that no live node has been able to run for this long (its worker offered
+    /// by none, or its target node not live) ends `expired`; zero: it waits for ever.
+    #[serde(with = "serde_human")]
+    pub unrunnable_after: Duration,
 }
 
 /// `[keys]`
@@ -471,6 +483,14 @@ impl Settings {
         }
         if self.saver.result_ttl < Duration::from_secs(1) {
             return Err(bad("saver.result_ttl", "must be at least 1s".into()));
+        }
+        if !self.tasks.unrunnable_after.is_zero()
+            && self.tasks.unrunnable_after < Duration::from_secs(1)
+        {
+            return Err(bad(
+                "tasks.unrunnable_after",
+                "must be at least 1s (or 0 to keep such tasks for ever)".into(),
+            ));
         }
         if self.saver.batch == 0 {
             return Err(bad("saver.batch", "must be at least 1".into()));

@@ -34,7 +34,8 @@
 //!   outcome, status, record fields), `envelope` (channel messages), `events`, `names`.
 //! - `decide/`: pure decisions, unit-tested without I/O: `policy` (what an attempt leads to),
 //!   `outcome` (an attempt's end as one fenced write), `placement`, `fencing`, `cron`, `due`
-//!   (a new task's first run), `times`, `backoff`, `restart` (supervisors' restart policy).
+//!   (a new task's first run), `times`, `backoff`, `restart` (supervisors' restart policy),
+//!   `runnable` (whether any live node can run a waiting task).
 //! - `store/`: every Redis round trip: `keys`, `tasks`, `writes`, `ownership`, `timers`,
 //!   `members`, `views`, and the atomic scripts in `lua/`.
 //! - `engine/`: the node's actors: `supervisor`, `ingress`, `scheduler`, `dispatcher` (with
@@ -72,6 +73,7 @@ pub use cluster::wire::ControlOp;
 pub use config::{ConfigError, Settings, Sources};
 pub use decide::cron::{Cron, Missed, Recurrence};
 pub use decide::restart::RestartPolicy;
+pub use decide::runnable::Unrunnable;
 pub use engine::dispatcher::LaneStats;
 pub use model::names::NameError;
 pub use model::task::{

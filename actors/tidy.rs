@@ -286,3 +286,30 @@ fn the_readme_runs_only_workers_that_ship() {
     }
     assert!(named >= 15, "only {named} `do` lines found");
 }
+
+#[test]
+fn the_ci_runs_the_test_command_the_readme_gives() {
+    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
+    let quick = &readme[readme.find("## Quick start").unwrap()..];
+    let quick = &quick[..quick[3..].find("\n## ").map_or(quick.len(), |i| i + 3)];
+    let commands: Vec<&str> = quick
+        .split("```sh\n")
+        .skip(1)
+        .filter_map(|block| block.split("```").next())
+        .collect();
+    assert_eq!(
+        &commands[..2],
+        ["./dev node\n", "./dev test\n"],
+        "the quick start is two commands"
+    );
+    let ci = std::fs::read_to_string(root().join(".ci/run")).unwrap();
+    let last = ci
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty() && !l.starts_with('#'))
+        .unwrap();
+    assert_eq!(
+        last, "./dev test",
+        ".ci/run must end with the README's test command"
+    );
+}

@@ -315,6 +315,9 @@ fn describe(e: &anyhow::Error) -> String {
 
 /// Logs to stderr: `RUST_LOG` when it is set (and not empty), else `default` for bgnode with
 /// the cluster libraries quiet (their per-session chatter shows with `RUST_LOG=info`).
+/// ractor_cluster's node server logs the end of every session, a normal one included, as a
+/// warning with a dump of the peer's name struct; the membership logs each end itself, in words
+/// and at the level it deserves, so that module is limited to errors unless `RUST_LOG` asks.
 fn init_logging(default: &str) {
     let filter = std::env::var("RUST_LOG")
         .ok()
@@ -322,7 +325,9 @@ fn init_logging(default: &str) {
         .and_then(|v| tracing_subscriber::EnvFilter::try_new(v).ok())
         .unwrap_or_else(|| {
             tracing_subscriber::EnvFilter::new(format!(
-                "{default},ractor=warn,ractor_cluster=warn,chitchat=warn"
+                "{default},ractor=warn,ractor_cluster=warn,ractor_cluster::node=error,\
+                 ractor_cluster::node::node_session=warn,ractor_cluster::node::client=warn,\
+                 ractor_cluster::node::auth=warn,chitchat=warn"
             ))
         });
     tracing_subscriber::fmt()
@@ -389,6 +394,7 @@ async fn dispatch(cli: Cli) -> Result<u8, Exit> {
             let wait_for =
                 parse_duration(wait_timeout).map_err(|e| usage(format!("--wait-timeout: {e}")))?;
             let client = connect(&settings).await?;
+            let check = spec.clone();
             let (id, accepted) = match client.submit(vec![spec]).await {
                 Ok(mut v) => v.remove(0),
                 Err(e @ ClientError::KeyFull { .. }) => return Err(Exit(EXIT_REFUSED, e.into())),
@@ -402,6 +408,9 @@ async fn dispatch(cli: Cli) -> Result<u8, Exit> {
                     eprintln!("note: a task with id {id} exists; nothing was added");
                 }
                 _ => {}
+            }
+            if accepted != Accepted::Exists {
+                warn_unrunnable(&client, &check, &id, &settings).await;
             }
             if !*wait {
                 out!("{id}");
@@ -513,6 +522,27 @@ async fn dispatch(cli: Cli) -> Result<u8, Exit> {
             .await
         }
     }
+}
+
+/// Says on stderr when no live node can run the task just enqueued, why, and what becomes of
+/// it.
+async fn warn_unrunnable(client: &Client, spec: &TaskSpec, id: &str, settings: &Settings) {
+    let Ok(Some(why)) = client.unrunnable(spec).await else {
+        return;
+    };
+    let limit = settings.tasks.unrunnable_after;
+    let fate = if limit.is_zero() {
+        "with no limit ([tasks] unrunnable_after is 0)".to_owned()
+    } else {
+        format!(
+            "and expires if it still cannot run after {} ([tasks] unrunnable_after)",
+            format_duration(limit)
+        )
+    };
+    eprintln!(
+        "warning: {why}: task {id} cannot run now; it waits for {}, {fate}",
+        why.waits_for()
+    );
 }
 
 async fn control(cli: &Cli, op: ControlOp, select: &NodeSelect) -> Result<u8, Exit> {
@@ -745,11 +775,24 @@ fn print_overview(o: &Overview) {
         ("dead", &o.dead),
     ];
     for (name, rows) in groups {
-        out!("{name} ({}):", count(name));
+        match (name, count("unrunnable")) {
+            ("pending", n) if n > 0 => {
+                out!("{name} ({}, {n} that no live node can run):", count(name));
+            }
+            _ => out!("{name} ({}):", count(name)),
+        }
         for r in rows {
             let mut line = format!("  {}  {}  {}", r.id, r.worker, r.state);
             match name {
-                "pending" => line.push_str(&format!("  priority {}", r.priority)),
+                "pending" => {
+                    line.push_str(&format!("  priority {}", r.priority));
+                    if let Some(node) = r.target.as_deref().and_then(|t| t.strip_prefix("node:")) {
+                        line.push_str(&format!("  only on {node}"));
+                    }
+                    if let Some(why) = &r.unrunnable {
+                        line.push_str(&format!("  CANNOT RUN NOW: {why}"));
+                    }
+                }
                 "scheduled" => {
                     line.push_str(&format!("  due {}", time(r.due)));
                     if let Some(every) = r.every {

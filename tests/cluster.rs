@@ -1432,3 +1432,49 @@ async fn clocks_minutes_apart_decide_nothing() {
 
 /// How long a task with a deadline may take to end.
 const WAIT_CLOCK: Duration = Duration::from_secs(10);
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_graceful_leave_logs_clean_lines() {
+    let _serial = SERIAL.lock().await;
+    // No RUST_LOG: the default filter.
+    let mut s = Scenario::start(&["n1", "n2", "n3"], &[("RUST_LOG", "")]).await;
+    let ids = s.enqueue("leave", 30, 20).await;
+    s.wait_done(&ids, Duration::from_secs(30)).await;
+
+    // n3 leaves on SIGTERM, n2 on `bgnode stop`.
+    s.signal("n3", Signal::TERM);
+    let n3 = s.nodes.get_mut("n3").unwrap();
+    assert!(n3.wait_exit(Duration::from_secs(20)).await.success());
+    // The ingress lease may still be moving off n3: ask until a node listens.
+    eventually(
+        Duration::from_secs(10),
+        "`bgnode stop` to reach n2",
+        || async {
+            let (code, _, _) = cli(&s.redis, &["stop", "--node", "n2"]).await;
+            (code == 0).then_some(())
+        },
+    )
+    .await;
+    let n2 = s.nodes.get_mut("n2").unwrap();
+    assert!(n2.wait_exit(Duration::from_secs(20)).await.success());
+    for gone in ["n2", "n3"] {
+        s.nodes["n1"]
+            .wait_log(
+                &format!("INFO background::cluster::membership: node {gone} left the cluster"),
+                Duration::from_secs(10),
+            )
+            .await;
+    }
+    for (id, node) in &s.nodes {
+        let log = node.log();
+        let unclean: Vec<&str> = log
+            .lines()
+            .filter(|l| !l.contains(" INFO ") || l.contains("Some(") || l.contains(" { "))
+            .collect();
+        assert!(
+            unclean.is_empty(),
+            "{id} logged more than clean INFO lines for a graceful leave:\n{}",
+            unclean.join("\n")
+        );
+    }
+}

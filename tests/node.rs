@@ -5,7 +5,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::{NodeProc, Redis, cli, eventually, state_of, test_workers, wait_state, write_script};
+use common::{
+    NodeProc, Redis, cli, cli_env, eventually, state_of, test_workers, wait_state, write_script,
+};
 use rustix::process::Signal;
 use serde_json::{Value, json};
 use tokio::io::AsyncBufReadExt;
@@ -869,4 +871,132 @@ async fn the_attempt_a_worker_sees_is_recorded_before_it_starts() {
         vec![1, 2],
         "a second run of an interrupted attempt is the next attempt"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_task_no_live_node_can_run_is_announced_listed_and_expires() {
+    let limit = [("BGNODE_TASKS__UNRUNNABLE_AFTER", "6s")];
+    let (redis, workers, _n1) = common::one_node(&limit).await;
+    let events = redis.events().await;
+    eventually(T, "n1 to report its workers", || async {
+        let (_, out, _) = cli(&redis, &["info", "--json"]).await;
+        out.contains(r#""echo":{"#).then_some(())
+    })
+    .await;
+
+    // Said at enqueue, on stderr: why, and what becomes of the task (the CLI reads the same
+    // configuration as the nodes).
+    let (code, _, err) = cli_env(
+        &redis,
+        &limit,
+        &["do", "echo", "--target", "node:n2", "--id", "for-n2"],
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("warning: node `n2` is not live")
+            && err.contains("waits for node `n2` to come back")
+            && err.contains("6s ([tasks] unrunnable_after)"),
+        "{err}"
+    );
+    let (code, _, err) = cli_env(
+        &redis,
+        &limit,
+        &["do", "echo", "--target", "node:n9", "--id", "for-n9"],
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("node `n9` is not live"), "{err}");
+    let (code, _, err) = cli_env(&redis, &limit, &["do", "nosuch", "--id", "nobody"]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("no live node offers worker `nosuch`"), "{err}");
+    let (code, _, err) = cli_env(
+        &redis,
+        &limit,
+        &["do", "echo", "--target", "node:n1", "--wait"],
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        !err.contains("warning"),
+        "a runnable task is not warned about: {err}"
+    );
+
+    // Listed by `bgnode bg`, marked with the reason.
+    let (code, out, err) = cli(&redis, &["bg", "--json"]).await;
+    assert_eq!(code, 0, "{err}");
+    let bg: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(bg["counts"]["unrunnable"], 3, "{bg}");
+    let why = |id: &str| {
+        bg["pending"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["id"] == id)
+            .map(|r| r["unrunnable"].clone())
+    };
+    assert_eq!(why("for-n2"), Some(json!("node `n2` is not live")), "{bg}");
+    assert_eq!(why("for-n9"), Some(json!("node `n9` is not live")), "{bg}");
+    assert_eq!(
+        why("nobody"),
+        Some(json!("no live node offers worker `nosuch`"))
+    );
+    let (_, out, _) = cli(&redis, &["bg"]).await;
+    assert!(
+        out.contains("pending (3, 3 that no live node can run)")
+            && out.contains("only on n9  CANNOT RUN NOW: node `n9` is not live"),
+        "{out}"
+    );
+
+    // The sweep has started the clock of n2's set; n2 comes back in time and runs its task.
+    eventually(T, "the clock of n2's pending set", || async {
+        let mut con = redis.con().await;
+        let on: bool = redis::cmd("HEXISTS")
+            .arg("bg:unrunnable")
+            .arg("bg:pending:echo@n2")
+            .query_async(&mut con)
+            .await
+            .unwrap();
+        on.then_some(())
+    })
+    .await;
+    let _n2 = NodeProc::start(&redis, "n2", workers.path(), &limit);
+    wait_state(&redis, "for-n2", "done").await;
+
+    // The others expire once they have waited the limit, answering a waiter and announcing it.
+    let (code, _, err) = cli_env(
+        &redis,
+        &limit,
+        &["do", "nosuch", "--id", "nobody", "--wait"],
+    )
+    .await;
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("task nobody expired: cannot run: no live node offers worker `nosuch`"),
+        "{err}"
+    );
+    wait_state(&redis, "for-n9", "expired").await;
+    let status = status_json(&redis, "for-n9").await;
+    assert!(
+        status["error"]
+            .as_str()
+            .unwrap()
+            .contains("node `n9` is not live (waited longer than [tasks] unrunnable_after, 6s)"),
+        "{status}"
+    );
+    let waited = status["finished"].as_u64().unwrap() - status["created"].as_u64().unwrap();
+    assert!(
+        (6_000..15_000).contains(&waited),
+        "expired after {waited} ms"
+    );
+    eventually(T, "the expired events", || async {
+        let ids: Vec<Value> = events
+            .of("expired")
+            .iter()
+            .map(|e| e["id"].clone())
+            .collect();
+        (ids.contains(&json!("for-n9")) && ids.contains(&json!("nobody"))).then_some(())
+    })
+    .await;
+    assert_eq!(state_of(&redis, "for-n2").await.as_deref(), Some("done"));
 }

@@ -5,7 +5,7 @@
 //! publishes this node's load here; placement, stealing and the ingress read both. Peers find
 //! each other's peer actor through the process group `bgnode.peer.{id}` ([`group`]).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::RwLock;
 use std::time::Duration;
 
@@ -46,6 +46,8 @@ pub(crate) struct ClusterHandle {
     node: String,
     view: RwLock<View>,
     own: RwLock<NodeLoad>,
+    /// Peers that said they are leaving gracefully ([`Body::Leaving`]).
+    leaving: RwLock<BTreeSet<String>>,
 }
 
 impl ClusterHandle {
@@ -55,7 +57,26 @@ impl ClusterHandle {
             node: node.to_owned(),
             view: RwLock::new(View::default()),
             own: RwLock::new(NodeLoad::new()),
+            leaving: RwLock::new(BTreeSet::new()),
         }
+    }
+
+    /// Notes that `node` said it is leaving gracefully (until it connects again).
+    pub(crate) fn set_leaving(&self, node: &str, leaving: bool) {
+        let mut set = self.leaving.write().unwrap_or_else(|e| e.into_inner());
+        if leaving {
+            set.insert(node.to_owned());
+        } else {
+            set.remove(node);
+        }
+    }
+
+    /// Whether `node` said it is leaving gracefully.
+    pub(crate) fn is_leaving(&self, node: &str) -> bool {
+        self.leaving
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(node)
     }
 
     /// This node's load per worker type, as the dispatcher last published it.

@@ -84,6 +84,7 @@ pub(crate) struct MembershipArgs {
 
 /// Its state.
 pub(crate) struct MembershipState {
+    cluster: Arc<ClusterHandle>,
     server: ActorRef<NodeServerMessage>,
     chitchat: Arc<ChitchatHandle>,
     task: JoinHandle<()>,
@@ -147,6 +148,7 @@ impl Actor for Membership {
         let duties = watch_task(redis_duties(ctx.clone()), myself, MembershipMsg::LoopDied);
         tracing::info!(%listen, %advertise, tls = s.tls(), "cluster link listening");
         Ok(MembershipState {
+            cluster: ctx.cluster.clone(),
             server,
             chitchat,
             task,
@@ -179,6 +181,16 @@ impl Actor for Membership {
                     .chitchat
                     .with_chitchat(|c| c.self_node_state().set("leaving", "1"))
                     .await;
+                // Gossip may not reach the peers before the sessions close: tell each one over
+                // its session too, and wait (briefly) until it has noted it, so that it takes
+                // the close for a leave.
+                let peers: Vec<String> = state.cluster.view().peers.into_keys().collect();
+                let told = peers.iter().map(|peer| {
+                    state
+                        .cluster
+                        .call(peer, Body::Leaving, Duration::from_millis(500))
+                });
+                futures::future::join_all(told).await;
                 let _ = reply.send(());
                 Ok(())
             }
@@ -255,7 +267,7 @@ async fn run(
         tokio::select! {
             _ = tick.tick() => {}
             Some(event) = events.recv() => {
-                on_session_event(&mut links, event);
+                on_session_event(&ctx, &mut links, event);
                 continue;
             }
             Some(node) = pongs.recv() => {
@@ -290,7 +302,8 @@ async fn run(
                                 generation: id.generation_id,
                                 addr,
                                 load,
-                                leaving: state.get("leaving").is_some(),
+                                leaving: state.get("leaving").is_some()
+                                    || ctx.cluster.is_leaving(&id.node_id),
                             },
                         ))
                     })
@@ -373,7 +386,7 @@ async fn redis_duties(ctx: Arc<MembershipArgs>) {
     }
 }
 
-fn on_session_event(links: &mut HashMap<String, Link>, event: SessionEvent) {
+fn on_session_event(ctx: &MembershipArgs, links: &mut HashMap<String, Link>, event: SessionEvent) {
     let name = |ses: &NodeServerSessionInformation| {
         ses.peer_name
             .as_ref()
@@ -383,6 +396,7 @@ fn on_session_event(links: &mut HashMap<String, Link>, event: SessionEvent) {
         SessionEvent::Ready(ses) => {
             if let Some(node) = name(&ses) {
                 tracing::info!(peer = %node, addr = %ses.peer_addr, "cluster session ready");
+                ctx.cluster.set_leaving(&node, false);
                 let link = links.entry(node).or_default();
                 link.session = Some(ses);
                 link.last_pong = Some(Instant::now());
@@ -398,7 +412,14 @@ fn on_session_event(links: &mut HashMap<String, Link>, event: SessionEvent) {
                     .as_ref()
                     .is_some_and(|s| s.actor.get_id() == ses.actor.get_id())
             {
-                tracing::warn!(peer = %node, "cluster session closed");
+                // A close is news only when nobody said it was coming.
+                if ctx.cluster.is_leaving(&node) {
+                    tracing::info!(peer = %node, "node {node} left the cluster; cluster session closed");
+                } else if ctx.leaving.load(std::sync::atomic::Ordering::SeqCst) {
+                    tracing::debug!(peer = %node, "cluster session closed as this node leaves");
+                } else {
+                    tracing::warn!(peer = %node, "cluster session closed");
+                }
                 link.session = None;
                 link.last_pong = None;
             }

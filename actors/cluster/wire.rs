@@ -89,6 +89,9 @@ pub(crate) enum Body {
         /// The operation.
         op: ControlOp,
     },
+    /// I am leaving gracefully and my sessions will close (request); answered with
+    /// [`Body::Ack`] once the peer has noted it, so that it takes the close for a leave.
+    Leaving,
     /// The outcome of a request.
     Ack {
         /// Done.
@@ -134,6 +137,7 @@ mod tests {
     fn envelopes_round_trip() {
         for body in [
             Body::Ping,
+            Body::Leaving,
             Body::Wake { worker: "w".into() },
             Body::Handoff {
                 tasks: vec![Handed {

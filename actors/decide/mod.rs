@@ -10,4 +10,5 @@ pub(crate) mod placement;
 pub(crate) mod policy;
 pub(crate) mod reconcile;
 pub(crate) mod restart;
+pub(crate) mod runnable;
 pub(crate) mod times;

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
-use crate::cluster::handle::group;
+use crate::cluster::handle::{ClusterHandle, group};
 use crate::cluster::wire::{Body, Envelope, Handed, PeerMsg};
 use crate::engine::control::Control;
 use crate::engine::dispatcher::DispatcherMsg;
@@ -26,6 +26,8 @@ pub(crate) struct PeerArgs {
     pub(crate) dispatcher: Arc<Link<DispatcherMsg>>,
     /// Carries out `stop` and `reload`.
     pub(crate) control: Arc<Control>,
+    /// Notes peers that are leaving gracefully.
+    pub(crate) cluster: Arc<ClusterHandle>,
 }
 
 impl Actor for PeerActor {
@@ -102,6 +104,13 @@ async fn receive(peer: &PeerArgs, env: Envelope) -> Option<Body> {
             None
         }
         Body::Control { op } => Some(peer.control.apply(op, &from)),
+        Body::Leaving => {
+            peer.cluster.set_leaving(&from, true);
+            Some(Body::Ack {
+                ok: true,
+                message: format!("{} noted that {from} is leaving", peer.me.node),
+            })
+        }
         Body::Pong | Body::Adopted { .. } | Body::Ack { .. } => None,
     }
 }

@@ -17,6 +17,10 @@
 //! sleep is measured from Redis's time read with the next due time. This node's own clock
 //! decides nothing, so schedulers on hosts whose clocks disagree fire the same occurrences at
 //! the same moments.
+//!
+//! Every [`unrunnable_period`] it also runs `unrunnable.lua`, which expires waiting tasks that
+//! no live node has been able to run for `[tasks] unrunnable_after` (see
+//! [`crate::decide::runnable`]); that script is atomic too, so every node may run it.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -47,6 +51,8 @@ pub(crate) struct SchedulerArgs {
     pub(crate) wake: Arc<Notify>,
     /// What to do with occurrences missed during an outage.
     pub(crate) missed: Missed,
+    /// How long a task may wait with no live node able to run it (zero: for ever).
+    pub(crate) unrunnable_after: Duration,
 }
 
 /// The scheduler's state: its loop.
@@ -98,8 +104,23 @@ impl Actor for Scheduler {
 
 async fn run(ctx: SchedulerArgs) {
     let mut backoff = Backoff::default();
+    let period = unrunnable_period(ctx.unrunnable_after);
+    let mut next_sweep = tokio::time::Instant::now();
     loop {
-        match tick(&ctx).await {
+        let mut result = tick(&ctx).await;
+        if let (Ok(wait), Some(period)) = (result.as_ref(), period) {
+            let now = tokio::time::Instant::now();
+            let wait = *wait;
+            result = if now >= next_sweep {
+                next_sweep = now + period;
+                sweep_unrunnable(&ctx, period)
+                    .await
+                    .map(|()| wait.min(period))
+            } else {
+                Ok(wait.min(next_sweep - now))
+            };
+        }
+        match result {
             Ok(wait) => {
                 backoff.reset();
                 sleep_or_wake(wait, &ctx.wake).await;
@@ -131,6 +152,40 @@ async fn tick(ctx: &SchedulerArgs) -> Result<Duration, crate::store::StoreError>
     }
     let (next, now) = store.next_due().await?;
     Ok(wait_for(next, now))
+}
+
+/// How often the unrunnable sweep runs for a limit of `after`: a quarter of it, between 250 ms
+/// and [`MAX_SLEEP`]; `None` when the limit is off (zero).
+pub(crate) fn unrunnable_period(after: Duration) -> Option<Duration> {
+    (!after.is_zero()).then(|| (after / 4).clamp(Duration::from_millis(250), MAX_SLEEP))
+}
+
+/// Expires tasks that no live node has been able to run for `[tasks] unrunnable_after`. A
+/// set whose clock nobody advanced for a while (no node ran) starts its clock again.
+async fn sweep_unrunnable(
+    ctx: &SchedulerArgs,
+    period: Duration,
+) -> Result<(), crate::store::StoreError> {
+    let idle = (period * 8).max(Duration::from_secs(30));
+    let mut expired = 0;
+    loop {
+        let n = ctx
+            .store
+            .expire_unrunnable(ctx.unrunnable_after, idle, BATCH)
+            .await?;
+        expired += n;
+        if n < BATCH {
+            break;
+        }
+    }
+    if expired > 0 {
+        tracing::info!(
+            expired,
+            "tasks expired: no live node could run them for {}",
+            crate::decide::times::format_duration(ctx.unrunnable_after)
+        );
+    }
+    Ok(())
 }
 
 async fn occur(
@@ -177,6 +232,23 @@ pub(crate) async fn sleep_or_wake(wait: Duration, wake: &Notify) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_unrunnable_sweep_runs_a_quarter_of_the_limit_apart_within_bounds() {
+        assert_eq!(unrunnable_period(Duration::ZERO), None);
+        assert_eq!(
+            unrunnable_period(Duration::from_secs(4)),
+            Some(Duration::from_secs(1))
+        );
+        assert_eq!(
+            unrunnable_period(Duration::from_secs(1)),
+            Some(Duration::from_millis(250))
+        );
+        assert_eq!(
+            unrunnable_period(Duration::from_secs(3_600)),
+            Some(MAX_SLEEP)
+        );
+    }
 
     #[test]
     fn sleeps_until_the_earliest_due_time_capped() {

@@ -233,6 +233,7 @@ impl SupervisorState {
                     store: p.store.clone(),
                     wake: p.schedule.clone(),
                     missed: p.settings.scheduler.missed,
+                    unrunnable_after: p.settings.tasks.unrunnable_after,
                 };
                 Actor::spawn_linked(None, Scheduler, args, me)
                     .await?
@@ -245,6 +246,7 @@ impl SupervisorState {
                     store: p.store.clone(),
                     dispatcher: p.dispatcher.clone(),
                     control: p.control.clone(),
+                    cluster: p.cluster.clone(),
                 };
                 Actor::spawn_linked(None, PeerActor, args, me)
                     .await?

@@ -71,6 +71,14 @@ impl Keys {
     pub(crate) fn node_pending(&self, worker: &str, node: &str) -> String {
         format!("{}:pending:{worker}@{node}", self.prefix)
     }
+    /// `{p}:pinned`: `{worker}@{node}` of every pinned pending set that has had tasks.
+    pub(crate) fn pinned(&self) -> String {
+        format!("{}:pinned", self.prefix)
+    }
+    /// `{p}:unrunnable`: per pending set that no live node can serve, `{since}:{checked}` (ms).
+    pub(crate) fn unrunnable(&self) -> String {
+        format!("{}:unrunnable", self.prefix)
+    }
     /// `{p}:members`: ids of the nodes in the cluster (joined, not yet left or failed over).
     pub(crate) fn members(&self) -> String {
         format!("{}:members", self.prefix)

@@ -4,6 +4,7 @@
 use std::time::{Duration, Instant};
 
 use super::{Keys, Store, StoreResult};
+use crate::decide::runnable::LiveNodes;
 
 /// What the cookie check found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -162,6 +163,30 @@ impl Store {
             pipe.cmd("GET").arg(self.keys.info(n));
         }
         Ok(pipe.query_async(&mut con).await?)
+    }
+
+    /// The live nodes (members holding their liveness lease) with the worker types each
+    /// reports; see [`crate::decide::runnable`].
+    pub(crate) async fn live_nodes(&self) -> StoreResult<LiveNodes> {
+        let members = self.members().await?;
+        let alive = self.alive(&members).await?;
+        let live: Vec<String> = members
+            .into_iter()
+            .zip(alive)
+            .filter_map(|(m, a)| a.then_some(m))
+            .collect();
+        let reports = self.infos(&live).await?;
+        let mut nodes = LiveNodes::default();
+        for (node, report) in live.iter().zip(reports) {
+            let workers = report
+                .and_then(|r| serde_json::from_str::<serde_json::Value>(&r).ok())
+                .and_then(|v| {
+                    let w = v.get("workers")?.as_object()?;
+                    (!w.is_empty()).then(|| w.keys().cloned().collect())
+                });
+            nodes.add(node, workers);
+        }
+        Ok(nodes)
     }
 
     /// Checks this node's cookie (its hash) against the cluster's; see [`CookieCheck`].

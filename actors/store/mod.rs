@@ -82,6 +82,7 @@ struct Scripts {
     fire: Script,
     occur: Script,
     expire: Script,
+    unrunnable: Script,
     cancel: Script,
     retry: Script,
     adopt: Script,
@@ -103,6 +104,7 @@ impl Scripts {
             fire: lua!("fire.lua"),
             occur: lua!("occur.lua"),
             expire: lua!("expire.lua"),
+            unrunnable: lua!("unrunnable.lua"),
             cancel: lua!("cancel.lua"),
             retry: lua!("retry.lua"),
             adopt: lua!("adopt.lua"),
@@ -113,7 +115,7 @@ impl Scripts {
         }
     }
 
-    fn all(&self) -> [&Script; 16] {
+    fn all(&self) -> [&Script; 17] {
         [
             &self.enqueue,
             &self.claim,
@@ -124,6 +126,7 @@ impl Scripts {
             &self.fire,
             &self.occur,
             &self.expire,
+            &self.unrunnable,
             &self.cancel,
             &self.retry,
             &self.adopt,

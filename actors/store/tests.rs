@@ -16,6 +16,7 @@ use crate::store::{Accepted, Incarnation, Store, WriteOp, WriteResult};
 
 mod ownership;
 mod poison;
+mod unrunnable;
 mod waiting;
 
 use crate::test_redis::Redis;

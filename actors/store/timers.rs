@@ -90,6 +90,35 @@ impl Store {
             .await?)
     }
 
+    /// Expires waiting tasks that no live node has been able to run for `limit` (see
+    /// `unrunnable.lua`); a set's clock restarts when no sweep looked at it for `idle`.
+    /// Returns how many tasks expired.
+    pub(crate) async fn expire_unrunnable(
+        &self,
+        limit: Duration,
+        idle: Duration,
+        max: usize,
+    ) -> StoreResult<usize> {
+        let mut con = self.con.clone();
+        let (expired, _blocked): (usize, usize) = self
+            .scripts
+            .unrunnable
+            .key(self.keys.unrunnable())
+            .key(self.keys.workers())
+            .key(self.keys.pinned())
+            .arg(self.keys.prefix())
+            .arg(limit.as_millis() as u64)
+            .arg(idle.as_millis() as u64)
+            .arg(max)
+            .arg(self.names.result_ttl.as_millis() as u64)
+            .arg(&self.names.channel)
+            .arg(&self.names.events)
+            .arg(crate::decide::times::format_duration(limit))
+            .invoke_async(&mut con)
+            .await?;
+        Ok(expired)
+    }
+
     /// The earliest time something scheduled or a deadline is due, and Redis's time now (both
     /// Unix ms).
     pub(crate) async fn next_due(&self) -> StoreResult<(Option<u64>, u64)> {

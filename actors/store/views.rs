@@ -6,6 +6,7 @@ use serde::Serialize;
 
 use super::tasks::parse_status;
 use super::{Store, StoreResult};
+use crate::decide::runnable::unrunnable;
 
 /// One line of `bgnode bg`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -30,12 +31,18 @@ pub struct TaskRow {
     pub cron: Option<String>,
     /// Latest error.
     pub error: Option<String>,
+    /// Where it must run: `all`, `node:<id>`, or `None` (any node).
+    pub target: Option<String>,
+    /// For a waiting task that no live node can run now, why (`node `n9` is not live`, `no
+    /// live node offers worker `x``); it expires after `[tasks] unrunnable_after` so.
+    pub unrunnable: Option<String>,
 }
 
 /// What `bgnode bg` lists.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Overview {
-    /// Tasks waiting for a node, highest priority first.
+    /// Tasks waiting for a node (pinned ones included), highest priority first within each
+    /// worker type; those no live node can run now say why (`unrunnable`).
     pub pending: Vec<TaskRow>,
     /// Delayed, retrying and recurring tasks, soonest first.
     pub scheduled: Vec<TaskRow>,
@@ -43,7 +50,8 @@ pub struct Overview {
     pub running: Vec<TaskRow>,
     /// Tasks whose attempts were exhausted, latest first.
     pub dead: Vec<TaskRow>,
-    /// How many there are of each (the lists are cut at the limit).
+    /// How many there are of each (the lists are cut at the limit), and `unrunnable`: how
+    /// many of the pending ones no live node can run now.
     pub counts: HashMap<String, u64>,
 }
 
@@ -75,6 +83,8 @@ impl Store {
                     every: s.every,
                     cron: s.cron,
                     error: s.error,
+                    target: s.target,
+                    unrunnable: None,
                 }
             })
             .collect())
@@ -84,28 +94,48 @@ impl Store {
     pub(crate) async fn overview(&self, limit: usize) -> StoreResult<Overview> {
         let mut con = self.con.clone();
         let stop = limit.max(1) as isize - 1;
-        let workers: Vec<String> = redis::cmd("SMEMBERS")
+        let (workers, pinned): (Vec<String>, Vec<String>) = redis::pipe()
+            .cmd("SMEMBERS")
             .arg(self.keys.workers())
+            .cmd("SMEMBERS")
+            .arg(self.keys.pinned())
             .query_async(&mut con)
             .await?;
+        let live = self.live_nodes().await?;
+        let mut sets: Vec<(String, &str, Option<&str>)> = workers
+            .iter()
+            .map(|w| (self.keys.pending(w), w.as_str(), None))
+            .collect();
+        sets.extend(pinned.iter().filter_map(|entry| {
+            let (w, node) = entry.split_once('@')?;
+            Some((self.keys.node_pending(w, node), w, Some(node)))
+        }));
         let mut counts = HashMap::new();
         let mut pending_ids = Vec::new();
-        let mut pending_total = 0;
-        for w in &workers {
+        let mut why: HashMap<String, String> = HashMap::new();
+        let (mut pending_total, mut unrunnable_total) = (0, 0);
+        for (key, worker, node) in sets {
             let (n, ids): (u64, Vec<String>) = redis::pipe()
                 .cmd("ZCARD")
-                .arg(self.keys.pending(w))
+                .arg(&key)
                 .cmd("ZRANGE")
-                .arg(self.keys.pending(w))
+                .arg(&key)
                 .arg(0)
                 .arg(stop)
                 .query_async(&mut con)
                 .await?;
             pending_total += n;
+            if n > 0
+                && let Some(reason) = unrunnable(worker, node, &live)
+            {
+                unrunnable_total += n;
+                why.extend(ids.iter().map(|id| (id.clone(), reason.to_string())));
+            }
             pending_ids.extend(ids.into_iter().map(|id| (id, None)));
         }
         pending_ids.truncate(limit);
         counts.insert("pending".to_owned(), pending_total);
+        counts.insert("unrunnable".to_owned(), unrunnable_total);
         let zrange = |key: String, rev: bool| {
             let mut p = redis::pipe();
             p.cmd("ZCARD").arg(&key);
@@ -160,7 +190,15 @@ impl Store {
             v.into_iter().map(|(id, s)| (id, Some(s as u64))).collect()
         };
         Ok(Overview {
-            pending: self.rows(&pending_ids).await?,
+            pending: self
+                .rows(&pending_ids)
+                .await?
+                .into_iter()
+                .map(|mut r| {
+                    r.unrunnable = why.remove(&r.id);
+                    r
+                })
+                .collect(),
             scheduled: self.rows(&with_due(scheduled)).await?,
             running: running.into_iter().take(limit).collect(),
             dead: self.rows(&with_due(dead)).await?,

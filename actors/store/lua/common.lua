@@ -150,7 +150,8 @@ local function pending_key(prefix, worker, target)
   return prefix .. ':pending:' .. worker
 end
 
--- Worker names already recorded in `{prefix}:workers` during this script call.
+-- Worker names (and `worker@node` of pinned sets) already recorded in `{prefix}:workers` (and
+-- `{prefix}:pinned`) during this script call.
 local KNOWN_WORKERS = {}
 
 -- Put a task on its pending set and wake the cluster. `target` is read from the record when
@@ -163,6 +164,12 @@ local function make_pending(prefix, id, worker, priority, created, channel, targ
   if not KNOWN_WORKERS[worker] then
     redis.call('SADD', prefix .. ':workers', worker)
     KNOWN_WORKERS[worker] = true
+  end
+  local node = pinned_node(target)
+  if node and not KNOWN_WORKERS[worker .. '@' .. node] then
+    -- Pinned sets are listed too, so that `bgnode bg` and the unrunnable sweep find them.
+    redis.call('SADD', prefix .. ':pinned', worker .. '@' .. node)
+    KNOWN_WORKERS[worker .. '@' .. node] = true
   end
   local wake = {op = 'wake', worker = worker, node = pinned_node(target)}
   publish_json(channel, wake)
