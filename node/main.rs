@@ -1,6 +1,8 @@
 //! `bgnode`: the command line. Parses flags and configuration, sets up logging, and calls the
 //! library; no logic of its own.
 
+mod logs;
+
 use std::io::Read;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -315,6 +317,7 @@ fn describe(e: &anyhow::Error) -> String {
 
 /// Logs to stderr: `RUST_LOG` when it is set (and not empty), else `default` for bgnode with
 /// the cluster libraries quiet (their per-session chatter shows with `RUST_LOG=info`).
+/// Repeated warnings are limited ([`logs::Throttle`]).
 /// ractor_cluster's node server logs the end of every session, a normal one included, as a
 /// warning with a dump of the peer's name struct; the membership logs each end itself, in words
 /// and at the level it deserves, so that module is limited to errors unless `RUST_LOG` asks.
@@ -330,10 +333,16 @@ fn init_logging(default: &str) {
                  ractor_cluster::node::auth=warn,chitchat=warn"
             ))
         });
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(logs::Throttle::default())
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())),
+        )
         .init();
 }
 

@@ -117,6 +117,37 @@ impl Scenario {
         }
     }
 
+    /// Starts node `id` cut off from the others' cluster links but not from Redis: in a network
+    /// namespace of its own (`unshare`), where its seeds and its listen address reach nothing,
+    /// reaching Redis over its Unix socket.
+    fn launch_partitioned(&mut self, id: &str) {
+        let port = *self.ports.entry(id.to_owned()).or_insert_with(free_port);
+        let seeds: Vec<String> = self
+            .ports
+            .iter()
+            .filter(|(n, _)| n.as_str() != id)
+            .map(|(_, p)| format!("127.0.0.1:{p}"))
+            .collect();
+        let listen = format!("127.0.0.1:{port}");
+        let seeds = seeds.join(",");
+        let env = [
+            ("BGNODE_NODE__LISTEN", listen.as_str()),
+            ("BGNODE_NODE__SEEDS", &seeds),
+            ("BGNODE_WORKERS__CONCURRENCY", "8"),
+        ];
+        let wrap = [
+            "unshare",
+            "--net",
+            "--map-root-user",
+            "sh",
+            "-c",
+            "ip link set lo up && exec \"$0\" \"$@\"",
+        ];
+        let url = self.redis.socket_url();
+        let node = NodeProc::start_wrapped(&wrap, &url, id, self.workers.path(), &env);
+        self.nodes.insert(id.to_owned(), node);
+    }
+
     /// Waits until every node of `ids` reports the others as its reachable peers.
     async fn wait_mesh(&self, ids: &[&str]) {
         let want: BTreeSet<String> = ids.iter().map(|s| s.to_string()).collect();
@@ -1477,4 +1508,111 @@ async fn a_graceful_leave_logs_clean_lines() {
             unclean.join("\n")
         );
     }
+}
+
+/// A node whose cluster links are cut but which reaches Redis keeps taking its share of a steady
+/// stream of tasks (wakes reach it through Redis), and says what is wrong once instead of
+/// warning many times a second. Before, it ran tasks only when its once-a-second probe of the
+/// pending set happened to find one: well under 1% of the stream.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_partitioned_node_keeps_claiming_and_warns_a_few_times() {
+    let _serial = SERIAL.lock().await;
+    let mut s = Scenario::start(&["n1", "n2"], &[]).await;
+    s.launch_partitioned("n3");
+    eventually(Duration::from_secs(30), "n3 to be up, alone", || async {
+        let info = s.client.info().await.ok()?;
+        let n3 = info.iter().find(|m| m.id == "n3" && m.state == "up")?;
+        let alone = n3.peers.is_empty()
+            && info
+                .iter()
+                .filter(|m| m.id != "n3")
+                .all(|m| !m.peers.iter().any(|p| p == "n3"));
+        alone.then_some(())
+    })
+    .await;
+    // A steady stream, as real traffic arrives: 10 tasks of 50 ms every 100 ms for 15 s.
+    let mut ids = Vec::new();
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    for batch in 0..150 {
+        tick.tick().await;
+        let specs: Vec<TaskSpec> = (0..10)
+            .map(|i| TaskSpec::new("chaos", json!({"ms": 50})).id(format!("p{batch}-{i}")))
+            .collect();
+        ids.extend(s.client.enqueue_all(specs).await.unwrap());
+    }
+    s.wait_done(&ids, Duration::from_secs(60)).await;
+    let sum = s
+        .summary(
+            "partition: n3 cut off from the links, 1,500 tasks of 50 ms over 15 s",
+            &ids,
+            None,
+        )
+        .await;
+    assert_eq!(sum.lost, 0, "{sum}");
+    assert_eq!(sum.duplicated, 0, "{sum}");
+    let share = sum.share.get("n3").copied().unwrap_or(0.0);
+    assert!(
+        share >= 0.15,
+        "the partitioned node ran {:.1}%: {sum}",
+        share * 100.0
+    );
+    let log = s.nodes["n3"].log();
+    let warnings: Vec<&str> = log.lines().filter(|l| l.contains(" WARN ")).collect();
+    println!("n3 logged {} warnings", warnings.len());
+    assert!(
+        warnings.len() <= 5,
+        "n3 warned too often:\n{}",
+        warnings.join("\n")
+    );
+    for id in ["n1", "n2"] {
+        let log = s.nodes[id].log();
+        assert!(
+            log.contains("node n3 renews its lease in redis but the cluster link cannot reach it"),
+            "{id} did not say n3 is cut off:\n{log}"
+        );
+    }
+}
+
+/// Garbage datagrams on the gossip port, as many as a loop can send in 3 s, are logged a few
+/// times, not once each (before: one warning per datagram, thousands), and leave the node
+/// working.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_flood_of_gossip_garbage_is_logged_a_few_times() {
+    let _serial = SERIAL.lock().await;
+    let s = Scenario::start(&["n1", "n2"], &[]).await;
+    let port = s.ports["n1"];
+    let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let until = std::time::Instant::now() + Duration::from_secs(3);
+    let mut sent = 0u64;
+    while std::time::Instant::now() < until {
+        for _ in 0..100 {
+            if udp
+                .send_to(b"\x00\x01garbage", ("127.0.0.1", port))
+                .await
+                .is_ok()
+            {
+                sent += 1;
+            }
+        }
+        tokio::task::yield_now().await;
+    }
+    let ids = s.enqueue("after", 20, 10).await;
+    s.wait_done(&ids, Duration::from_secs(30)).await;
+    let log = s.nodes["n1"].log();
+    let lines = log
+        .lines()
+        .filter(|l| l.contains("invalid-chitchat-payload"))
+        .count();
+    println!("{sent} garbage datagrams sent; {lines} lines about them logged");
+    assert!(sent > 1_000, "only {sent} datagrams sent");
+    assert!(
+        (1..=3).contains(&lines),
+        "{lines} lines about {sent} garbage datagrams:\n{}",
+        log.lines()
+            .filter(|l| l.contains("invalid-chitchat-payload"))
+            .take(5)
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    assert!(log.contains("repeat: at most 1 per 30s"), "{log}");
 }

@@ -4,6 +4,10 @@
 //! The membership actor ([`crate::cluster::membership`]) keeps the view current; the dispatcher
 //! publishes this node's load here; placement, stealing and the ingress read both. Peers find
 //! each other's peer actor through the process group `bgnode.peer.{id}` ([`group`]).
+//!
+//! A member cut off from this node's links but still renewing its lease in Redis (a partition
+//! between nodes) is a *remote* member: wakes for it go through Redis ([`ClusterHandle::wake`]),
+//! on its control channel, so it keeps taking its share of the work.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::RwLock;
@@ -11,6 +15,7 @@ use std::time::Duration;
 
 use ractor::ActorRef;
 use sha2::{Digest, Sha256};
+use tokio::sync::mpsc;
 
 use crate::cluster::wire::{Body, Envelope, PeerMsg};
 use crate::decide::placement::{Load, NodeLoad};
@@ -48,16 +53,94 @@ pub(crate) struct ClusterHandle {
     own: RwLock<NodeLoad>,
     /// Peers that said they are leaving gracefully ([`Body::Leaving`]).
     leaving: RwLock<BTreeSet<String>>,
+    /// Members out of the view that Redis says are alive, with the load of their last report:
+    /// a node cut off from this one's links but not from Redis still gets wakes, through Redis.
+    remote: RwLock<BTreeMap<String, NodeLoad>>,
+    /// Wakes for remote members, `(node, worker)`, which the membership publishes on their
+    /// control channels.
+    relay: mpsc::UnboundedSender<(String, String)>,
+    relayed: std::sync::Mutex<Option<mpsc::UnboundedReceiver<(String, String)>>>,
 }
 
 impl ClusterHandle {
     /// The handle of node `node`, with an empty view.
     pub(crate) fn new(node: &str) -> ClusterHandle {
+        let (relay, relayed) = mpsc::unbounded_channel();
         ClusterHandle {
             node: node.to_owned(),
             view: RwLock::new(View::default()),
             own: RwLock::new(NodeLoad::new()),
             leaving: RwLock::new(BTreeSet::new()),
+            remote: RwLock::new(BTreeMap::new()),
+            relay,
+            relayed: std::sync::Mutex::new(Some(relayed)),
+        }
+    }
+
+    /// Replaces the remote members (the membership does, from Redis, every second).
+    pub(crate) fn set_remote(&self, remote: BTreeMap<String, NodeLoad>) {
+        *self.remote.write().unwrap_or_else(|e| e.into_inner()) = remote;
+    }
+
+    /// The remote members: alive in Redis, out of this node's view.
+    pub(crate) fn remote(&self) -> BTreeMap<String, NodeLoad> {
+        self.remote
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// The wakes to relay through Redis; the first caller (the membership) takes them.
+    pub(crate) fn take_relayed(&self) -> Option<mpsc::UnboundedReceiver<(String, String)>> {
+        self.relayed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+    }
+
+    /// The nodes a wake for `worker` may go to, with their load of it: the reachable peers that
+    /// offer it and are not leaving, then the remote members whose last report offered it.
+    pub(crate) fn wake_targets(&self, worker: &str) -> Vec<(String, Load)> {
+        let mut targets = self.peers_offering(worker);
+        let remote = self.remote.read().unwrap_or_else(|e| e.into_inner());
+        let more: Vec<(String, Load)> = remote
+            .iter()
+            .filter(|(id, _)| targets.iter().all(|(t, _)| t != *id))
+            .filter_map(|(id, load)| load.get(worker).map(|l| (id.clone(), *l)))
+            .collect();
+        targets.extend(more);
+        targets
+    }
+
+    /// Wakes `worker` on `node`: over the link when it is reachable, else through Redis when it
+    /// is a remote member. False when neither.
+    pub(crate) fn wake(&self, node: &str, worker: &str) -> bool {
+        if self.send(
+            node,
+            Body::Wake {
+                worker: worker.to_owned(),
+            },
+        ) {
+            return true;
+        }
+        let remote = self
+            .remote
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(node);
+        remote
+            && self
+                .relay
+                .send((node.to_owned(), worker.to_owned()))
+                .is_ok()
+    }
+
+    /// Wakes `worker` on every reachable peer and every remote member.
+    pub(crate) fn wake_everywhere(&self, worker: &str) {
+        let mut nodes: BTreeSet<String> = self.view().peers.into_keys().collect();
+        nodes.extend(self.remote().into_keys());
+        for node in nodes {
+            self.wake(&node, worker);
         }
     }
 
@@ -109,9 +192,9 @@ impl ClusterHandle {
             .collect()
     }
 
-    /// True when some reachable peer offers `worker`.
+    /// True when some other node offers `worker`: a reachable peer, or a remote member.
     pub(crate) fn offered_by_peer(&self, worker: &str) -> bool {
-        !self.peers_offering(worker).is_empty()
+        !self.wake_targets(worker).is_empty()
     }
 
     fn peer_ref(node: &str) -> Option<ActorRef<PeerMsg>> {

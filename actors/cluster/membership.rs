@@ -11,7 +11,9 @@
 //! liveness lease in Redis has expired: any survivor runs the hand-back script guarded by that
 //! lease, which moves its owned tasks back to the pending sets with new epochs, then tells every
 //! node to sweep. Redis is the arbiter: a node cut off from its peers but still renewing its
-//! lease keeps its tasks, so a partition between nodes moves nothing.
+//! lease keeps its tasks, so a partition between nodes moves nothing. Such a node is a *remote*
+//! member: placement still counts it, from the load its last report in Redis shows, and its
+//! wakes go through Redis (`relay_wakes`), so it keeps taking its share.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -89,6 +91,7 @@ pub(crate) struct MembershipState {
     chitchat: Arc<ChitchatHandle>,
     task: JoinHandle<()>,
     duties: JoinHandle<()>,
+    relay: JoinHandle<()>,
 }
 
 /// Messages to the membership actor.
@@ -145,7 +148,21 @@ impl Actor for Membership {
             myself.clone(),
             MembershipMsg::LoopDied,
         );
-        let duties = watch_task(redis_duties(ctx.clone()), myself, MembershipMsg::LoopDied);
+        let duties = watch_task(
+            redis_duties(ctx.clone()),
+            myself.clone(),
+            MembershipMsg::LoopDied,
+        );
+        let relay = match ctx.cluster.take_relayed() {
+            Some(wakes) => watch_task(
+                relay_wakes(ctx.clone(), wakes),
+                myself,
+                MembershipMsg::LoopDied,
+            ),
+            // A restarted membership: the first one's relay task was aborted with it, and the
+            // receiver with it; wakes for remote members fall back to their probes.
+            None => tokio::spawn(async {}),
+        };
         tracing::info!(%listen, %advertise, tls = s.tls(), "cluster link listening");
         Ok(MembershipState {
             cluster: ctx.cluster.clone(),
@@ -153,6 +170,7 @@ impl Actor for Membership {
             chitchat,
             task,
             duties,
+            relay,
         })
     }
 
@@ -163,6 +181,7 @@ impl Actor for Membership {
     ) -> Result<(), ActorProcessingErr> {
         state.task.abort();
         state.duties.abort();
+        state.relay.abort();
         let _ = state.chitchat.initiate_shutdown();
         state.server.stop(None);
         Ok(())
@@ -355,7 +374,8 @@ async fn run(
 
 /// What the membership does in Redis, on a loop of its own so that a slow or hung Redis never
 /// holds back the heartbeats: every [`TICK`] it fails over members that left the view and whose
-/// lease expired, and every second it writes this node's report for `bgnode info`.
+/// lease expired, and every second it writes this node's report for `bgnode info` and notes the
+/// remote members.
 ///
 /// Redis is the arbiter of failover only while it answers: after it was unreachable (or hung),
 /// nobody is failed over until a full lease period has passed with Redis answering, so that
@@ -366,6 +386,7 @@ async fn redis_duties(ctx: Arc<MembershipArgs>) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut answering_since = Instant::now().checked_sub(ttl);
     let mut last_info: Option<Instant> = None;
+    let mut remote_since = BTreeMap::new();
     loop {
         tick.tick().await;
         let now = Instant::now();
@@ -382,6 +403,7 @@ async fn redis_duties(ctx: Arc<MembershipArgs>) {
         if last_info.is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1)) {
             last_info = Some(now);
             write_info(&ctx, &ctx.cluster.own_load()).await;
+            refresh_remote(&ctx, &mut remote_since).await;
         }
     }
 }
@@ -520,6 +542,102 @@ async fn fail_over(ctx: &MembershipArgs, allowed: bool) -> bool {
         }
     }
     true
+}
+
+/// Notes the members this node's links do not reach but whose lease is alive (a partition
+/// between nodes), with the worker types and load of their last report, so that wakes reach them
+/// through Redis. Left as it was when Redis does not answer.
+///
+/// A node that just died or just started is briefly such a member too, so one is reported only
+/// once it has stayed out of reach for two lease periods (`since` keeps when each was first
+/// seen so), and then once.
+async fn refresh_remote(ctx: &MembershipArgs, since: &mut BTreeMap<String, (Instant, bool)>) {
+    let view = ctx.cluster.view();
+    let Ok(members) = ctx.store.members().await else {
+        return;
+    };
+    let out: Vec<String> = members
+        .into_iter()
+        .filter(|m| *m != ctx.node && !view.peers.contains_key(m))
+        .collect();
+    let Ok(alive) = ctx.store.alive(&out).await else {
+        return;
+    };
+    let out: Vec<String> = out
+        .into_iter()
+        .zip(alive)
+        .filter_map(|(m, alive)| alive.then_some(m))
+        .collect();
+    let Ok(infos) = ctx.store.infos(&out).await else {
+        return;
+    };
+    let mut remote = BTreeMap::new();
+    for (node, info) in out.into_iter().zip(infos) {
+        let Some(info) = info.and_then(|i| serde_json::from_str::<serde_json::Value>(&i).ok())
+        else {
+            continue;
+        };
+        if info["leaving"].as_bool() == Some(true) {
+            continue;
+        }
+        if let Ok(load) = serde_json::from_value::<NodeLoad>(info["workers"].clone()) {
+            remote.insert(node, load);
+        }
+    }
+    let now = Instant::now();
+    let settle = ctx.settings.node.lease_ttl * 2;
+    since.retain(|node, (_, told)| {
+        let stays = remote.contains_key(node);
+        if !stays && *told {
+            tracing::info!(peer = %node, "node {node} is reachable over the cluster link again, or gone");
+        }
+        stays
+    });
+    for node in remote.keys() {
+        let (first, told) = since.entry(node.clone()).or_insert((now, false));
+        if !*told && now.duration_since(*first) >= settle {
+            *told = true;
+            tracing::warn!(
+                peer = %node,
+                "node {node} renews its lease in redis but the cluster link cannot reach it (a partition?): it gets its wakes through redis meanwhile"
+            );
+        }
+    }
+    ctx.cluster.set_remote(remote);
+}
+
+/// Publishes the wakes for remote members on their control channels, a batch at a time (a wake
+/// asked for twice while the previous batch was being published goes once).
+async fn relay_wakes(
+    ctx: Arc<MembershipArgs>,
+    mut wakes: mpsc::UnboundedReceiver<(String, String)>,
+) {
+    while let Some(first) = wakes.recv().await {
+        let mut batch = std::collections::BTreeSet::from([first]);
+        while let Ok(more) = wakes.try_recv() {
+            batch.insert(more);
+        }
+        for (node, worker) in batch {
+            let message = serde_json::json!({"op": "wake", "worker": worker}).to_string();
+            match ctx
+                .store
+                .publish(&ctx.store.control_channel(&node), &message)
+                .await
+            {
+                // Nobody listens there: the node died and its lease has not expired yet. Send
+                // it nothing more until its next report says otherwise; the tasks are taken by
+                // the nodes that probe their pending sets.
+                Ok(0) => {
+                    let mut remote = ctx.cluster.remote();
+                    if remote.remove(&node).is_some() {
+                        ctx.cluster.set_remote(remote);
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => tracing::debug!(%node, "cannot relay a wake through redis ({e})"),
+            }
+        }
+    }
 }
 
 async fn write_info(ctx: &MembershipArgs, load: &NodeLoad) {

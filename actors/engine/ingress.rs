@@ -283,7 +283,8 @@ async fn listen(ctx: Arc<IngressArgs>, mut stop: watch::Receiver<bool>) {
     }
 }
 
-/// Listens on this node's control channel for as long as the node runs.
+/// Listens on this node's control channel for as long as the node runs: cancellations, and
+/// wakes relayed through Redis by nodes that cannot reach this one over the cluster link.
 async fn control(ctx: Arc<IngressArgs>) {
     let channel = ctx.store.control_channel(&ctx.node);
     let mut backoff = Backoff::default();
@@ -310,7 +311,13 @@ async fn control(ctx: Arc<IngressArgs>) {
                     tracing::info!(task = %id, "cancellation requested");
                     ctx.dispatcher.cast(DispatcherMsg::Cancel(id));
                 }
-                Ok(_) => tracing::debug!("ignored a control message that is not a cancellation"),
+                // A wake relayed through Redis by a node whose links cannot reach this one.
+                Ok(ChannelMessage::Wake { worker, .. }) => {
+                    ctx.dispatcher.cast(DispatcherMsg::Wake(worker));
+                }
+                Ok(_) => tracing::debug!(
+                    "ignored a control message that is not a cancellation or a wake"
+                ),
                 Err(r) => tracing::warn!("bad control message: {}", r.reason),
             }
         }
@@ -451,14 +458,12 @@ async fn handle_batch(ctx: &Arc<IngressArgs>, batch: &[Vec<u8>], rng: &mut fastr
     for (worker, node) in pinned {
         if node == ctx.node {
             ctx.dispatcher.cast(DispatcherMsg::Wake(worker));
-        } else if !ctx.cluster.send(&node, Body::Wake { worker }) {
+        } else if !ctx.cluster.wake(&node, &worker) {
             tracing::debug!(%node, "a task waits for its node, which is not reachable now");
         }
     }
     for worker in everywhere {
-        ctx.cluster.broadcast(&Body::Wake {
-            worker: worker.clone(),
-        });
+        ctx.cluster.wake_everywhere(&worker);
         ctx.dispatcher.cast(DispatcherMsg::Wake(worker));
     }
 }
@@ -469,25 +474,24 @@ fn offered(ctx: &IngressArgs) -> Vec<String> {
     for peer in ctx.cluster.view().peers.values() {
         names.extend(peer.load.keys().cloned());
     }
+    for load in ctx.cluster.remote().values() {
+        names.extend(load.keys().cloned());
+    }
     names.into_iter().collect()
 }
 
-/// Sends a wake where placement says: here when this node is not busier than the peers that
-/// offer the worker, else the less busy of two random peers.
+/// Sends a wake where placement says: here when this node is not busier than the other nodes
+/// that offer the worker (reachable peers, and remote members through Redis), else the less busy
+/// of two of them.
 fn route_wake(ctx: &IngressArgs, worker: &str, rng: &mut fastrand::Rng) {
     let local = ctx.local_load(worker);
-    let peers = ctx.cluster.peers_offering(worker);
+    let peers = ctx.cluster.wake_targets(worker);
     match place(local, &peers, rng) {
         Place::Local => {
             ctx.dispatcher.cast(DispatcherMsg::Wake(worker.to_owned()));
         }
         Place::Peer(peer) => {
-            if !ctx.cluster.send(
-                &peer,
-                Body::Wake {
-                    worker: worker.to_owned(),
-                },
-            ) {
+            if !ctx.cluster.wake(&peer, worker) {
                 ctx.dispatcher.cast(DispatcherMsg::Wake(worker.to_owned()));
             }
         }

@@ -42,14 +42,33 @@ pub struct NodeProc {
 impl NodeProc {
     /// Starts `bgnode start` with id `id`, the script workers in `workers`, and `env`.
     pub fn start(redis: &Redis, id: &str, workers: &Path, env: &[(&str, &str)]) -> NodeProc {
+        NodeProc::start_wrapped(&[], &redis.url, id, workers, env)
+    }
+
+    /// Starts `bgnode start` as [`NodeProc::start`] does, through the command `wrap` (which
+    /// runs its arguments; empty: none), against the Redis at `redis_url`.
+    pub fn start_wrapped(
+        wrap: &[&str],
+        redis_url: &str,
+        id: &str,
+        workers: &Path,
+        env: &[(&str, &str)],
+    ) -> NodeProc {
         let logdir = tempfile::tempdir().unwrap();
         let log = logdir.path().join(format!("{id}.log"));
         let file = std::fs::File::create(&log).unwrap();
-        let mut cmd = Command::new(bgnode_bin());
+        let mut cmd = match wrap.split_first() {
+            Some((program, args)) => {
+                let mut cmd = Command::new(program);
+                cmd.args(args).arg(bgnode_bin());
+                cmd
+            }
+            None => Command::new(bgnode_bin()),
+        };
         cmd.arg("start")
             .env_remove("BGNODE_CONFIG")
             .env("RUST_LOG", "info,background=debug")
-            .env("BGNODE_REDIS__URL", &redis.url)
+            .env("BGNODE_REDIS__URL", redis_url)
             .env("BGNODE_NODE__ID", id)
             .env("BGNODE_NODE__LISTEN", format!("127.0.0.1:{}", free_port()))
             .env("BGNODE_NODE__COOKIE", "test-cookie")

@@ -59,6 +59,8 @@ impl Redis {
             ])
             .arg(self.dir.path())
             .args(["--logfile", "redis.log"])
+            .args(["--unixsocketperm", "700", "--unixsocket"])
+            .arg(self.dir.path().join("redis.sock"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -95,6 +97,14 @@ impl Redis {
         }
         let mut buf = [0u8; 16];
         matches!(s.read(&mut buf), Ok(n) if buf[..n].starts_with(b"+PONG"))
+    }
+
+    /// The URL of the server's Unix socket (reachable from another network namespace).
+    pub fn socket_url(&self) -> String {
+        format!(
+            "redis+unix://{}",
+            self.dir.path().join("redis.sock").display()
+        )
     }
 
     /// The server log.

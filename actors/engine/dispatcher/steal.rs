@@ -62,14 +62,9 @@ impl DispatcherState {
         let Some(w) = self.lanes.get(worker) else {
             return;
         };
-        let peers = self.args.cluster.peers_offering(worker);
+        let peers = self.args.cluster.wake_targets(worker);
         if let Place::Peer(peer) = place(Some(w.lane.load()), &peers, &mut self.rng) {
-            self.args.cluster.send(
-                &peer,
-                Body::Wake {
-                    worker: worker.to_owned(),
-                },
-            );
+            self.args.cluster.wake(&peer, worker);
         }
     }
 
