@@ -355,31 +355,26 @@ impl Kind {
 
     fn warn(self, report: &Report) {
         let n = report.count;
-        let last = &report.last;
-        let every = WARN_EVERY.as_secs();
-        let deadline = LOGIN_DEADLINE.as_secs();
-        match self {
-            Kind::Refused => tracing::warn!(
-                count = n,
-                "cluster port: refused {n} connection(s): too many waiting to log in (at most {MAX_PENDING}, {MAX_PENDING_PER_IP} from one address); {last}; this warning comes at most every {every}s, with the count"
+        let what = match self {
+            Kind::Refused => format!(
+                "refused {n} connection(s): too many waiting to log in (at most {MAX_PENDING}, {MAX_PENDING_PER_IP} from one address)"
             ),
-            Kind::Deadline => tracing::warn!(
-                count = n,
-                "cluster port: closed {n} connection(s) that did not log in within {deadline}s; {last}; this warning comes at most every {every}s, with the count"
+            Kind::Deadline => format!(
+                "closed {n} connection(s) that did not log in within {}s",
+                LOGIN_DEADLINE.as_secs()
             ),
-            Kind::TooMuch => tracing::warn!(
-                count = n,
-                "cluster port: closed {n} connection(s) that sent more than a login before logging in; {last}; this warning comes at most every {every}s, with the count"
-            ),
-            Kind::Tls => tracing::warn!(
-                count = n,
-                "cluster port: {n} TLS handshake(s) failed; {last}; this warning comes at most every {every}s, with the count"
-            ),
-            Kind::Accept => tracing::warn!(
-                count = n,
-                "cluster port: cannot accept connections ({n} time(s)); {last}; this warning comes at most every {every}s, with the count"
-            ),
-        }
+            Kind::TooMuch => {
+                format!("closed {n} connection(s) that sent more than a login before logging in")
+            }
+            Kind::Tls => format!("{n} TLS handshake(s) failed"),
+            Kind::Accept => format!("cannot accept connections ({n} time(s))"),
+        };
+        tracing::warn!(
+            count = n,
+            "cluster port: {what}; {}; this warning comes at most every {}s, with the count",
+            report.last,
+            WARN_EVERY.as_secs()
+        );
     }
 }
 
