@@ -321,6 +321,9 @@ fn describe(e: &anyhow::Error) -> String {
 /// ractor_cluster's node server logs the end of every session, a normal one included, as a
 /// warning with a dump of the peer's name struct; the membership logs each end itself, in words
 /// and at the level it deserves, so that module is limited to errors unless `RUST_LOG` asks.
+/// Its session module warns once per connection the cluster port's guard closes before login
+/// (a flood of them would flood the log); the guard counts those and logs them itself, at most
+/// once every 10 s per kind, so that module is limited to errors too.
 fn init_logging(default: &str) {
     let filter = std::env::var("RUST_LOG")
         .ok()
@@ -330,7 +333,7 @@ fn init_logging(default: &str) {
             tracing_subscriber::EnvFilter::new(format!(
                 "{default},ractor=warn,ractor_cluster=warn,ractor_cluster::node=error,\
                  ractor_cluster::node::node_session=warn,ractor_cluster::node::client=warn,\
-                 ractor_cluster::node::auth=warn,chitchat=warn"
+                 ractor_cluster::node::auth=warn,ractor_cluster::net::session=error,chitchat=warn"
             ))
         });
     use tracing_subscriber::layer::SubscriberExt;

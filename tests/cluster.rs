@@ -107,9 +107,11 @@ impl Scenario {
         let seeds = seeds.join(",");
         let mut env: Vec<(&str, &str)> = vec![
             ("BGNODE_NODE__LISTEN", &listen),
-            ("BGNODE_NODE__SEEDS", &seeds),
             ("BGNODE_WORKERS__CONCURRENCY", "8"),
         ];
+        if !seeds.is_empty() {
+            env.push(("BGNODE_NODE__SEEDS", &seeds));
+        }
         env.extend(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
         let node = NodeProc::start(&self.redis, id, self.workers.path(), &env);
         if let Some(mut old) = self.nodes.insert(id.to_owned(), node) {
@@ -854,6 +856,163 @@ async fn the_cluster_link_can_use_tls() {
     s.wait_done(&ids, Duration::from_secs(60)).await;
     let sum = s.summary("TLS link, 2 nodes", &ids, None).await;
     assert_eq!(sum.lost, 0);
+}
+
+/// The guard's login deadline (`actors/cluster/guard.rs`): a connection must have logged in
+/// this long after it was accepted.
+const LOGIN_DEADLINE: Duration = Duration::from_secs(5);
+
+/// A field of `/proc/PID/status` in KiB (`VmRSS`, `VmHWM`).
+fn proc_kib(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{field}:")))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
+}
+
+/// A connection to the cluster port on `port` that never logs in: it announces a frame of
+/// `announce` bytes, writes `bulk` bytes of it at once and then a byte every 100 ms, until the
+/// node closes it or `window` has passed. Returns how long after connecting the node closed it.
+async fn never_log_in(port: u16, announce: u64, bulk: usize, window: Duration) -> Option<Duration> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let start = std::time::Instant::now();
+    let stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect to the cluster port");
+    let (mut rd, mut wr) = stream.into_split();
+    let closed_by_node = async move {
+        let mut buf = [0u8; 1024];
+        while let Ok(n) = rd.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+        }
+    };
+    let write = async move {
+        if wr.write_all(&announce.to_be_bytes()).await.is_err() {
+            return;
+        }
+        let chunk = vec![0u8; 64 << 10];
+        let mut sent = 0;
+        while sent + chunk.len() <= bulk {
+            if wr.write_all(&chunk).await.is_err() {
+                return;
+            }
+            sent += chunk.len();
+        }
+        loop {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            if wr.write_all(b"x").await.is_err() {
+                return;
+            }
+        }
+    };
+    tokio::select! {
+        _ = closed_by_node => Some(start.elapsed()),
+        _ = write => Some(start.elapsed()),
+        _ = tokio::time::sleep(window) => None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_flood_of_connections_that_never_log_in_is_bounded() {
+    let _serial = SERIAL.lock().await;
+    // The default log filter, as an operator runs it.
+    let mut s = Scenario::start(&["n1"], &[("RUST_LOG", "")]).await;
+    let warm = s.enqueue("warm", 20, 10).await;
+    s.wait_done(&warm, Duration::from_secs(30)).await;
+    let pid = s.nodes["n1"].pid();
+    let port = s.ports["n1"];
+    let before = proc_kib(pid, "VmRSS");
+
+    // 40 connections that announce an 8 MiB frame and send all of it but the last 64 KiB, then
+    // trickle; and 4 that announce a small frame and only trickle (the deadline's business).
+    let window = LOGIN_DEADLINE + Duration::from_secs(3);
+    let mut flood = Vec::new();
+    for _ in 0..4 {
+        flood.push(tokio::spawn(never_log_in(port, 100, 0, window)));
+    }
+    for _ in 0..40 {
+        let bulk = (8 << 20) - (64 << 10);
+        flood.push(tokio::spawn(never_log_in(port, 8 << 20, bulk, window)));
+    }
+    let mut peak = before;
+    while !flood.iter().all(|h| h.is_finished()) {
+        peak = peak.max(proc_kib(pid, "VmRSS"));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut closed = Vec::new();
+    for h in flood {
+        closed.push(h.await.unwrap());
+    }
+    let growth_mib = peak.saturating_sub(before) as f64 / 1024.0;
+    println!(
+        "flood of 44 connections: RSS {:.1} MiB before, peak {:.1} MiB (+{growth_mib:.1} MiB); \
+         closed after {:?} (the 4 that trickle) and at most {:?} (the 40 that flood)",
+        before as f64 / 1024.0,
+        peak as f64 / 1024.0,
+        &closed[..4],
+        closed[4..].iter().flatten().max()
+    );
+    assert!(
+        growth_mib < 32.0,
+        "the flood made n1 grow by {growth_mib:.1} MiB"
+    );
+    for (i, when) in closed.iter().enumerate() {
+        let when = when.unwrap_or_else(|| panic!("connection {i} was still open after {window:?}"));
+        assert!(
+            when <= LOGIN_DEADLINE + Duration::from_secs(2),
+            "connection {i} was closed only after {when:?}"
+        );
+    }
+
+    // The node still works, and a peer still logs in, both ways.
+    let after = s.enqueue("after", 20, 10).await;
+    s.wait_done(&after, Duration::from_secs(30)).await;
+    s.launch("n2");
+    s.wait_mesh(&["n1", "n2"]).await;
+
+    // The log: every warning is the guard's, a few of them, and their counts add up to the 44
+    // connections (refused at once, closed for an oversized frame, or at the deadline).
+    let counted = |log: &str| -> u64 {
+        log.lines()
+            .filter(|l| l.contains("cluster port:"))
+            .filter_map(|l| l.rsplit_once("count=")?.1.trim().parse::<u64>().ok())
+            .sum()
+    };
+    eventually(
+        Duration::from_secs(15),
+        "the guard to have logged all 44 connections",
+        || async { (counted(&s.nodes["n1"].log()) == 44).then_some(()) },
+    )
+    .await;
+    let log = s.nodes["n1"].log();
+    let warnings: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains(" WARN ") || l.contains(" ERROR "))
+        .collect();
+    println!("n1's warnings:\n{}", warnings.join("\n"));
+    assert!(
+        warnings.iter().all(|l| l.contains("cluster port:")),
+        "n1 logged other warnings:\n{}",
+        warnings.join("\n")
+    );
+    assert!(
+        warnings.len() <= 6,
+        "n1 logged {} warnings about the flood:\n{}",
+        warnings.len(),
+        warnings.join("\n")
+    );
+    assert!(
+        log.contains("that did not log in within 5s"),
+        "no deadline warning:\n{log}"
+    );
+    assert!(
+        s.nodes.get_mut("n1").unwrap().try_exit().is_none(),
+        "n1 kept running"
+    );
 }
 
 /// A longer soak: repeated kills and restarts under load. Runs with `BGNODE_SOAK=1`.

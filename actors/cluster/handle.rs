@@ -58,22 +58,20 @@ pub(crate) struct ClusterHandle {
     remote: RwLock<BTreeMap<String, NodeLoad>>,
     /// Wakes for remote members, `(node, worker)`, which the membership publishes on their
     /// control channels.
-    relay: mpsc::UnboundedSender<(String, String)>,
-    relayed: std::sync::Mutex<Option<mpsc::UnboundedReceiver<(String, String)>>>,
+    relay: std::sync::Mutex<mpsc::UnboundedSender<(String, String)>>,
 }
 
 impl ClusterHandle {
     /// The handle of node `node`, with an empty view.
     pub(crate) fn new(node: &str) -> ClusterHandle {
-        let (relay, relayed) = mpsc::unbounded_channel();
+        let (relay, _) = mpsc::unbounded_channel();
         ClusterHandle {
             node: node.to_owned(),
             view: RwLock::new(View::default()),
             own: RwLock::new(NodeLoad::new()),
             leaving: RwLock::new(BTreeSet::new()),
             remote: RwLock::new(BTreeMap::new()),
-            relay,
-            relayed: std::sync::Mutex::new(Some(relayed)),
+            relay: std::sync::Mutex::new(relay),
         }
     }
 
@@ -90,12 +88,12 @@ impl ClusterHandle {
             .clone()
     }
 
-    /// The wakes to relay through Redis; the first caller (the membership) takes them.
-    pub(crate) fn take_relayed(&self) -> Option<mpsc::UnboundedReceiver<(String, String)>> {
-        self.relayed
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take()
+    /// The wakes to relay through Redis from now on, for the membership to publish; a
+    /// restarted membership calls it again and the earlier receiver gets nothing more.
+    pub(crate) fn relayed(&self) -> mpsc::UnboundedReceiver<(String, String)> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        *self.relay.lock().unwrap_or_else(|e| e.into_inner()) = tx;
+        rx
     }
 
     /// The nodes a wake for `worker` may go to, with their load of it: the reachable peers that
@@ -131,6 +129,8 @@ impl ClusterHandle {
         remote
             && self
                 .relay
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
                 .send((node.to_owned(), worker.to_owned()))
                 .is_ok()
     }

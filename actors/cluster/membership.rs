@@ -1,6 +1,11 @@
 //! The membership actor: gossip (chitchat over UDP), the ractor_cluster node server (TCP,
 //! cookie-authenticated, TLS optional), heartbeats, and failover of dead nodes.
 //!
+//! The public cluster port is bound here and served by the guard ([`crate::cluster::guard`]),
+//! which admits connections within its limits, does their TLS handshake and hands them to the
+//! node server; the node server's own listener is on an ephemeral loopback port. The node
+//! server's session events tell the guard which connections have logged in.
+//!
 //! Each node gossips its cluster address and the load of each of its worker types. The
 //! membership loop turns the gossip view into a full mesh of ractor_cluster sessions,
 //! reconnecting with backoff, and pings every peer over its session: a peer that stops
@@ -28,9 +33,11 @@ use ractor_cluster::node::NodeServerSessionInformation;
 use ractor_cluster::{
     IncomingEncryptionMode, NodeEventSubscription, NodeServer, NodeServerMessage,
 };
+use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+use crate::cluster::guard::Gate;
 use crate::cluster::handle::{ClusterHandle, MAX_FRAME, PeerInfo, View, cookie_hash};
 use crate::cluster::wire::Body;
 use crate::config::Settings;
@@ -50,16 +57,28 @@ enum SessionEvent {
     Down(NodeServerSessionInformation),
 }
 
-struct Subscription(mpsc::UnboundedSender<SessionEvent>);
+/// The node server's session events: ready and closed sessions go to the membership loop; an
+/// incoming session that passed the cookie challenge is marked logged in at the guard (its peer
+/// address is the label the guard gave it) in the node server's own turn, before the session
+/// is ready for messages. Until then the peer sends only its small first state (the actors and
+/// groups it offers), well within the guard's limits for a login.
+struct Subscription {
+    events: mpsc::UnboundedSender<SessionEvent>,
+    gate: Arc<Gate>,
+}
 
 impl NodeEventSubscription for Subscription {
     fn node_session_opened(&self, _ses: NodeServerSessionInformation) {}
     fn node_session_disconnected(&self, ses: NodeServerSessionInformation) {
-        let _ = self.0.send(SessionEvent::Down(ses));
+        let _ = self.events.send(SessionEvent::Down(ses));
     }
-    fn node_session_authenticated(&self, _ses: NodeServerSessionInformation) {}
+    fn node_session_authenticated(&self, ses: NodeServerSessionInformation) {
+        if ses.is_server {
+            self.gate.logged_in(&ses.peer_addr);
+        }
+    }
     fn node_session_ready(&self, ses: NodeServerSessionInformation) {
-        let _ = self.0.send(SessionEvent::Ready(ses));
+        let _ = self.events.send(SessionEvent::Ready(ses));
     }
 }
 
@@ -92,6 +111,8 @@ pub(crate) struct MembershipState {
     task: JoinHandle<()>,
     duties: JoinHandle<()>,
     relay: JoinHandle<()>,
+    /// The guard's accept loop, which owns the public listener.
+    guard: JoinHandle<()>,
 }
 
 /// Messages to the membership actor.
@@ -120,27 +141,35 @@ impl Actor for Membership {
         let advertise = s
             .advertise_addr()
             .ok_or("node.advertise is not host:port")?;
-        let encryption = match crate::cluster::tls::acceptor(s)? {
-            Some(acceptor) => IncomingEncryptionMode::Tls(acceptor),
-            None => IncomingEncryptionMode::Raw,
-        };
+        let tls = crate::cluster::tls::acceptor(s)?;
+        let listener = TcpListener::bind(listen)
+            .await
+            .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+        // The node server listens on loopback only, on a port of its own: every connection from
+        // outside comes through the guard. It names itself after its advertised address and the
+        // port it got (ractor_cluster tells a self-connection by that name).
+        let loopback = std::net::IpAddr::from(std::net::Ipv4Addr::LOCALHOST);
         let server = NodeServer::new(
-            listen.port(),
+            0,
             s.node.cookie.clone(),
             ctx.node.clone(),
             advertise.ip().to_string(),
-            Some(encryption),
+            Some(IncomingEncryptionMode::Raw),
             None,
         )
-        .with_listen_addr(listen.ip())
+        .with_listen_addr(loopback)
         .with_max_inbound_frame_size(MAX_FRAME);
         let (server, _) = Actor::spawn_linked(None, server, (), myself.get_cell())
             .await
-            .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+            .map_err(|e| format!("cannot start the cluster node server on {loopback}: {e}"))?;
+        let gate = Gate::new();
         let (events_tx, events_rx) = mpsc::unbounded_channel();
         server.cast(NodeServerMessage::SubscribeToEvents {
             id: "bgnode-membership".into(),
-            subscription: Box::new(Subscription(events_tx)),
+            subscription: Box::new(Subscription {
+                events: events_tx,
+                gate: gate.clone(),
+            }),
         })?;
         let chitchat = Arc::new(spawn_gossip(&ctx, listen, advertise).await?);
         let task = watch_task(
@@ -153,16 +182,16 @@ impl Actor for Membership {
             myself.clone(),
             MembershipMsg::LoopDied,
         );
-        let relay = match ctx.cluster.take_relayed() {
-            Some(wakes) => watch_task(
-                relay_wakes(ctx.clone(), wakes),
-                myself,
-                MembershipMsg::LoopDied,
-            ),
-            // A restarted membership: the first one's relay task was aborted with it, and the
-            // receiver with it; wakes for remote members fall back to their probes.
-            None => tokio::spawn(async {}),
-        };
+        let relay = watch_task(
+            relay_wakes(ctx.clone(), ctx.cluster.relayed()),
+            myself.clone(),
+            MembershipMsg::LoopDied,
+        );
+        let guard = watch_task(
+            crate::cluster::guard::serve(listener, server.clone(), tls, gate),
+            myself,
+            MembershipMsg::LoopDied,
+        );
         tracing::info!(%listen, %advertise, tls = s.tls(), "cluster link listening");
         Ok(MembershipState {
             cluster: ctx.cluster.clone(),
@@ -171,6 +200,7 @@ impl Actor for Membership {
             task,
             duties,
             relay,
+            guard,
         })
     }
 
@@ -182,6 +212,9 @@ impl Actor for Membership {
         state.task.abort();
         state.duties.abort();
         state.relay.abort();
+        // Wait until the public listener is closed, so that a restarted membership can bind it.
+        state.guard.abort();
+        let _ = (&mut state.guard).await;
         let _ = state.chitchat.initiate_shutdown();
         state.server.stop(None);
         Ok(())
