@@ -856,6 +856,35 @@ async fn the_cluster_link_can_use_tls() {
     s.wait_done(&ids, Duration::from_secs(60)).await;
     let sum = s.summary("TLS link, 2 nodes", &ids, None).await;
     assert_eq!(sum.lost, 0);
+
+    // A peer that trusts the CA but has no certificate of its own is refused in the handshake.
+    use rustls_pki_types::pem::PemObject;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_rustls::rustls;
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in rustls_pki_types::CertificateDer::pem_file_iter(&ca).unwrap() {
+        roots.add(ca.unwrap()).unwrap();
+    }
+    let config = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", s.ports["n1"]))
+        .await
+        .unwrap();
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    let answer = tokio::time::timeout(Duration::from_secs(10), async {
+        let mut tls = connector.connect(name, tcp).await?;
+        tls.write_all(&8u64.to_be_bytes()).await?;
+        let mut buf = [0u8; 1];
+        tls.read(&mut buf).await
+    })
+    .await
+    .expect("an answer within 10 s");
+    let refused = answer
+        .as_ref()
+        .is_err_and(|e| e.to_string().to_lowercase().contains("certificate"));
+    assert!(refused, "a peer without a certificate got {answer:?}");
 }
 
 /// The guard's login deadline (`actors/cluster/guard.rs`): a connection must have logged in

@@ -1,12 +1,14 @@
 //! TLS for the cluster link, from `[node] tls_cert`, `tls_key` and `tls_ca` (PEM files).
 //!
-//! Every node presents its certificate and verifies its peers' against the CA; the cookie still
-//! authenticates them on top. With the three keys empty, the link is plain TCP.
+//! Every node presents its certificate, as server and as client (mutual TLS), and verifies its
+//! peers' against the CA; the cookie still authenticates them on top. With the three keys empty,
+//! the link is plain TCP.
 
 use std::sync::Arc;
 
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use tokio_rustls::rustls::server::WebPkiClientVerifier;
 use tokio_rustls::rustls::{ClientConfig, RootCertStore, ServerConfig};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
@@ -51,17 +53,24 @@ fn roots(settings: &Settings) -> Result<RootCertStore, TlsError> {
     Ok(roots)
 }
 
-/// The acceptor for incoming cluster connections, when TLS is configured.
+fn key(settings: &Settings) -> Result<PrivateKeyDer<'static>, TlsError> {
+    let path = &settings.node.tls_key;
+    PrivateKeyDer::from_pem_file(path)
+        .map_err(|e| TlsError(format!("node.tls_key {}: {e}", path.display())))
+}
+
+/// The acceptor for incoming cluster connections, when TLS is configured: it asks every peer
+/// for a certificate signed by the CA.
 pub(crate) fn acceptor(settings: &Settings) -> Result<Option<TlsAcceptor>, TlsError> {
     if !settings.tls() {
         return Ok(None);
     }
-    let key_path = &settings.node.tls_key;
-    let key = PrivateKeyDer::from_pem_file(key_path)
-        .map_err(|e| TlsError(format!("node.tls_key {}: {e}", key_path.display())))?;
+    let verifier = WebPkiClientVerifier::builder(Arc::new(roots(settings)?))
+        .build()
+        .map_err(|e| TlsError(format!("node.tls_ca: {e}")))?;
     let config = ServerConfig::builder()
-        .with_no_client_auth()
-        .with_single_cert(certs(settings)?, key)
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(certs(settings)?, key(settings)?)
         .map_err(|e| TlsError(format!("node.tls_cert / node.tls_key: {e}")))?;
     Ok(Some(TlsAcceptor::from(Arc::new(config))))
 }
@@ -73,6 +82,7 @@ pub(crate) fn connector(settings: &Settings) -> Result<Option<TlsConnector>, Tls
     }
     let config = ClientConfig::builder()
         .with_root_certificates(roots(settings)?)
-        .with_no_client_auth();
+        .with_client_auth_cert(certs(settings)?, key(settings)?)
+        .map_err(|e| TlsError(format!("node.tls_cert / node.tls_key: {e}")))?;
     Ok(Some(TlsConnector::from(Arc::new(config))))
 }
