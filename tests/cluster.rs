@@ -96,6 +96,28 @@ impl Scenario {
 
     /// Starts (or restarts) node `id`, seeded with every other known node.
     fn launch(&mut self, id: &str) {
+        self.launch_through(id, &[], None);
+    }
+
+    /// Starts node `id` cut off from the others' cluster links but not from Redis: in a network
+    /// namespace of its own (`unshare`), where its seeds and its listen address reach nothing,
+    /// reaching Redis over its Unix socket.
+    fn launch_partitioned(&mut self, id: &str) {
+        let wrap = [
+            "unshare",
+            "--net",
+            "--map-root-user",
+            "sh",
+            "-c",
+            "ip link set lo up && exec \"$0\" \"$@\"",
+        ];
+        let url = self.redis.socket_url();
+        self.launch_through(id, &wrap, Some(&url));
+    }
+
+    /// Starts node `id` through the command `wrap` (none when empty), against the Redis at
+    /// `redis_url` (the scenario's own when `None`).
+    fn launch_through(&mut self, id: &str, wrap: &[&str], redis_url: Option<&str>) {
         let port = *self.ports.entry(id.to_owned()).or_insert_with(free_port);
         let seeds: Vec<String> = self
             .ports
@@ -113,41 +135,11 @@ impl Scenario {
             env.push(("BGNODE_NODE__SEEDS", &seeds));
         }
         env.extend(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
-        let node = NodeProc::start(&self.redis, id, self.workers.path(), &env);
+        let url = redis_url.unwrap_or(&self.redis.url);
+        let node = NodeProc::start_wrapped(wrap, url, id, self.workers.path(), &env);
         if let Some(mut old) = self.nodes.insert(id.to_owned(), node) {
             let _ = old.try_exit();
         }
-    }
-
-    /// Starts node `id` cut off from the others' cluster links but not from Redis: in a network
-    /// namespace of its own (`unshare`), where its seeds and its listen address reach nothing,
-    /// reaching Redis over its Unix socket.
-    fn launch_partitioned(&mut self, id: &str) {
-        let port = *self.ports.entry(id.to_owned()).or_insert_with(free_port);
-        let seeds: Vec<String> = self
-            .ports
-            .iter()
-            .filter(|(n, _)| n.as_str() != id)
-            .map(|(_, p)| format!("127.0.0.1:{p}"))
-            .collect();
-        let listen = format!("127.0.0.1:{port}");
-        let seeds = seeds.join(",");
-        let env = [
-            ("BGNODE_NODE__LISTEN", listen.as_str()),
-            ("BGNODE_NODE__SEEDS", &seeds),
-            ("BGNODE_WORKERS__CONCURRENCY", "8"),
-        ];
-        let wrap = [
-            "unshare",
-            "--net",
-            "--map-root-user",
-            "sh",
-            "-c",
-            "ip link set lo up && exec \"$0\" \"$@\"",
-        ];
-        let url = self.redis.socket_url();
-        let node = NodeProc::start_wrapped(&wrap, &url, id, self.workers.path(), &env);
-        self.nodes.insert(id.to_owned(), node);
     }
 
     /// Waits until every node of `ids` reports the others as its reachable peers.
