@@ -81,6 +81,9 @@ enum Command {
         /// Tasks per worker type running at once (overrides workers.concurrency).
         #[arg(long, value_name = "N")]
         concurrency: Option<String>,
+        /// HTTP API address (overrides http.listen; empty: no HTTP server).
+        #[arg(long, value_name = "ADDR")]
+        http: Option<String>,
     },
     /// Enqueue a task; prints its id (with --wait, its result).
     Do {
@@ -366,6 +369,7 @@ async fn dispatch(cli: Cli) -> Result<u8, Exit> {
             seeds,
             workers,
             concurrency,
+            http,
         } => {
             let settings = settings(
                 &cli,
@@ -375,6 +379,7 @@ async fn dispatch(cli: Cli) -> Result<u8, Exit> {
                     ("node.seeds", seeds.as_ref(), "--seeds"),
                     ("workers.dir", workers.as_ref(), "--workers"),
                     ("workers.concurrency", concurrency.as_ref(), "--concurrency"),
+                    ("http.listen", http.as_ref(), "--http"),
                 ],
             )?;
             start(settings).await
