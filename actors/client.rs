@@ -16,6 +16,7 @@ use crate::config::Settings;
 use crate::decide::placement::Load;
 use crate::decide::runnable::{Unrunnable, unrunnable};
 use crate::model::events::{Ending, ending_of};
+use crate::model::names::validate_worker_name;
 use crate::model::task::{SpecError, Target, TaskSpec, TaskStatus};
 use crate::store::{Accepted, CancelResult, Overview, RetryResult, Store, StoreError};
 
@@ -337,6 +338,27 @@ impl Client {
     /// Queues a finished task (dead, failed, cancelled, expired) again.
     pub async fn retry(&self, id: &str) -> Result<RetryResult, ClientError> {
         Ok(self.store.retry(id).await?)
+    }
+
+    /// Pauses worker type `worker` cluster-wide: no node claims its tasks until
+    /// [`Client::resume`]; running ones finish, tasks a node had claimed but not started go
+    /// back to the pending sets, and new ones are still accepted. Returns false when it was
+    /// paused already.
+    pub async fn pause(&self, worker: &str) -> Result<bool, ClientError> {
+        validate_worker_name(worker).map_err(SpecError::Worker)?;
+        Ok(self.store.set_paused(worker, true).await?)
+    }
+
+    /// Resumes a paused worker type: every node may claim its tasks again, at once. Returns
+    /// false when it was not paused.
+    pub async fn resume(&self, worker: &str) -> Result<bool, ClientError> {
+        validate_worker_name(worker).map_err(SpecError::Worker)?;
+        Ok(self.store.set_paused(worker, false).await?)
+    }
+
+    /// The worker types paused cluster-wide, sorted.
+    pub async fn paused(&self) -> Result<Vec<String>, ClientError> {
+        Ok(self.store.paused().await?)
     }
 
     /// Pending, scheduled, running and dead tasks, at most `limit` of each.

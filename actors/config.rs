@@ -531,7 +531,12 @@ impl Settings {
                 ));
             }
         }
-        if self.http.token.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        if self
+            .http
+            .token
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control())
+        {
             return Err(bad(
                 "http.token",
                 "must not contain spaces or control characters".into(),

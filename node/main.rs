@@ -147,6 +147,10 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Pause a worker type cluster-wide: no node claims its tasks; running ones finish.
+    Pause(WorkerSelect),
+    /// Resume a paused worker type: every node claims its tasks again.
+    Resume(WorkerSelect),
     /// Stop a node (or every node) gracefully, through the cluster.
     Stop(NodeSelect),
     /// Make a node (or every node) rescan its workers folder, through the cluster.
@@ -170,6 +174,16 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// The worker type `pause` and `resume` act on.
+#[derive(Args)]
+struct WorkerSelect {
+    /// Worker name.
+    worker: String,
+    /// Print one JSON object.
+    #[arg(long)]
+    json: bool,
 }
 
 /// Which nodes `stop` and `reload` reach.
@@ -497,13 +511,19 @@ async fn dispatch(cli: Cli) -> Result<u8, Exit> {
         Command::Info { json } => {
             let client = connect(&settings(&cli, &[])?).await?;
             let members = client.info().await?;
+            let paused = client.paused().await?;
             if *json {
-                print_json(&json!({ "members": members }))?;
+                print_json(&json!({ "members": members, "paused": paused }))?;
             } else {
                 print_info(&members);
+                if !paused.is_empty() {
+                    out!("paused cluster-wide: {}", paused.join(", "));
+                }
             }
             Ok(0)
         }
+        Command::Pause(select) => pause(&cli, select, true).await,
+        Command::Resume(select) => pause(&cli, select, false).await,
         Command::Stop(select) => control(&cli, ControlOp::Stop, select).await,
         Command::Reload(select) => control(&cli, ControlOp::Reload, select).await,
         Command::Bg { limit, json } => {
@@ -548,6 +568,35 @@ async fn warn_unrunnable(client: &Client, spec: &TaskSpec, id: &str, settings: &
         "warning: {why}: task {id} cannot run now; it waits for {}, {fate}",
         why.waits_for()
     );
+}
+
+/// `bgnode pause` and `bgnode resume`.
+async fn pause(cli: &Cli, select: &WorkerSelect, paused: bool) -> Result<u8, Exit> {
+    let client = connect(&settings(cli, &[])?).await?;
+    let worker = &select.worker;
+    let changed = match if paused {
+        client.pause(worker).await
+    } else {
+        client.resume(worker).await
+    } {
+        Ok(changed) => changed,
+        Err(e @ ClientError::Invalid(_)) => return Err(usage(e.to_string())),
+        Err(e) => return Err(e.into()),
+    };
+    if select.json {
+        print_json(&json!({"worker": worker, "paused": paused, "changed": changed}))?;
+    } else {
+        out!(
+            "{worker} {}",
+            match (paused, changed) {
+                (true, true) => "paused cluster-wide: no node claims its tasks until it is resumed",
+                (true, false) => "was paused already",
+                (false, true) => "resumed: the nodes claim its tasks again",
+                (false, false) => "was not paused",
+            }
+        );
+    }
+    Ok(0)
 }
 
 async fn control(cli: &Cli, op: ControlOp, select: &NodeSelect) -> Result<u8, Exit> {

@@ -85,6 +85,14 @@ pub(crate) enum ChannelMessage {
         /// The task id.
         id: String,
     },
+    /// Worker type `worker` was paused (`paused`) or resumed cluster-wide (sent on a node's
+    /// control channel by `pause.lua`).
+    Pause {
+        /// The worker.
+        worker: String,
+        /// Paused now, or resumed.
+        paused: bool,
+    },
 }
 
 /// Why a channel message was refused.
@@ -191,6 +199,7 @@ fn read_object(obj: Map<String, Value>) -> Result<ChannelMessage, String> {
         Op::Control(op) => from_object::<ControlNotice>(obj)?.into_message(op),
         Op::Schedule => Ok(ChannelMessage::Schedule),
         Op::Cancel => from_object::<CancelNotice>(obj)?.into_message(),
+        Op::Pause(paused) => from_object::<PauseNotice>(obj)?.into_message(paused),
     }
 }
 
@@ -264,7 +273,7 @@ impl TaskEnvelope {
 }
 
 /// The operations a notice may ask for, as its `op` field spells them.
-const OPS: &str = "wake, schedule, cancel, stop or reload";
+const OPS: &str = "wake, schedule, cancel, pause, resume, stop or reload";
 
 /// What a notice asks for: its `op` field.
 #[derive(Debug, Clone, Copy)]
@@ -272,16 +281,20 @@ enum Op {
     Wake,
     Schedule,
     Cancel,
+    /// `pause` (true) or `resume` (false).
+    Pause(bool),
     Control(ControlOp),
 }
 
 impl Op {
-    /// Only these five strings: not a number, not an object naming one.
+    /// Only these strings: not a number, not an object naming one.
     fn read(op: &Value) -> Result<Op, String> {
         match op.as_str() {
             Some("wake") => Ok(Op::Wake),
             Some("schedule") => Ok(Op::Schedule),
             Some("cancel") => Ok(Op::Cancel),
+            Some("pause") => Ok(Op::Pause(true)),
+            Some("resume") => Ok(Op::Pause(false)),
             Some("stop") => Ok(Op::Control(ControlOp::Stop)),
             Some("reload") => Ok(Op::Control(ControlOp::Reload)),
             Some(other) => Err(format!(
@@ -353,6 +366,21 @@ impl CancelNotice {
     fn into_message(self) -> Result<ChannelMessage, String> {
         let id = self.id.ok_or("cancel message without `id`")?;
         Ok(ChannelMessage::Cancel { id })
+    }
+}
+
+/// `{"op":"pause"|"resume","worker":…}`, published on every node's control channel.
+#[derive(Debug, Deserialize)]
+struct PauseNotice {
+    #[serde(default, deserialize_with = "text")]
+    worker: Option<String>,
+}
+
+impl PauseNotice {
+    fn into_message(self, paused: bool) -> Result<ChannelMessage, String> {
+        let worker = self.worker.ok_or("pause message without `worker`")?;
+        validate_worker_name(&worker).map_err(|e| e.to_string())?;
+        Ok(ChannelMessage::Pause { worker, paused })
     }
 }
 

@@ -79,6 +79,10 @@ impl Keys {
     pub(crate) fn unrunnable(&self) -> String {
         format!("{}:unrunnable", self.prefix)
     }
+    /// `{p}:paused`: the worker types paused cluster-wide (no node claims their tasks).
+    pub(crate) fn paused(&self) -> String {
+        format!("{}:paused", self.prefix)
+    }
     /// `{p}:members`: ids of the nodes in the cluster (joined, not yet left or failed over).
     pub(crate) fn members(&self) -> String {
         format!("{}:members", self.prefix)

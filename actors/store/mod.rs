@@ -90,6 +90,7 @@ struct Scripts {
     leave: Script,
     channel: Script,
     cookie: Script,
+    pause: Script,
 }
 
 impl Scripts {
@@ -112,10 +113,11 @@ impl Scripts {
             leave: lua!("leave.lua"),
             channel: lua!("channel.lua"),
             cookie: lua!("cookie.lua"),
+            pause: lua!("pause.lua"),
         }
     }
 
-    fn all(&self) -> [&Script; 17] {
+    fn all(&self) -> [&Script; 18] {
         [
             &self.enqueue,
             &self.claim,
@@ -134,6 +136,7 @@ impl Scripts {
             &self.leave,
             &self.channel,
             &self.cookie,
+            &self.pause,
         ]
     }
 }

@@ -202,13 +202,24 @@ impl Store {
     }
 
     /// Claims up to `n` pending tasks of `worker` for `me`; none while another incarnation of
-    /// the id holds its lease.
+    /// the id holds its lease, or while the worker is paused.
+    #[cfg(test)]
     pub(crate) async fn claim(
         &self,
         worker: &str,
         me: &Incarnation,
         n: usize,
     ) -> StoreResult<Vec<Task>> {
+        Ok(self.claim_batch(worker, me, n).await?.tasks)
+    }
+
+    /// [`Store::claim`], saying also whether the worker is paused (then no task is taken).
+    pub(crate) async fn claim_batch(
+        &self,
+        worker: &str,
+        me: &Incarnation,
+        n: usize,
+    ) -> StoreResult<Claim> {
         let mut con = self.con.clone();
         let node = &me.node;
         let reply: Vec<Vec<String>> = self
@@ -228,7 +239,44 @@ impl Store {
             .arg(&me.holder)
             .invoke_async(&mut con)
             .await?;
-        parse_claimed_rows(reply)
+        if reply.first().is_some_and(|row| row == &[PAUSED]) {
+            return Ok(Claim {
+                tasks: Vec::new(),
+                paused: true,
+            });
+        }
+        Ok(Claim {
+            tasks: parse_claimed_rows(reply)?,
+            paused: false,
+        })
+    }
+
+    /// Pauses (`true`) or resumes worker type `worker` cluster-wide (`pause.lua`): while it is
+    /// paused no node claims its tasks; each member is told, and a resume wakes the cluster.
+    /// Returns whether the state changed.
+    pub(crate) async fn set_paused(&self, worker: &str, paused: bool) -> StoreResult<bool> {
+        let mut con = self.con.clone();
+        let n: i64 = self
+            .scripts
+            .pause
+            .arg(self.keys.prefix())
+            .arg(&self.names.channel)
+            .arg(worker)
+            .arg(if paused { "1" } else { "0" })
+            .invoke_async(&mut con)
+            .await?;
+        Ok(n == 1)
+    }
+
+    /// The paused worker types, sorted.
+    pub(crate) async fn paused(&self) -> StoreResult<Vec<String>> {
+        let mut con = self.con.clone();
+        let mut names: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(self.keys.paused())
+            .query_async(&mut con)
+            .await?;
+        names.sort();
+        Ok(names)
     }
 
     /// Cancels a task.
@@ -328,6 +376,18 @@ impl Store {
         Ok(popped.map(|(_, v)| v))
     }
 }
+
+/// What a claim took.
+#[derive(Debug)]
+pub(crate) struct Claim {
+    /// The tasks, now owned by the claiming node.
+    pub(crate) tasks: Vec<Task>,
+    /// The worker is paused cluster-wide: nothing was taken.
+    pub(crate) paused: bool,
+}
+
+/// The single row `claim.lua` answers for a paused worker (`PAUSED` in `common.lua`).
+const PAUSED: &str = "paused";
 
 /// The name in a claimed-task row of whether the task is pinned to a node (`1`) or may move
 /// (`0`). Not a record field: `claim.lua` and `adopt.lua` decide it (`pinned_node` in

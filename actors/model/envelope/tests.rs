@@ -62,6 +62,22 @@ fn reads_control_messages() {
     );
     assert!(reason(br#"{"op":"cancel"}"#).contains("without `id`"));
     assert_eq!(
+        parse_message(br#"{"op":"pause","worker":"w"}"#, LIMIT).unwrap(),
+        ChannelMessage::Pause {
+            worker: "w".into(),
+            paused: true
+        }
+    );
+    assert_eq!(
+        parse_message(br#"{"op":"resume","worker":"w"}"#, LIMIT).unwrap(),
+        ChannelMessage::Pause {
+            worker: "w".into(),
+            paused: false
+        }
+    );
+    assert!(reason(br#"{"op":"pause"}"#).contains("without `worker`"));
+    assert!(reason(br#"{"op":"resume","worker":"../x"}"#).contains("worker"));
+    assert_eq!(
         parse_message(br#"{"op":"wake","worker":"w","node":"n2"}"#, LIMIT).unwrap(),
         ChannelMessage::Wake {
             worker: "w".into(),
@@ -457,10 +473,10 @@ fn notices_refuse_what_they_read() {
         {"op":"stop","node":"","reply":"r"}     => field `node`: is empty
         {"op":"cancel"}                         => cancel message without `id`
         {"op":"cancel","id":7}                  => field `id`: expected a string, got a number
-        {"op":"Wake","worker":"w"}              => field `op`: unknown operation `Wake` (wake, schedule, cancel, stop or reload)
-        {"op":null,"worker":"w"}                => field `op`: expected a string (wake, schedule, cancel, stop or reload), got null
-        {"op":0,"worker":"w"}                   => field `op`: expected a string (wake, schedule, cancel, stop or reload), got a number
-        {"op":{"wake":null},"worker":"w"}       => field `op`: expected a string (wake, schedule, cancel, stop or reload), got an object
+        {"op":"Wake","worker":"w"}              => field `op`: unknown operation `Wake` (wake, schedule, cancel, pause, resume, stop or reload)
+        {"op":null,"worker":"w"}                => field `op`: expected a string (wake, schedule, cancel, pause, resume, stop or reload), got null
+        {"op":0,"worker":"w"}                   => field `op`: expected a string (wake, schedule, cancel, pause, resume, stop or reload), got a number
+        {"op":{"wake":null},"worker":"w"}       => field `op`: expected a string (wake, schedule, cancel, pause, resume, stop or reload), got an object
         "#,
     );
 }

@@ -81,6 +81,15 @@ for _, name in ipairs(RUN_FIELDS) do
   ROW[#ROW + 1] = name
 end
 
+-- The answer of a claim for a paused worker (`{prefix}:paused`): this one row instead of the
+-- header, and no task.
+local PAUSED = {'paused'}
+
+-- True while worker `worker` is paused cluster-wide: no claim or adoption hands out its tasks.
+local function is_paused(prefix, worker)
+  return redis.call('SISMEMBER', prefix .. ':paused', worker) == 1
+end
+
 -- What a claim or an adoption reads of a record: the fields it decides on, at the positions
 -- below, then RUN_FIELDS. (Positions rather than a table by name: a claim reads thousands of
 -- records a second, and each table costs the interpreter.)
