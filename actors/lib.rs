@@ -79,8 +79,12 @@ pub use model::names::NameError;
 pub use model::task::{
     Outcome, Retry, SpecError, Target, TaskSpec, TaskState, TaskStatus, new_task_id,
 };
+pub use model::timeline::{AttemptRecord, Moment};
 pub use node::{Node, NodeBuilder, NodeError, NodeHandle, ShutdownReport};
-pub use store::{Accepted, CancelResult, Overview, RetryResult, StoreError, TaskRow};
+pub use store::{
+    Accepted, CancelResult, Counts, Cursor, DeleteResult, Listed, Overview, RetryResult,
+    StoreError, TaskDetail, TaskPage, TaskQuery, TaskRow, Throughput, Window,
+};
 pub use wiring::StopReason;
 pub use workers::eval::{EvalError, Evaluation, eval};
 pub use workers::rust::{TaskContext, TaskError, Worker, WorkerOptions};

@@ -155,7 +155,7 @@ enum Command {
     Stop(NodeSelect),
     /// Make a node (or every node) rescan its workers folder, through the cluster.
     Reload(NodeSelect),
-    /// List pending, scheduled, running and dead tasks.
+    /// List pending (pinned ones too), claimed, deferred, scheduled, running and dead tasks.
     Bg {
         /// Most tasks listed per group.
         #[arg(long, default_value_t = 50)]
@@ -822,12 +822,17 @@ fn print_status(s: &TaskStatus) {
 fn print_overview(o: &Overview) {
     let time = |ms: Option<u64>| ms.map_or_else(|| "-".to_owned(), format_timestamp);
     let count = |k: &str| o.counts.get(k).copied().unwrap_or(0);
-    let groups: [(&str, &[TaskRow]); 4] = [
+    let groups: [(&str, &[TaskRow]); 6] = [
         ("pending", &o.pending),
+        ("claimed", &o.claimed),
+        ("deferred", &o.deferred),
         ("scheduled", &o.scheduled),
         ("running", &o.running),
         ("dead", &o.dead),
     ];
+    if !o.paused.is_empty() {
+        out!("paused cluster-wide: {}", o.paused.join(", "));
+    }
     for (name, rows) in groups {
         match (name, count("unrunnable")) {
             ("pending", n) if n > 0 => {
@@ -837,14 +842,30 @@ fn print_overview(o: &Overview) {
         }
         for r in rows {
             let mut line = format!("  {}  {}  {}", r.id, r.worker, r.state);
+            if o.paused.contains(&r.worker) && name != "running" && name != "dead" {
+                line.push_str("  PAUSED");
+            }
             match name {
-                "pending" => {
+                "pending" | "deferred" => {
                     line.push_str(&format!("  priority {}", r.priority));
                     if let Some(node) = r.target.as_deref().and_then(|t| t.strip_prefix("node:")) {
                         line.push_str(&format!("  only on {node}"));
                     }
+                    if let Some(key) = &r.key {
+                        line.push_str(&format!("  key {key}"));
+                    }
                     if let Some(why) = &r.unrunnable {
                         line.push_str(&format!("  CANNOT RUN NOW: {why}"));
+                    }
+                }
+                "claimed" => {
+                    line.push_str(&format!(
+                        "  on {}  attempt {}  not started",
+                        r.node.as_deref().unwrap_or("-"),
+                        r.attempt
+                    ));
+                    if let Some(node) = r.target.as_deref().and_then(|t| t.strip_prefix("node:")) {
+                        line.push_str(&format!("  only on {node}"));
                     }
                 }
                 "scheduled" => {

@@ -15,7 +15,8 @@
 //! - `timers.rs`: firing due schedules and recurrences, expiring deadlines.
 //! - `members.rs`: joining and leaving, liveness, node reports, the cookie, leases.
 //! - `subscription.rs`: the ingress subscription, which a successor can close.
-//! - `views.rs`: what `bgnode bg` lists ([`Overview`], [`TaskRow`]).
+//! - `views.rs`: the listing behind `bgnode bg` and the HTTP API ([`TaskQuery`], [`Overview`]),
+//!   the counts and the throughput.
 //! - `lua/`: the scripts; `common.lua` is prepended to each.
 
 use std::sync::Arc;
@@ -39,9 +40,11 @@ mod writes;
 pub(crate) use clock::Clock;
 pub(crate) use keys::Keys;
 pub(crate) use members::{CookieCheck, Guard, Incarnation, Lease};
-pub use tasks::{Accepted, CancelResult, RetryResult};
+pub use tasks::{Accepted, CancelResult, DeleteResult, RetryResult, TaskDetail};
 pub(crate) use timers::DueTemplate;
-pub use views::{Overview, TaskRow};
+pub use views::{
+    Counts, Cursor, Listed, Overview, TaskPage, TaskQuery, TaskRow, Throughput, Window,
+};
 pub(crate) use writes::{WriteOp, WriteResult};
 
 /// A store error: Redis unreachable or answering something unexpected.
@@ -91,6 +94,8 @@ struct Scripts {
     channel: Script,
     cookie: Script,
     pause: Script,
+    delete: Script,
+    tally: Script,
 }
 
 impl Scripts {
@@ -114,10 +119,12 @@ impl Scripts {
             channel: lua!("channel.lua"),
             cookie: lua!("cookie.lua"),
             pause: lua!("pause.lua"),
+            delete: lua!("delete.lua"),
+            tally: lua!("tally.lua"),
         }
     }
 
-    fn all(&self) -> [&Script; 18] {
+    fn all(&self) -> [&Script; 20] {
         [
             &self.enqueue,
             &self.claim,
@@ -137,6 +144,8 @@ impl Scripts {
             &self.channel,
             &self.cookie,
             &self.pause,
+            &self.delete,
+            &self.tally,
         ]
     }
 }
