@@ -284,6 +284,22 @@ impl Client {
         }
     }
 
+    /// A client on an existing store (a node's own connection), with `settings`' names.
+    pub(crate) fn with_store(store: Store, settings: &Settings) -> Client {
+        Client {
+            store,
+            key_limit: settings.keys.limit,
+            local_node: settings.node.id.clone(),
+            channel: settings.redis.channel.clone(),
+            events: settings.redis.events.clone(),
+        }
+    }
+
+    /// A dedicated connection subscribed to the events channel.
+    pub(crate) async fn subscribe_events(&self) -> Result<redis::aio::PubSub, ClientError> {
+        self.subscribe(&self.events).await
+    }
+
     /// A dedicated connection subscribed to `channel`.
     async fn subscribe(&self, channel: &str) -> Result<redis::aio::PubSub, ClientError> {
         let mut pubsub = self

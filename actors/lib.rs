@@ -43,6 +43,8 @@
 //! - `cluster/`: the link between nodes: `membership` (gossip, sessions, heartbeats,
 //!   failover), `handle` (the view, this node's load, sending to peers), `wire`, `codec`,
 //!   `tls`.
+//! - `http/`: the node's HTTP side: the JSON API under `/api/v1` (`api`), its event stream
+//!   (`sse`), the server actor, the router, authentication and errors.
 //! - `workers/`: the worker types a node offers: `registry`, `rust` (the [`Worker`] trait),
 //!   `script`, `eval`.
 //! - `wiring`: links to actors that may restart, background tasks tied to actors, the lease
@@ -54,6 +56,7 @@ mod cluster;
 pub mod config;
 mod decide;
 mod engine;
+mod http;
 mod model;
 mod node;
 mod store;

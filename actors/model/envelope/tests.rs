@@ -526,3 +526,55 @@ fn a_field_given_twice_is_refused() {
         "the same name in nested values is not a repetition"
     );
 }
+
+#[test]
+fn http_bodies_read_one_envelope_or_a_batch_and_name_the_field_at_fault() {
+    let (specs, batch) = parse_tasks(br#"{"worker":"w","args":[1]}"#, LIMIT, 10).unwrap();
+    assert_eq!((specs.len(), batch), (1, false));
+    let (specs, batch) = parse_tasks(
+        br#" [{"worker":"a"},{"worker":"b","priority":3}]"#,
+        LIMIT,
+        10,
+    )
+    .unwrap();
+    assert_eq!((specs.len(), batch), (2, true));
+    assert_eq!(specs[1].priority, 3);
+    let e = parse_tasks(br#"{"worker":"w","priority":101}"#, LIMIT, 10).unwrap_err();
+    assert_eq!(e.field.as_deref(), Some("priority"), "{e:?}");
+    let e = parse_tasks(br#"[{"worker":"w"},{"worker":"w","prority":1}]"#, LIMIT, 10).unwrap_err();
+    assert_eq!(
+        (e.field.as_deref(), e.index),
+        (Some("prority"), Some(1)),
+        "{e:?}"
+    );
+    assert!(e.reason.starts_with("envelope 1: unknown field"), "{e:?}");
+    let e = parse_tasks(br#"{"worker":"../x"}"#, LIMIT, 10).unwrap_err();
+    assert_eq!(e.field.as_deref(), Some("worker"));
+    let e = parse_tasks(br#"{"args":1}"#, LIMIT, 10).unwrap_err();
+    assert_eq!(e.field.as_deref(), Some("worker"));
+    let e = parse_tasks(br#"{"op":"stop","reply":"x"}"#, LIMIT, 10).unwrap_err();
+    assert_eq!(e.field.as_deref(), Some("op"), "a notice is no task: {e:?}");
+    let e = parse_tasks(br#"{"worker":"w","worker":"v"}"#, LIMIT, 10).unwrap_err();
+    assert_eq!(e.field.as_deref(), Some("worker"));
+    assert!(
+        parse_tasks(b"{nope", LIMIT, 10)
+            .unwrap_err()
+            .reason
+            .contains("not valid JSON")
+    );
+    assert!(parse_tasks(b"[]", LIMIT, 10).is_err());
+    let three = br#"[{"worker":"w"},{"worker":"w"},{"worker":"w"}]"#;
+    assert!(
+        parse_tasks(three, LIMIT, 2)
+            .unwrap_err()
+            .reason
+            .contains("more than 2")
+    );
+    let big = format!(r#"[{{"worker":"w","args":"{}"}}]"#, "x".repeat(200));
+    assert!(
+        parse_tasks(big.as_bytes(), 100, 10)
+            .unwrap_err()
+            .reason
+            .contains("over the 100-byte limit")
+    );
+}
