@@ -31,13 +31,15 @@
 //! one folder per concern:
 //!
 //! - `model/`: the task model and the formats tasks travel in: `task` (spec, claimed task,
-//!   outcome, status, record fields), `envelope` (channel messages), `events`, `names`.
+//!   outcome, status, record fields), `envelope` (channel messages and HTTP bodies), `events`,
+//!   `names`, `timeline` (a task's attempts and timeline, from its record).
 //! - `decide/`: pure decisions, unit-tested without I/O: `policy` (what an attempt leads to),
 //!   `outcome` (an attempt's end as one fenced write), `placement`, `fencing`, `cron`, `due`
 //!   (a new task's first run), `times`, `backoff`, `restart` (supervisors' restart policy),
 //!   `runnable` (whether any live node can run a waiting task).
 //! - `store/`: every Redis round trip: `keys`, `tasks`, `writes`, `ownership`, `timers`,
-//!   `members`, `views`, and the atomic scripts in `lua/`.
+//!   `members`, `views` (the listing of `bgnode bg` and the API, counts, throughput), and the
+//!   atomic scripts in `lua/`.
 //! - `engine/`: the node's actors: `supervisor`, `ingress`, `scheduler`, `dispatcher` (with
 //!   its `lane`, stealing and recovery), `pool`, `saver`, `peer`, and `control` (stop, reload).
 //! - `cluster/`: the link between nodes: `membership` (gossip, sessions, heartbeats,
