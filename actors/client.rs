@@ -16,8 +16,12 @@ use crate::config::Settings;
 use crate::decide::placement::Load;
 use crate::decide::runnable::{Unrunnable, unrunnable};
 use crate::model::events::{Ending, ending_of};
+use crate::model::names::validate_worker_name;
 use crate::model::task::{SpecError, Target, TaskSpec, TaskStatus};
-use crate::store::{Accepted, CancelResult, Overview, RetryResult, Store, StoreError};
+use crate::store::{
+    Accepted, CancelResult, Counts, DeleteResult, Overview, RetryResult, Store, StoreError,
+    TaskDetail, TaskPage, TaskQuery, Throughput,
+};
 
 /// A client error.
 #[derive(Debug, thiserror::Error)]
@@ -164,16 +168,7 @@ impl Client {
         &self,
         specs: Vec<TaskSpec>,
     ) -> Result<Vec<(String, Accepted)>, ClientError> {
-        for spec in &specs {
-            spec.validate()?;
-        }
-        let mut specs = specs;
-        for spec in &mut specs {
-            spec.id.get_or_insert_with(crate::model::task::new_task_id);
-            // `local` is the node this client's configuration names.
-            spec.target = std::mem::take(&mut spec.target).resolve(&self.local_node);
-        }
-        let stored = self.store.enqueue_many(&specs, true).await?;
+        let (specs, stored) = self.store_each(specs).await?;
         if let Some((i, _)) = stored
             .iter()
             .enumerate()
@@ -185,6 +180,49 @@ impl Client {
             });
         }
         Ok(stored)
+    }
+
+    /// The one durable enqueue every door uses (the client, `bgnode do`, the HTTP API): checks
+    /// every task first (nothing is stored when one is invalid), gives each an id, resolves
+    /// `local` to this client's node, and stores them in one round trip. Returns the tasks as
+    /// stored and what happened to each, a refusal (key at its limit) included.
+    pub(crate) async fn store_each(
+        &self,
+        specs: Vec<TaskSpec>,
+    ) -> Result<(Vec<TaskSpec>, Vec<(String, Accepted)>), ClientError> {
+        for spec in &specs {
+            spec.validate()?;
+        }
+        let mut specs = specs;
+        for spec in &mut specs {
+            spec.id.get_or_insert_with(crate::model::task::new_task_id);
+            // `local` is the node this client's configuration names.
+            spec.target = std::mem::take(&mut spec.target).resolve(&self.local_node);
+        }
+        let stored = self.store.enqueue_many(&specs, true).await?;
+        Ok((specs, stored))
+    }
+
+    /// For each task, why no live node could run it now (see [`Client::unrunnable`]), reading
+    /// the live nodes once.
+    pub(crate) async fn unrunnable_each(
+        &self,
+        specs: &[TaskSpec],
+    ) -> Result<Vec<Option<Unrunnable>>, ClientError> {
+        let live = self.store.live_nodes().await?;
+        Ok(specs
+            .iter()
+            .map(|spec| match spec.target.clone().resolve(&self.local_node) {
+                Target::All => None,
+                Target::Node(node) => unrunnable(&spec.worker, Some(&node), &live),
+                Target::Any | Target::Local => unrunnable(&spec.worker, None, &live),
+            })
+            .collect())
+    }
+
+    /// The key limit tasks are checked against (`[keys] limit`).
+    pub(crate) fn key_limit(&self) -> u32 {
+        self.key_limit
     }
 
     /// Why no live node could run `spec` now, or `None` when one could (or the task is a
@@ -244,6 +282,22 @@ impl Client {
                 waited: timeout,
             }),
         }
+    }
+
+    /// A client on an existing store (a node's own connection), with `settings`' names.
+    pub(crate) fn with_store(store: Store, settings: &Settings) -> Client {
+        Client {
+            store,
+            key_limit: settings.keys.limit,
+            local_node: settings.node.id.clone(),
+            channel: settings.redis.channel.clone(),
+            events: settings.redis.events.clone(),
+        }
+    }
+
+    /// A dedicated connection subscribed to the events channel.
+    pub(crate) async fn subscribe_events(&self) -> Result<redis::aio::PubSub, ClientError> {
+        self.subscribe(&self.events).await
     }
 
     /// A dedicated connection subscribed to `channel`.
@@ -339,9 +393,67 @@ impl Client {
         Ok(self.store.retry(id).await?)
     }
 
-    /// Pending, scheduled, running and dead tasks, at most `limit` of each.
+    /// Pauses worker type `worker` cluster-wide: no node claims its tasks until
+    /// [`Client::resume`]; running ones finish, tasks a node had claimed but not started go
+    /// back to the pending sets, and new ones are still accepted. Returns false when it was
+    /// paused already.
+    pub async fn pause(&self, worker: &str) -> Result<bool, ClientError> {
+        validate_worker_name(worker).map_err(SpecError::Worker)?;
+        Ok(self.store.set_paused(worker, true).await?)
+    }
+
+    /// Resumes a paused worker type: every node may claim its tasks again, at once. Returns
+    /// false when it was not paused.
+    pub async fn resume(&self, worker: &str) -> Result<bool, ClientError> {
+        validate_worker_name(worker).map_err(SpecError::Worker)?;
+        Ok(self.store.set_paused(worker, false).await?)
+    }
+
+    /// The worker types paused cluster-wide, sorted.
+    pub async fn paused(&self) -> Result<Vec<String>, ClientError> {
+        Ok(self.store.paused().await?)
+    }
+
+    /// Each group of tasks `bgnode bg` lists (pending, claimed, deferred, scheduled, running,
+    /// dead), at most `limit` of each, newest first, with the counts.
     pub async fn overview(&self, limit: usize) -> Result<Overview, ClientError> {
         Ok(self.store.overview(limit).await?)
+    }
+
+    /// One page of tasks, newest first, filtered by `query` (the listing `bgnode bg` uses).
+    pub async fn tasks(&self, query: &TaskQuery) -> Result<TaskPage, ClientError> {
+        Ok(self.store.tasks(query).await?)
+    }
+
+    /// How many tasks wait where, per state and per worker, and the paused workers.
+    pub async fn counts(&self) -> Result<Counts, ClientError> {
+        Ok(self.store.counts().await?)
+    }
+
+    /// Tasks that ended over about the last minute and hour (from samples of the counters the
+    /// nodes' schedulers record every 10 s).
+    pub async fn throughput(&self) -> Result<Throughput, ClientError> {
+        Ok(self.store.throughput().await?)
+    }
+
+    /// A task's record with its attempts and timeline, or `None` when it does not exist.
+    pub async fn detail(&self, id: &str) -> Result<Option<TaskDetail>, ClientError> {
+        Ok(self.store.detail(id).await?)
+    }
+
+    /// Deletes a finished task (done, failed, dead, cancelled, expired) and its result.
+    pub async fn delete(&self, id: &str) -> Result<DeleteResult, ClientError> {
+        Ok(self.store.delete(id, None).await?)
+    }
+
+    /// Queues every dead task (of `worker` only, when given) again; returns how many.
+    pub async fn retry_dead(&self, worker: Option<&str>) -> Result<usize, ClientError> {
+        Ok(self.store.retry_dead(worker).await?)
+    }
+
+    /// Deletes every dead task (of `worker` only, when given); returns how many.
+    pub async fn delete_dead(&self, worker: Option<&str>) -> Result<usize, ClientError> {
+        Ok(self.store.delete_dead(worker).await?)
     }
 
     /// The live nodes with their workers and load.

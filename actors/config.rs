@@ -46,6 +46,8 @@ pub struct Settings {
     pub saver: SaverSettings,
     /// `[limits]`: input sizes.
     pub limits: LimitSettings,
+    /// `[http]`: the JSON API.
+    pub http: HttpSettings,
 }
 
 /// `[node]`
@@ -181,6 +183,16 @@ pub struct SaverSettings {
 pub struct LimitSettings {
     /// Largest message, argument or script output, in bytes.
     pub message_bytes: u64,
+}
+
+/// `[http]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSettings {
+    /// Address of the HTTP API (`host:port`); empty: no HTTP server.
+    pub listen: String,
+    /// Bearer token the API asks for; empty: none (allowed on a loopback address only).
+    pub token: String,
 }
 
 /// A configuration problem, naming the key and its source.
@@ -498,7 +510,44 @@ impl Settings {
         if self.limits.message_bytes < 1024 {
             return Err(bad("limits.message_bytes", "must be at least 1024".into()));
         }
+        if !self.http.listen.is_empty() {
+            let addr = self.http.listen.parse::<SocketAddr>().map_err(|e| {
+                bad(
+                    "http.listen",
+                    format!(
+                        "`{}` is not host:port ({e}; empty turns the HTTP API off)",
+                        self.http.listen
+                    ),
+                )
+            })?;
+            if !addr.ip().is_loopback() && self.http.token.is_empty() {
+                return Err(bad(
+                    "http.token",
+                    format!(
+                        "must be set when http.listen ({}, from {}) is not a loopback address: anyone who reaches it could enqueue and cancel tasks",
+                        self.http.listen,
+                        origin_of("http.listen")
+                    ),
+                ));
+            }
+        }
+        if self
+            .http
+            .token
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control())
+        {
+            return Err(bad(
+                "http.token",
+                "must not contain spaces or control characters".into(),
+            ));
+        }
         Ok(())
+    }
+
+    /// The HTTP API's address, or `None` when it is off (`http.listen` empty).
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http.listen.parse().ok()
     }
 
     /// The cluster listen address.

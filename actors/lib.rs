@@ -31,18 +31,22 @@
 //! one folder per concern:
 //!
 //! - `model/`: the task model and the formats tasks travel in: `task` (spec, claimed task,
-//!   outcome, status, record fields), `envelope` (channel messages), `events`, `names`.
+//!   outcome, status, record fields), `envelope` (channel messages and HTTP bodies), `events`,
+//!   `names`, `timeline` (a task's attempts and timeline, from its record).
 //! - `decide/`: pure decisions, unit-tested without I/O: `policy` (what an attempt leads to),
 //!   `outcome` (an attempt's end as one fenced write), `placement`, `fencing`, `cron`, `due`
 //!   (a new task's first run), `times`, `backoff`, `restart` (supervisors' restart policy),
 //!   `runnable` (whether any live node can run a waiting task).
 //! - `store/`: every Redis round trip: `keys`, `tasks`, `writes`, `ownership`, `timers`,
-//!   `members`, `views`, and the atomic scripts in `lua/`.
+//!   `members`, `views` (the listing of `bgnode bg` and the API, counts, throughput), and the
+//!   atomic scripts in `lua/`.
 //! - `engine/`: the node's actors: `supervisor`, `ingress`, `scheduler`, `dispatcher` (with
 //!   its `lane`, stealing and recovery), `pool`, `saver`, `peer`, and `control` (stop, reload).
 //! - `cluster/`: the link between nodes: `membership` (gossip, sessions, heartbeats,
 //!   failover), `handle` (the view, this node's load, sending to peers), `wire`, `codec`,
 //!   `tls`.
+//! - `http/`: the node's HTTP side: the JSON API under `/api/v1` (`api`), its event stream
+//!   (`sse`), the server actor, the router, authentication and errors.
 //! - `workers/`: the worker types a node offers: `registry`, `rust` (the [`Worker`] trait),
 //!   `script`, `eval`.
 //! - `wiring`: links to actors that may restart, background tasks tied to actors, the lease
@@ -54,6 +58,7 @@ mod cluster;
 pub mod config;
 mod decide;
 mod engine;
+mod http;
 mod model;
 mod node;
 mod store;
@@ -79,8 +84,12 @@ pub use model::names::NameError;
 pub use model::task::{
     Outcome, Retry, SpecError, Target, TaskSpec, TaskState, TaskStatus, new_task_id,
 };
+pub use model::timeline::{AttemptRecord, Moment};
 pub use node::{Node, NodeBuilder, NodeError, NodeHandle, ShutdownReport};
-pub use store::{Accepted, CancelResult, Overview, RetryResult, StoreError, TaskRow};
+pub use store::{
+    Accepted, CancelResult, Counts, Cursor, DeleteResult, Listed, Overview, RetryResult,
+    StoreError, TaskDetail, TaskPage, TaskQuery, TaskRow, Throughput, Window,
+};
 pub use wiring::StopReason;
 pub use workers::eval::{EvalError, Evaluation, eval};
 pub use workers::rust::{TaskContext, TaskError, Worker, WorkerOptions};

@@ -6,7 +6,9 @@
 //! Start-up: connect to Redis; check the cluster cookie against the hash recorded for this key
 //! prefix; take this node id's liveness lease (`{prefix}:node:{id}:alive`), waiting out a
 //! previous incarnation's lease and refusing to start when another live process renews it;
-//! build the worker registry; start the supervisor and its actors; join the members.
+//! build the worker registry; start the supervisor and its actors; join the members. The HTTP
+//! API's address (`[http] listen`) is bound before all that, so a taken address stops the start
+//! at once.
 //!
 //! Shutdown ([`NodeHandle::shutdown`]), one sequence (a graceful leave):
 //! 1. stop intake: tell the peers this node is leaving, the ingress unsubscribes and drops its
@@ -94,6 +96,16 @@ pub enum NodeError {
         /// Why.
         reason: String,
     },
+    /// The HTTP API's address cannot be listened on.
+    #[error(
+        "cannot serve the HTTP API on {addr}: {reason} (set another address with http.listen, BGNODE_HTTP__LISTEN or --http; empty turns the API off)"
+    )]
+    HttpBind {
+        /// The address.
+        addr: String,
+        /// Why.
+        reason: String,
+    },
     /// The actor tree could not be started.
     #[error("cannot start the node's actors: {0}")]
     Spawn(String),
@@ -173,6 +185,17 @@ impl NodeBuilder {
                 reason: e.to_string(),
             })?;
         }
+        // Bound first: an address that is taken or forbidden stops the start before anything
+        // is done in the cluster's name.
+        let http = match settings.http_addr() {
+            Some(addr) => Some(Arc::new(crate::http::bind(addr).map_err(|e| {
+                NodeError::HttpBind {
+                    addr: addr.to_string(),
+                    reason: e.to_string(),
+                }
+            })?)),
+            None => None,
+        };
         let store = connect(&settings).await?;
         let node = settings.node.id.clone();
         // Redis's time, so that a later incarnation has a later generation whatever the clocks
@@ -243,6 +266,7 @@ impl NodeBuilder {
             dispatcher,
             ingress: Arc::new(Link::default()),
             membership: Arc::new(Link::default()),
+            http,
         });
         let keep_alive = tokio::spawn(keep_alive(parts.clone()));
         let args = SupervisorArgs {

@@ -83,6 +83,9 @@ enum Command {
         /// Tasks per worker type running at once (overrides workers.concurrency).
         #[arg(long, value_name = "N")]
         concurrency: Option<String>,
+        /// HTTP API address (overrides http.listen; empty: no HTTP server).
+        #[arg(long, value_name = "ADDR")]
+        http: Option<String>,
     },
     /// Enqueue a task; prints its id (with --wait, its result).
     Do {
@@ -146,11 +149,15 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Pause a worker type cluster-wide: no node claims its tasks; running ones finish.
+    Pause(WorkerSelect),
+    /// Resume a paused worker type: every node claims its tasks again.
+    Resume(WorkerSelect),
     /// Stop a node (or every node) gracefully, through the cluster.
     Stop(NodeSelect),
     /// Make a node (or every node) rescan its workers folder, through the cluster.
     Reload(NodeSelect),
-    /// List pending, scheduled, running and dead tasks.
+    /// List pending (pinned ones too), claimed, deferred, scheduled, running and dead tasks.
     Bg {
         /// Most tasks listed per group.
         #[arg(long, default_value_t = 50)]
@@ -169,6 +176,16 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// The worker type `pause` and `resume` act on.
+#[derive(Args)]
+struct WorkerSelect {
+    /// Worker name.
+    worker: String,
+    /// Print one JSON object.
+    #[arg(long)]
+    json: bool,
 }
 
 /// Which nodes `stop` and `reload` reach.
@@ -378,6 +395,7 @@ async fn dispatch(cli: Cli) -> Result<u8, Exit> {
             seeds,
             workers,
             concurrency,
+            http,
         } => {
             let settings = settings(
                 &cli,
@@ -387,6 +405,7 @@ async fn dispatch(cli: Cli) -> Result<u8, Exit> {
                     ("node.seeds", seeds.as_ref(), "--seeds"),
                     ("workers.dir", workers.as_ref(), "--workers"),
                     ("workers.concurrency", concurrency.as_ref(), "--concurrency"),
+                    ("http.listen", http.as_ref(), "--http"),
                 ],
             )?;
             start(settings).await
@@ -504,13 +523,19 @@ async fn dispatch(cli: Cli) -> Result<u8, Exit> {
         Command::Info { json } => {
             let client = connect(&settings(&cli, &[])?).await?;
             let members = client.info().await?;
+            let paused = client.paused().await?;
             if *json {
-                print_json(&json!({ "members": members }))?;
+                print_json(&json!({ "members": members, "paused": paused }))?;
             } else {
                 print_info(&members);
+                if !paused.is_empty() {
+                    out!("paused cluster-wide: {}", paused.join(", "));
+                }
             }
             Ok(0)
         }
+        Command::Pause(select) => pause(&cli, select, true).await,
+        Command::Resume(select) => pause(&cli, select, false).await,
         Command::Stop(select) => control(&cli, ControlOp::Stop, select).await,
         Command::Reload(select) => control(&cli, ControlOp::Reload, select).await,
         Command::Bg { limit, json } => {
@@ -555,6 +580,35 @@ async fn warn_unrunnable(client: &Client, spec: &TaskSpec, id: &str, settings: &
         "warning: {why}: task {id} cannot run now; it waits for {}, {fate}",
         why.waits_for()
     );
+}
+
+/// `bgnode pause` and `bgnode resume`.
+async fn pause(cli: &Cli, select: &WorkerSelect, paused: bool) -> Result<u8, Exit> {
+    let client = connect(&settings(cli, &[])?).await?;
+    let worker = &select.worker;
+    let changed = match if paused {
+        client.pause(worker).await
+    } else {
+        client.resume(worker).await
+    } {
+        Ok(changed) => changed,
+        Err(e @ ClientError::Invalid(_)) => return Err(usage(e.to_string())),
+        Err(e) => return Err(e.into()),
+    };
+    if select.json {
+        print_json(&json!({"worker": worker, "paused": paused, "changed": changed}))?;
+    } else {
+        out!(
+            "{worker} {}",
+            match (paused, changed) {
+                (true, true) => "paused cluster-wide: no node claims its tasks until it is resumed",
+                (true, false) => "was paused already",
+                (false, true) => "resumed: the nodes claim its tasks again",
+                (false, false) => "was not paused",
+            }
+        );
+    }
+    Ok(0)
 }
 
 async fn control(cli: &Cli, op: ControlOp, select: &NodeSelect) -> Result<u8, Exit> {
@@ -780,12 +834,17 @@ fn print_status(s: &TaskStatus) {
 fn print_overview(o: &Overview) {
     let time = |ms: Option<u64>| ms.map_or_else(|| "-".to_owned(), format_timestamp);
     let count = |k: &str| o.counts.get(k).copied().unwrap_or(0);
-    let groups: [(&str, &[TaskRow]); 4] = [
+    let groups: [(&str, &[TaskRow]); 6] = [
         ("pending", &o.pending),
+        ("claimed", &o.claimed),
+        ("deferred", &o.deferred),
         ("scheduled", &o.scheduled),
         ("running", &o.running),
         ("dead", &o.dead),
     ];
+    if !o.paused.is_empty() {
+        out!("paused cluster-wide: {}", o.paused.join(", "));
+    }
     for (name, rows) in groups {
         match (name, count("unrunnable")) {
             ("pending", n) if n > 0 => {
@@ -795,14 +854,30 @@ fn print_overview(o: &Overview) {
         }
         for r in rows {
             let mut line = format!("  {}  {}  {}", r.id, r.worker, r.state);
+            if o.paused.contains(&r.worker) && name != "running" && name != "dead" {
+                line.push_str("  PAUSED");
+            }
             match name {
-                "pending" => {
+                "pending" | "deferred" => {
                     line.push_str(&format!("  priority {}", r.priority));
                     if let Some(node) = r.target.as_deref().and_then(|t| t.strip_prefix("node:")) {
                         line.push_str(&format!("  only on {node}"));
                     }
+                    if let Some(key) = &r.key {
+                        line.push_str(&format!("  key {key}"));
+                    }
                     if let Some(why) = &r.unrunnable {
                         line.push_str(&format!("  CANNOT RUN NOW: {why}"));
+                    }
+                }
+                "claimed" => {
+                    line.push_str(&format!(
+                        "  on {}  attempt {}  not started",
+                        r.node.as_deref().unwrap_or("-"),
+                        r.attempt
+                    ));
+                    if let Some(node) = r.target.as_deref().and_then(|t| t.strip_prefix("node:")) {
+                        line.push_str(&format!("  only on {node}"));
                     }
                 }
                 "scheduled" => {

@@ -34,6 +34,7 @@ async fn run(name: &str, redis: &Redis) -> Output {
         .env("BGNODE_REDIS__URL", &redis.url)
         .env("BGNODE_NODE__LISTEN", format!("127.0.0.1:{}", free_port()))
         .env("BGNODE_NODE__COOKIE", "test-cookie")
+        .env("BGNODE_HTTP__LISTEN", format!("127.0.0.1:{}", free_port()))
         .env("BGNODE_WORKERS__DIR", dir.path())
         .kill_on_drop(true)
         .output();

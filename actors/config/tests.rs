@@ -183,3 +183,35 @@ fn a_password_in_the_redis_url_is_never_shown() {
     let err = Settings::load(&sources).unwrap_err().to_string();
     assert!(!err.contains("s3cret"), "{err}");
 }
+
+#[test]
+fn the_http_api_is_on_loopback_by_default_and_needs_a_token_elsewhere() {
+    let s = Settings::defaults();
+    assert_eq!(s.http_addr(), Some("127.0.0.1:7780".parse().unwrap()));
+    assert!(s.http.token.is_empty());
+    let off = load(None, &[("BGNODE_HTTP__LISTEN", "")], &[]).unwrap();
+    assert_eq!(off.http_addr(), None, "an empty listen turns the API off");
+    let e = load(None, &[("BGNODE_HTTP__LISTEN", "0.0.0.0:7780")], &[])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("`http.token`"), "{e}");
+    assert!(e.contains("BGNODE_HTTP__LISTEN"), "{e}");
+    assert!(e.contains("not a loopback address"), "{e}");
+    let open = load(
+        Some("[http]\nlisten = \"0.0.0.0:7780\"\ntoken = \"s3cret\"\n"),
+        &[],
+        &[],
+    )
+    .unwrap();
+    assert_eq!(open.http.token, "s3cret");
+    let e = load(None, &[("BGNODE_HTTP__LISTEN", "localhost")], &[])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("`http.listen`"), "{e}");
+    let e = load(None, &[("BGNODE_HTTP__TOKEN", "two words")], &[])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("`http.token`"), "{e}");
+    let v6 = load(None, &[("BGNODE_HTTP__LISTEN", "[::1]:7780")], &[]).unwrap();
+    assert!(v6.http_addr().unwrap().ip().is_loopback());
+}

@@ -15,7 +15,8 @@
 //! was published while no one listened is still claimed.
 //!
 //! Independently of the lease, every node listens on its own control channel
-//! (`{channel}:node:{id}`), where cancellations of the tasks it holds arrive.
+//! (`{channel}:node:{id}`), where cancellations of the tasks it holds arrive, and the pauses and
+//! resumptions of worker types.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -315,9 +316,16 @@ async fn control(ctx: Arc<IngressArgs>) {
                 Ok(ChannelMessage::Wake { worker, .. }) => {
                     ctx.dispatcher.cast(DispatcherMsg::Wake(worker));
                 }
-                Ok(_) => tracing::debug!(
-                    "ignored a control message that is not a cancellation or a wake"
-                ),
+                Ok(ChannelMessage::Pause { worker, paused }) => {
+                    tracing::info!(
+                        worker,
+                        "worker {} cluster-wide",
+                        if paused { "paused" } else { "resumed" }
+                    );
+                    ctx.dispatcher
+                        .cast(DispatcherMsg::Paused { worker, paused });
+                }
+                Ok(_) => tracing::debug!("ignored a control message that is not for a node"),
                 Err(r) => tracing::warn!("bad control message: {}", r.reason),
             }
         }
@@ -356,6 +364,11 @@ async fn handle_batch(ctx: &Arc<IngressArgs>, batch: &[Vec<u8>], rng: &mut fastr
             Ok(ChannelMessage::Schedule) => ctx.schedule.notify_one(),
             Ok(ChannelMessage::Cancel { id }) => {
                 ctx.dispatcher.cast(DispatcherMsg::Cancel(id));
+            }
+            Ok(ChannelMessage::Pause { .. }) => {
+                tracing::debug!(
+                    "ignored a pause notice on the task channel (it goes to the nodes' control channels)"
+                );
             }
             Ok(ChannelMessage::Task(spec)) => {
                 let mut spec = *spec;

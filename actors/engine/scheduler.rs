@@ -18,6 +18,9 @@
 //! decides nothing, so schedulers on hosts whose clocks disagree fire the same occurrences at
 //! the same moments.
 //!
+//! Every [`TALLY_EVERY`] it asks `tally.lua` for a sample of the cluster's counters (the
+//! throughput of `GET /api/v1/overview`).
+//!
 //! Every [`unrunnable_period`] it also runs `unrunnable.lua`, which expires waiting tasks that
 //! no live node has been able to run for `[tasks] unrunnable_after` (see
 //! [`crate::decide::runnable`]); that script is atomic too, so every node may run it.
@@ -36,6 +39,10 @@ use crate::wiring::watch_task;
 
 /// Longest sleep when nothing is due: a safety net for a wake that was lost.
 pub(crate) const MAX_SLEEP: Duration = Duration::from_secs(5);
+
+/// How often a scheduler asks for a sample of the counters (`tally.lua` keeps at most one per
+/// 10 s, whichever node asks), from which the throughput of the last minute and hour is read.
+const TALLY_EVERY: Duration = Duration::from_secs(5);
 
 /// Entries handled per script call.
 const BATCH: usize = 256;
@@ -106,7 +113,14 @@ async fn run(ctx: SchedulerArgs) {
     let mut backoff = Backoff::default();
     let period = unrunnable_period(ctx.unrunnable_after);
     let mut next_sweep = tokio::time::Instant::now();
+    let mut next_tally = tokio::time::Instant::now();
     loop {
+        if tokio::time::Instant::now() >= next_tally {
+            next_tally = tokio::time::Instant::now() + TALLY_EVERY;
+            if let Err(e) = ctx.store.tally().await {
+                tracing::debug!("cannot sample the counters ({e})");
+            }
+        }
         let mut result = tick(&ctx).await;
         if let (Ok(wait), Some(period)) = (result.as_ref(), period) {
             let now = tokio::time::Instant::now();

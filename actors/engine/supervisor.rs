@@ -1,7 +1,8 @@
 //! The node supervisor: the root of the node's actor tree.
 //!
 //! Children, started in this order: saver, dispatcher (which supervises the worker pools),
-//! scheduler, peer actor, membership (the cluster link and gossip), ingress.
+//! scheduler, peer actor, membership (the cluster link and gossip), ingress, and the HTTP API
+//! when `[http] listen` is set.
 //!
 //! Restart policy (one for one): a child that fails or stops on its own is restarted after a
 //! backoff of 100 ms doubling to 5 s. More than 5 restarts of one child within 60 s means the
@@ -21,6 +22,7 @@ use std::time::Instant;
 use ractor::{Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
 use tokio::sync::Notify;
 
+use crate::client::Client;
 use crate::cluster::handle::ClusterHandle;
 use crate::cluster::membership::{Membership, MembershipArgs, MembershipMsg};
 use crate::config::Settings;
@@ -31,6 +33,7 @@ use crate::engine::ingress::{Ingress, IngressArgs, IngressMsg};
 use crate::engine::peer::{PeerActor, PeerArgs};
 use crate::engine::saver::{Saver, SaverArgs, SaverHandle};
 use crate::engine::scheduler::{Scheduler, SchedulerArgs};
+use crate::http::{Http, HttpArgs};
 use crate::store::{Incarnation, Store};
 use crate::wiring::{LeaseClock, Link, StopReason, Stopper, child_end};
 use crate::workers::registry::LiveRegistry;
@@ -68,6 +71,8 @@ pub(crate) struct NodeParts {
     pub(crate) ingress: Arc<Link<IngressMsg>>,
     /// The live membership actor.
     pub(crate) membership: Arc<Link<MembershipMsg>>,
+    /// The HTTP API's listener, bound at start (`None`: no HTTP API).
+    pub(crate) http: Option<Arc<std::net::TcpListener>>,
 }
 
 impl NodeParts {
@@ -97,6 +102,8 @@ pub(crate) enum Child {
     Membership,
     /// The ingress.
     Ingress,
+    /// The HTTP API.
+    Http,
 }
 
 /// The supervisor actor.
@@ -151,6 +158,7 @@ impl Actor for Supervisor {
             Child::Peer,
             Child::Membership,
             Child::Ingress,
+            Child::Http,
         ] {
             state.spawn(child, myself.get_cell()).await?;
         }
@@ -287,6 +295,19 @@ impl SupervisorState {
                 p.ingress.set(Some(actor.clone()));
                 actor.get_id()
             }
+            Child::Http => {
+                let Some(listener) = &p.http else {
+                    return Ok(());
+                };
+                let args = HttpArgs {
+                    listener: listener.clone(),
+                    client: Client::with_store(p.store.clone(), &p.settings),
+                    cluster: p.cluster.clone(),
+                    settings: p.settings.clone(),
+                    node: p.node.clone(),
+                };
+                Actor::spawn_linked(None, Http, args, me).await?.0.get_id()
+            }
         };
         self.children.insert(id, child);
         Ok(())
@@ -295,7 +316,7 @@ impl SupervisorState {
     fn unlink(&self, child: Child) {
         let p = &self.args.parts;
         match child {
-            Child::Saver | Child::Scheduler | Child::Peer => {}
+            Child::Saver | Child::Scheduler | Child::Peer | Child::Http => {}
             Child::Membership => p.membership.set(None),
             Child::Dispatcher => p.dispatcher.set(None),
             Child::Ingress => p.ingress.set(None),

@@ -85,6 +85,14 @@ pub(crate) enum ChannelMessage {
         /// The task id.
         id: String,
     },
+    /// Worker type `worker` was paused (`paused`) or resumed cluster-wide (sent on a node's
+    /// control channel by `pause.lua`).
+    Pause {
+        /// The worker.
+        worker: String,
+        /// Paused now, or resumed.
+        paused: bool,
+    },
 }
 
 /// Why a channel message was refused.
@@ -152,6 +160,105 @@ pub(crate) fn parse_message(bytes: &[u8], limit: usize) -> Result<ChannelMessage
     read_object(obj).map_err(|reason| reject(reason, id, worker))
 }
 
+/// A task envelope refused outside the channel (the HTTP API): why, the field at fault when
+/// one is, and the envelope's place in a batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct EnvelopeError {
+    /// What is wrong, for people (the same reason the channel gives).
+    pub reason: String,
+    /// The field at fault, when one is.
+    pub field: Option<String>,
+    /// The envelope's index, when it came in a batch.
+    pub index: Option<usize>,
+}
+
+/// Reads one task envelope (a JSON object) or a batch (an array of them) for the HTTP API, with
+/// the same steps and rules as a channel message: each envelope at most `limit` bytes, fields
+/// read one by one, unknown or repeated fields refused. Nothing is returned unless every
+/// envelope is valid. Returns the tasks and whether they came as a batch.
+pub(crate) fn parse_tasks(
+    bytes: &[u8],
+    limit: usize,
+    max_batch: usize,
+) -> Result<(Vec<TaskSpec>, bool), EnvelopeError> {
+    let refuse = |reason: String, index| EnvelopeError {
+        field: field_of(&reason),
+        reason,
+        index,
+    };
+    let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
+    if first != Some(&b'[') {
+        return parse_task(bytes, limit)
+            .map(|spec| (vec![spec], false))
+            .map_err(|reason| refuse(reason, None));
+    }
+    let items: Vec<&serde_json::value::RawValue> = serde_json::from_slice(bytes)
+        .map_err(|e| refuse(format!("body is not a JSON array of envelopes: {e}"), None))?;
+    if items.is_empty() {
+        return Err(refuse("the batch holds no envelope".into(), None));
+    }
+    if items.len() > max_batch {
+        return Err(refuse(
+            format!(
+                "the batch holds {} envelopes, more than {max_batch}",
+                items.len()
+            ),
+            None,
+        ));
+    }
+    items
+        .iter()
+        .enumerate()
+        .map(|(i, raw)| {
+            parse_task(raw.get().as_bytes(), limit)
+                .map_err(|reason| refuse(format!("envelope {i}: {reason}"), Some(i)))
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map(|specs| (specs, true))
+}
+
+/// One task envelope of at most `limit` bytes, as the channel reads it but never a notice.
+fn parse_task(bytes: &[u8], limit: usize) -> Result<TaskSpec, String> {
+    if bytes.len() > limit {
+        return Err(format!(
+            "envelope is {} bytes, over the {limit}-byte limit",
+            bytes.len()
+        ));
+    }
+    let value: Value =
+        serde_json::from_slice(bytes).map_err(|e| format!("body is not valid JSON: {e}"))?;
+    let Value::Object(obj) = value else {
+        return Err(format!(
+            "an envelope must be a JSON object with a `worker` field, got {}",
+            kind(&value)
+        ));
+    };
+    if let Some(field) = repeated_field(bytes) {
+        return Err(format!(
+            "field `{}` is given more than once",
+            shorten(&field, 40)
+        ));
+    }
+    let task: TaskEnvelope = from_object(obj)?;
+    task.into_spec()
+}
+
+/// The field a refusal names: its first `quoted` word after `field`, `fields`, or the worker
+/// name's own wording.
+fn field_of(reason: &str) -> Option<String> {
+    let reason = reason
+        .strip_prefix("envelope ")
+        .and_then(|r| r.split_once(": ").map(|(_, rest)| rest))
+        .unwrap_or(reason);
+    if reason.starts_with("worker name") {
+        return Some("worker".into());
+    }
+    let rest = ["field `", "unknown field `", "missing field `", "fields `"]
+        .iter()
+        .find_map(|p| reason.strip_prefix(p))?;
+    rest.split_once('`').map(|(name, _)| name.to_owned())
+}
+
 /// The first top-level field of a JSON object (already known to parse) that appears twice.
 fn repeated_field(bytes: &[u8]) -> Option<String> {
     struct Keys(Option<String>);
@@ -191,6 +298,7 @@ fn read_object(obj: Map<String, Value>) -> Result<ChannelMessage, String> {
         Op::Control(op) => from_object::<ControlNotice>(obj)?.into_message(op),
         Op::Schedule => Ok(ChannelMessage::Schedule),
         Op::Cancel => from_object::<CancelNotice>(obj)?.into_message(),
+        Op::Pause(paused) => from_object::<PauseNotice>(obj)?.into_message(paused),
     }
 }
 
@@ -264,7 +372,7 @@ impl TaskEnvelope {
 }
 
 /// The operations a notice may ask for, as its `op` field spells them.
-const OPS: &str = "wake, schedule, cancel, stop or reload";
+const OPS: &str = "wake, schedule, cancel, pause, resume, stop or reload";
 
 /// What a notice asks for: its `op` field.
 #[derive(Debug, Clone, Copy)]
@@ -272,16 +380,20 @@ enum Op {
     Wake,
     Schedule,
     Cancel,
+    /// `pause` (true) or `resume` (false).
+    Pause(bool),
     Control(ControlOp),
 }
 
 impl Op {
-    /// Only these five strings: not a number, not an object naming one.
+    /// Only these strings: not a number, not an object naming one.
     fn read(op: &Value) -> Result<Op, String> {
         match op.as_str() {
             Some("wake") => Ok(Op::Wake),
             Some("schedule") => Ok(Op::Schedule),
             Some("cancel") => Ok(Op::Cancel),
+            Some("pause") => Ok(Op::Pause(true)),
+            Some("resume") => Ok(Op::Pause(false)),
             Some("stop") => Ok(Op::Control(ControlOp::Stop)),
             Some("reload") => Ok(Op::Control(ControlOp::Reload)),
             Some(other) => Err(format!(
@@ -353,6 +465,21 @@ impl CancelNotice {
     fn into_message(self) -> Result<ChannelMessage, String> {
         let id = self.id.ok_or("cancel message without `id`")?;
         Ok(ChannelMessage::Cancel { id })
+    }
+}
+
+/// `{"op":"pause"|"resume","worker":…}`, published on every node's control channel.
+#[derive(Debug, Deserialize)]
+struct PauseNotice {
+    #[serde(default, deserialize_with = "text")]
+    worker: Option<String>,
+}
+
+impl PauseNotice {
+    fn into_message(self, paused: bool) -> Result<ChannelMessage, String> {
+        let worker = self.worker.ok_or("pause message without `worker`")?;
+        validate_worker_name(&worker).map_err(|e| e.to_string())?;
+        Ok(ChannelMessage::Pause { worker, paused })
     }
 }
 

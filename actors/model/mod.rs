@@ -4,3 +4,4 @@ pub(crate) mod envelope;
 pub(crate) mod events;
 pub(crate) mod names;
 pub(crate) mod task;
+pub(crate) mod timeline;

@@ -79,6 +79,30 @@ impl Keys {
     pub(crate) fn unrunnable(&self) -> String {
         format!("{}:unrunnable", self.prefix)
     }
+    /// `{p}:paused`: the worker types paused cluster-wide (no node claims their tasks).
+    pub(crate) fn paused(&self) -> String {
+        format!("{}:paused", self.prefix)
+    }
+    /// `{p}:deferring`: the keys whose deferred lists hold tasks.
+    pub(crate) fn deferring(&self) -> String {
+        format!("{}:deferring", self.prefix)
+    }
+    /// `{p}:deferred:{key}`: tasks waiting for a slot of `key`, oldest first.
+    pub(crate) fn deferred(&self, key: &str) -> String {
+        format!("{}:deferred:{key}", self.prefix)
+    }
+    /// `{p}:finished`: the most recently finished tasks, by time of their end.
+    pub(crate) fn finished(&self) -> String {
+        format!("{}:finished", self.prefix)
+    }
+    /// `{p}:stats`: the cluster's counters.
+    pub(crate) fn stats(&self) -> String {
+        format!("{}:stats", self.prefix)
+    }
+    /// `{p}:tally`: samples of the counters over time, for throughput.
+    pub(crate) fn tally(&self) -> String {
+        format!("{}:tally", self.prefix)
+    }
     /// `{p}:members`: ids of the nodes in the cluster (joined, not yet left or failed over).
     pub(crate) fn members(&self) -> String {
         format!("{}:members", self.prefix)

@@ -15,7 +15,8 @@
 //! - `timers.rs`: firing due schedules and recurrences, expiring deadlines.
 //! - `members.rs`: joining and leaving, liveness, node reports, the cookie, leases.
 //! - `subscription.rs`: the ingress subscription, which a successor can close.
-//! - `views.rs`: what `bgnode bg` lists ([`Overview`], [`TaskRow`]).
+//! - `views.rs`: the listing behind `bgnode bg` and the HTTP API ([`TaskQuery`], [`Overview`]),
+//!   the counts and the throughput.
 //! - `lua/`: the scripts; `common.lua` is prepended to each.
 
 use std::sync::Arc;
@@ -39,9 +40,11 @@ mod writes;
 pub(crate) use clock::Clock;
 pub(crate) use keys::Keys;
 pub(crate) use members::{CookieCheck, Guard, Incarnation, Lease};
-pub use tasks::{Accepted, CancelResult, RetryResult};
+pub use tasks::{Accepted, CancelResult, DeleteResult, RetryResult, TaskDetail};
 pub(crate) use timers::DueTemplate;
-pub use views::{Overview, TaskRow};
+pub use views::{
+    Counts, Cursor, Listed, Overview, TaskPage, TaskQuery, TaskRow, Throughput, Window,
+};
 pub(crate) use writes::{WriteOp, WriteResult};
 
 /// A store error: Redis unreachable or answering something unexpected.
@@ -90,6 +93,9 @@ struct Scripts {
     leave: Script,
     channel: Script,
     cookie: Script,
+    pause: Script,
+    delete: Script,
+    tally: Script,
 }
 
 impl Scripts {
@@ -112,10 +118,13 @@ impl Scripts {
             leave: lua!("leave.lua"),
             channel: lua!("channel.lua"),
             cookie: lua!("cookie.lua"),
+            pause: lua!("pause.lua"),
+            delete: lua!("delete.lua"),
+            tally: lua!("tally.lua"),
         }
     }
 
-    fn all(&self) -> [&Script; 17] {
+    fn all(&self) -> [&Script; 20] {
         [
             &self.enqueue,
             &self.claim,
@@ -134,6 +143,9 @@ impl Scripts {
             &self.leave,
             &self.channel,
             &self.cookie,
+            &self.pause,
+            &self.delete,
+            &self.tally,
         ]
     }
 }

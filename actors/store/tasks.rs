@@ -12,6 +12,7 @@ use super::{Incarnation, SCRIPT_CHUNK, Store, StoreError, StoreResult};
 use crate::decide::cron::Recurrence;
 use crate::decide::due::{FirstRun, first_run};
 use crate::model::task::{Task, TaskSpec, TaskState, TaskStatus, field};
+use crate::model::timeline::{AttemptRecord, Moment, story};
 
 /// What happened to a task handed to the cluster (`Client::enqueue`, the channel).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -41,6 +42,30 @@ pub enum CancelResult {
     NotFound,
     /// It had finished already.
     Finished,
+}
+
+/// What `delete` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeleteResult {
+    /// The task and its result are gone.
+    Deleted,
+    /// No such task.
+    NotFound,
+    /// It may still run: only finished tasks are deleted.
+    NotFinished,
+}
+
+/// Everything known about one task: its record, its attempts and its timeline.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TaskDetail {
+    /// The record.
+    #[serde(flatten)]
+    pub status: TaskStatus,
+    /// Each attempt so far.
+    pub attempts: Vec<AttemptRecord>,
+    /// What happened, in order.
+    pub timeline: Vec<Moment>,
 }
 
 /// What `retry` did.
@@ -202,13 +227,24 @@ impl Store {
     }
 
     /// Claims up to `n` pending tasks of `worker` for `me`; none while another incarnation of
-    /// the id holds its lease.
+    /// the id holds its lease, or while the worker is paused.
+    #[cfg(test)]
     pub(crate) async fn claim(
         &self,
         worker: &str,
         me: &Incarnation,
         n: usize,
     ) -> StoreResult<Vec<Task>> {
+        Ok(self.claim_batch(worker, me, n).await?.tasks)
+    }
+
+    /// [`Store::claim`], saying also whether the worker is paused (then no task is taken).
+    pub(crate) async fn claim_batch(
+        &self,
+        worker: &str,
+        me: &Incarnation,
+        n: usize,
+    ) -> StoreResult<Claim> {
         let mut con = self.con.clone();
         let node = &me.node;
         let reply: Vec<Vec<String>> = self
@@ -228,7 +264,44 @@ impl Store {
             .arg(&me.holder)
             .invoke_async(&mut con)
             .await?;
-        parse_claimed_rows(reply)
+        if reply.first().is_some_and(|row| row == &[PAUSED]) {
+            return Ok(Claim {
+                tasks: Vec::new(),
+                paused: true,
+            });
+        }
+        Ok(Claim {
+            tasks: parse_claimed_rows(reply)?,
+            paused: false,
+        })
+    }
+
+    /// Pauses (`true`) or resumes worker type `worker` cluster-wide (`pause.lua`): while it is
+    /// paused no node claims its tasks; each member is told, and a resume wakes the cluster.
+    /// Returns whether the state changed.
+    pub(crate) async fn set_paused(&self, worker: &str, paused: bool) -> StoreResult<bool> {
+        let mut con = self.con.clone();
+        let n: i64 = self
+            .scripts
+            .pause
+            .arg(self.keys.prefix())
+            .arg(&self.names.channel)
+            .arg(worker)
+            .arg(if paused { "1" } else { "0" })
+            .invoke_async(&mut con)
+            .await?;
+        Ok(n == 1)
+    }
+
+    /// The paused worker types, sorted.
+    pub(crate) async fn paused(&self) -> StoreResult<Vec<String>> {
+        let mut con = self.con.clone();
+        let mut names: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(self.keys.paused())
+            .query_async(&mut con)
+            .await?;
+        names.sort();
+        Ok(names)
     }
 
     /// Cancels a task.
@@ -293,6 +366,110 @@ impl Store {
         Ok(n == 1)
     }
 
+    /// Deletes a finished task (done, failed, dead, cancelled, expired); with `worker`, only
+    /// a task of that worker.
+    pub(crate) async fn delete(&self, id: &str, worker: Option<&str>) -> StoreResult<DeleteResult> {
+        let mut con = self.con.clone();
+        let n: i64 = self
+            .scripts
+            .delete
+            .key(self.keys.task(id))
+            .arg(self.keys.prefix())
+            .arg(id)
+            .arg(worker.unwrap_or(""))
+            .invoke_async(&mut con)
+            .await?;
+        Ok(match n {
+            1 => DeleteResult::Deleted,
+            0 => DeleteResult::NotFound,
+            _ => DeleteResult::NotFinished,
+        })
+    }
+
+    /// The ids in the dead set, of `worker` only when given.
+    async fn dead_ids(&self, worker: Option<&str>) -> StoreResult<Vec<String>> {
+        let mut con = self.con.clone();
+        let ids: Vec<String> = redis::cmd("ZRANGE")
+            .arg(self.keys.dead())
+            .arg(0)
+            .arg(-1)
+            .query_async(&mut con)
+            .await?;
+        let Some(worker) = worker else {
+            return Ok(ids);
+        };
+        let mut kept = Vec::new();
+        for chunk in ids.chunks(512) {
+            let mut pipe = redis::pipe();
+            for id in chunk {
+                pipe.cmd("HGET").arg(self.keys.task(id)).arg(field::WORKER);
+            }
+            let workers: Vec<Option<String>> = pipe.query_async(&mut con).await?;
+            kept.extend(
+                chunk
+                    .iter()
+                    .zip(workers)
+                    .filter(|(_, w)| w.as_deref() == Some(worker))
+                    .map(|(id, _)| id.clone()),
+            );
+        }
+        Ok(kept)
+    }
+
+    /// Queues every dead task (of `worker` only when given) again; returns how many.
+    pub(crate) async fn retry_dead(&self, worker: Option<&str>) -> StoreResult<usize> {
+        let mut n = 0;
+        for id in self.dead_ids(worker).await? {
+            if matches!(
+                self.retry(&id).await?,
+                RetryResult::Queued | RetryResult::Deferred
+            ) {
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    /// Deletes every dead task (of `worker` only when given); returns how many.
+    pub(crate) async fn delete_dead(&self, worker: Option<&str>) -> StoreResult<usize> {
+        let mut n = 0;
+        for chunk in self.dead_ids(worker).await?.chunks(SCRIPT_CHUNK) {
+            let mut pipe = redis::pipe();
+            for id in chunk {
+                pipe.invoke_script(
+                    self.scripts
+                        .delete
+                        .key(self.keys.task(id))
+                        .arg(self.keys.prefix())
+                        .arg(id)
+                        .arg(worker.unwrap_or("")),
+                );
+            }
+            let codes: Vec<i64> = self.run_pipeline(&pipe).await?;
+            n += codes.iter().filter(|c| **c == 1).count();
+        }
+        Ok(n)
+    }
+
+    /// A task's record with its attempts and timeline, or `None` when it does not exist.
+    pub(crate) async fn detail(&self, id: &str) -> StoreResult<Option<TaskDetail>> {
+        let mut con = self.con.clone();
+        let map: HashMap<String, String> = redis::cmd("HGETALL")
+            .arg(self.keys.task(id))
+            .query_async(&mut con)
+            .await?;
+        if map.is_empty() {
+            return Ok(None);
+        }
+        let status = parse_status(id, &map);
+        let (attempts, timeline) = story(&status, &map);
+        Ok(Some(TaskDetail {
+            status,
+            attempts,
+            timeline,
+        }))
+    }
+
     /// Reads a task's record.
     pub(crate) async fn status(&self, id: &str) -> StoreResult<Option<TaskStatus>> {
         let mut con = self.con.clone();
@@ -328,6 +505,18 @@ impl Store {
         Ok(popped.map(|(_, v)| v))
     }
 }
+
+/// What a claim took.
+#[derive(Debug)]
+pub(crate) struct Claim {
+    /// The tasks, now owned by the claiming node.
+    pub(crate) tasks: Vec<Task>,
+    /// The worker is paused cluster-wide: nothing was taken.
+    pub(crate) paused: bool,
+}
+
+/// The single row `claim.lua` answers for a paused worker (`PAUSED` in `common.lua`).
+const PAUSED: &str = "paused";
 
 /// The name in a claimed-task row of whether the task is pinned to a node (`1`) or may move
 /// (`0`). Not a record field: `claim.lua` and `adopt.lua` decide it (`pinned_node` in

@@ -27,6 +27,8 @@ impl Redis {
         s.redis.url = self.url.clone();
         s.node.cookie = "test-cookie".into();
         s.node.listen = format!("127.0.0.1:{}", free_port());
+        // Several nodes run in one test process: none serves HTTP unless a test asks.
+        s.http.listen = String::new();
         s
     }
 }
@@ -34,6 +36,8 @@ impl Redis {
 /// A `bgnode start` process; killed on drop. Its stderr goes to a log file.
 pub struct NodeProc {
     pub id: String,
+    /// The address of its HTTP API (a free port unless `BGNODE_HTTP__LISTEN` was given).
+    pub http: String,
     child: Child,
     log: PathBuf,
     _logdir: tempfile::TempDir,
@@ -57,6 +61,10 @@ impl NodeProc {
         let logdir = tempfile::tempdir().unwrap();
         let log = logdir.path().join(format!("{id}.log"));
         let file = std::fs::File::create(&log).unwrap();
+        let mut http = format!("127.0.0.1:{}", free_port());
+        if let Some((_, v)) = env.iter().find(|(k, _)| *k == "BGNODE_HTTP__LISTEN") {
+            http = (*v).to_owned();
+        }
         let mut cmd = match wrap.split_first() {
             Some((program, args)) => {
                 let mut cmd = Command::new(program);
@@ -73,6 +81,7 @@ impl NodeProc {
             .env("BGNODE_NODE__LISTEN", format!("127.0.0.1:{}", free_port()))
             .env("BGNODE_NODE__COOKIE", "test-cookie")
             .env("BGNODE_WORKERS__DIR", workers)
+            .env("BGNODE_HTTP__LISTEN", &http)
             .current_dir(logdir.path())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -83,6 +92,7 @@ impl NodeProc {
         let child = cmd.spawn().expect("spawn bgnode");
         NodeProc {
             id: id.to_owned(),
+            http,
             child,
             log,
             _logdir: logdir,

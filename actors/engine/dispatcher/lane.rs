@@ -93,6 +93,9 @@ pub(crate) struct Lane {
     last_claim: Option<Instant>,
     /// When this lane last asked a peer for work.
     last_steal: Option<Instant>,
+    /// The worker type is paused cluster-wide: nothing starts; claims only learn when it
+    /// resumes.
+    paused: bool,
 }
 
 impl Lane {
@@ -110,7 +113,21 @@ impl Lane {
             backoff: Backoff::new(CLAIM_BACKOFF, CLAIM_BACKOFF_CAP),
             last_claim: None,
             last_steal: None,
+            paused: false,
         }
+    }
+
+    /// Pauses or resumes the lane; returns whether that changed anything. A paused lane starts
+    /// nothing; its claims (on wakes and probes) only tell when the worker resumes.
+    pub(crate) fn set_paused(&mut self, paused: bool) -> bool {
+        let changed = self.paused != paused;
+        self.paused = paused;
+        changed
+    }
+
+    /// True while the worker type is paused.
+    pub(crate) fn is_paused(&self) -> bool {
+        self.paused
     }
 
     /// Adds tasks to the queue.
@@ -209,7 +226,7 @@ impl Lane {
     /// The next task to start, if a slot is free, with its cancellation token; it now counts as
     /// running since `now` (Unix ms).
     pub(crate) fn next_to_start(&mut self, now: u64) -> Option<(Task, CancellationToken)> {
-        if self.running.len() >= self.capacity {
+        if self.paused || self.running.len() >= self.capacity {
             return None;
         }
         let task = self.queue.pop()?.task;

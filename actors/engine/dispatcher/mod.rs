@@ -94,6 +94,14 @@ pub(crate) enum DispatcherMsg {
         /// The idle peer.
         thief: String,
     },
+    /// Worker type `worker` was paused (`paused`) or resumed cluster-wide: a pause hands back
+    /// its queued tasks and starts none; a resume claims at once.
+    Paused {
+        /// The worker.
+        worker: String,
+        /// Paused, or resumed.
+        paused: bool,
+    },
     /// The worker registry changed: add lanes for new worker types.
     Reload,
     /// This node's liveness lease had lapsed: drop the tasks it lost to a failover.
@@ -123,6 +131,8 @@ pub(crate) enum Internal {
         tasks: Vec<Task>,
         /// How many were asked for.
         asked: usize,
+        /// The worker is paused: nothing was taken.
+        paused: bool,
     },
     /// A claim failed (Redis unreachable); retry later.
     ClaimFailed {
@@ -262,6 +272,7 @@ impl Actor for Dispatcher {
             DispatcherMsg::Cancel(id) => state.cancel(&id),
             DispatcherMsg::Hold(tasks) => state.hold(tasks),
             DispatcherMsg::Steal { worker, n, thief } => state.give(&myself, &worker, n, thief),
+            DispatcherMsg::Paused { worker, paused } => state.pause(&myself, &worker, paused),
             DispatcherMsg::Reload => state.add_lanes(&myself).await?,
             DispatcherMsg::Lapsed => {
                 state.verifying = true;
@@ -347,11 +358,19 @@ impl DispatcherState {
                 worker,
                 tasks,
                 asked,
+                paused,
             } => {
                 let Some(w) = self.lanes.get_mut(&worker) else {
                     return Ok(());
                 };
+                // A claim's answer is Redis's word at its time: a paused worker pauses the lane
+                // (a pause notice that was missed), tasks resume it (a missed resume).
+                let changed = w.lane.set_paused(paused);
                 w.lane.claimed(tasks, asked);
+                if changed && paused {
+                    self.hand_back_queued(&worker);
+                    return Ok(());
+                }
                 let more = w.lane.more();
                 self.pump(&worker);
                 if more {
@@ -488,11 +507,12 @@ impl DispatcherState {
         let worker = worker.to_owned();
         let me = myself.clone();
         tokio::spawn(async move {
-            let msg = match store.claim(&worker, &node, n).await {
-                Ok(tasks) => Internal::Claimed {
+            let msg = match store.claim_batch(&worker, &node, n).await {
+                Ok(claim) => Internal::Claimed {
                     worker,
-                    tasks,
+                    tasks: claim.tasks,
                     asked: n,
+                    paused: claim.paused,
                 },
                 Err(e) => Internal::ClaimFailed {
                     worker,
@@ -509,6 +529,51 @@ impl DispatcherState {
                 if let Err(e) = store.release_ids(&node, &ids, true).await {
                     tracing::warn!("could not hand back {} claimed tasks: {e}", ids.len());
                 }
+            }
+        });
+    }
+
+    /// Worker type `worker` was paused or resumed cluster-wide. Paused: its queued tasks go
+    /// back to the pending sets (they wait there, where any node claims them after the
+    /// resume), running ones finish. Resumed: the lane claims at once.
+    fn pause(&mut self, myself: &ActorRef<DispatcherMsg>, worker: &str, paused: bool) {
+        let Some(w) = self.lanes.get_mut(worker) else {
+            return;
+        };
+        w.lane.set_paused(paused);
+        if paused {
+            self.hand_back_queued(worker);
+        } else {
+            w.lane.wake();
+            self.claim(myself, worker);
+            self.pump(worker);
+        }
+    }
+
+    /// Hands the queued (not started) tasks of lane `worker` back to the pending sets.
+    fn hand_back_queued(&mut self, worker: &str) {
+        let Some(w) = self.lanes.get_mut(worker) else {
+            return;
+        };
+        let ids: Vec<(String, Option<u64>)> = w
+            .lane
+            .take_queued()
+            .into_iter()
+            .map(|t| (t.id, Some(t.epoch)))
+            .collect();
+        if ids.is_empty() {
+            return;
+        }
+        let (store, node) = (self.args.store.clone(), self.args.me.clone());
+        let worker = worker.to_owned();
+        tokio::spawn(async move {
+            match store.release_ids(&node, &ids, true).await {
+                Ok(n) => tracing::info!(worker, tasks = n, "paused: handed queued tasks back"),
+                Err(e) => tracing::warn!(
+                    worker,
+                    "paused, but cannot hand back {} queued tasks ({e}); the ownership check will",
+                    ids.len()
+                ),
             }
         });
     }

@@ -38,6 +38,9 @@ impl DispatcherState {
             let Some(w) = self.lanes.get_mut(&worker) else {
                 continue;
             };
+            if w.lane.is_paused() {
+                continue;
+            }
             let peers = self.args.cluster.peers_offering(&worker);
             let Some((victim, n)) = steal_from(w.lane.load(), &peers, &mut self.rng) else {
                 continue;

@@ -62,6 +62,22 @@ fn reads_control_messages() {
     );
     assert!(reason(br#"{"op":"cancel"}"#).contains("without `id`"));
     assert_eq!(
+        parse_message(br#"{"op":"pause","worker":"w"}"#, LIMIT).unwrap(),
+        ChannelMessage::Pause {
+            worker: "w".into(),
+            paused: true
+        }
+    );
+    assert_eq!(
+        parse_message(br#"{"op":"resume","worker":"w"}"#, LIMIT).unwrap(),
+        ChannelMessage::Pause {
+            worker: "w".into(),
+            paused: false
+        }
+    );
+    assert!(reason(br#"{"op":"pause"}"#).contains("without `worker`"));
+    assert!(reason(br#"{"op":"resume","worker":"../x"}"#).contains("worker"));
+    assert_eq!(
         parse_message(br#"{"op":"wake","worker":"w","node":"n2"}"#, LIMIT).unwrap(),
         ChannelMessage::Wake {
             worker: "w".into(),
@@ -457,10 +473,10 @@ fn notices_refuse_what_they_read() {
         {"op":"stop","node":"","reply":"r"}     => field `node`: is empty
         {"op":"cancel"}                         => cancel message without `id`
         {"op":"cancel","id":7}                  => field `id`: expected a string, got a number
-        {"op":"Wake","worker":"w"}              => field `op`: unknown operation `Wake` (wake, schedule, cancel, stop or reload)
-        {"op":null,"worker":"w"}                => field `op`: expected a string (wake, schedule, cancel, stop or reload), got null
-        {"op":0,"worker":"w"}                   => field `op`: expected a string (wake, schedule, cancel, stop or reload), got a number
-        {"op":{"wake":null},"worker":"w"}       => field `op`: expected a string (wake, schedule, cancel, stop or reload), got an object
+        {"op":"Wake","worker":"w"}              => field `op`: unknown operation `Wake` (wake, schedule, cancel, pause, resume, stop or reload)
+        {"op":null,"worker":"w"}                => field `op`: expected a string (wake, schedule, cancel, pause, resume, stop or reload), got null
+        {"op":0,"worker":"w"}                   => field `op`: expected a string (wake, schedule, cancel, pause, resume, stop or reload), got a number
+        {"op":{"wake":null},"worker":"w"}       => field `op`: expected a string (wake, schedule, cancel, pause, resume, stop or reload), got an object
         "#,
     );
 }
@@ -508,5 +524,57 @@ fn a_field_given_twice_is_refused() {
     assert!(
         parse_message(br#"{"worker":"w","args":{"a":1,"b":{"a":2}}}"#, LIMIT).is_ok(),
         "the same name in nested values is not a repetition"
+    );
+}
+
+#[test]
+fn http_bodies_read_one_envelope_or_a_batch_and_name_the_field_at_fault() {
+    let (specs, batch) = parse_tasks(br#"{"worker":"w","args":[1]}"#, LIMIT, 10).unwrap();
+    assert_eq!((specs.len(), batch), (1, false));
+    let (specs, batch) = parse_tasks(
+        br#" [{"worker":"a"},{"worker":"b","priority":3}]"#,
+        LIMIT,
+        10,
+    )
+    .unwrap();
+    assert_eq!((specs.len(), batch), (2, true));
+    assert_eq!(specs[1].priority, 3);
+    let e = parse_tasks(br#"{"worker":"w","priority":101}"#, LIMIT, 10).unwrap_err();
+    assert_eq!(e.field.as_deref(), Some("priority"), "{e:?}");
+    let e = parse_tasks(br#"[{"worker":"w"},{"worker":"w","prority":1}]"#, LIMIT, 10).unwrap_err();
+    assert_eq!(
+        (e.field.as_deref(), e.index),
+        (Some("prority"), Some(1)),
+        "{e:?}"
+    );
+    assert!(e.reason.starts_with("envelope 1: unknown field"), "{e:?}");
+    let e = parse_tasks(br#"{"worker":"../x"}"#, LIMIT, 10).unwrap_err();
+    assert_eq!(e.field.as_deref(), Some("worker"));
+    let e = parse_tasks(br#"{"args":1}"#, LIMIT, 10).unwrap_err();
+    assert_eq!(e.field.as_deref(), Some("worker"));
+    let e = parse_tasks(br#"{"op":"stop","reply":"x"}"#, LIMIT, 10).unwrap_err();
+    assert_eq!(e.field.as_deref(), Some("op"), "a notice is no task: {e:?}");
+    let e = parse_tasks(br#"{"worker":"w","worker":"v"}"#, LIMIT, 10).unwrap_err();
+    assert_eq!(e.field.as_deref(), Some("worker"));
+    assert!(
+        parse_tasks(b"{nope", LIMIT, 10)
+            .unwrap_err()
+            .reason
+            .contains("not valid JSON")
+    );
+    assert!(parse_tasks(b"[]", LIMIT, 10).is_err());
+    let three = br#"[{"worker":"w"},{"worker":"w"},{"worker":"w"}]"#;
+    assert!(
+        parse_tasks(three, LIMIT, 2)
+            .unwrap_err()
+            .reason
+            .contains("more than 2")
+    );
+    let big = format!(r#"[{{"worker":"w","args":"{}"}}]"#, "x".repeat(200));
+    assert!(
+        parse_tasks(big.as_bytes(), 100, 10)
+            .unwrap_err()
+            .reason
+            .contains("over the 100-byte limit")
     );
 }

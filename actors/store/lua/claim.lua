@@ -10,9 +10,13 @@
 -- (see fenced).
 -- A record that names another worker than the set it waited in is set aside (see quarantine):
 -- run here, it would hold a slot of the wrong worker type.
--- Returns the header ROW, then one row per task (see ROW).
+-- Returns the header ROW, then one row per task (see ROW); for a paused worker (see is_paused)
+-- the single row PAUSED, and nothing is taken.
 if fenced(KEYS[4], ARGV[8]) then
   return {ROW}
+end
+if is_paused(ARGV[1], ARGV[7]) then
+  return {PAUSED}
 end
 local want = tonumber(ARGV[3])
 local now = redis_ms()

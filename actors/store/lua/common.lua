@@ -81,6 +81,15 @@ for _, name in ipairs(RUN_FIELDS) do
   ROW[#ROW + 1] = name
 end
 
+-- The answer of a claim for a paused worker (`{prefix}:paused`): this one row instead of the
+-- header, and no task.
+local PAUSED = {'paused'}
+
+-- True while worker `worker` is paused cluster-wide: no claim or adoption hands out its tasks.
+local function is_paused(prefix, worker)
+  return redis.call('SISMEMBER', prefix .. ':paused', worker) == 1
+end
+
 -- What a claim or an adoption reads of a record: the fields it decides on, at the positions
 -- below, then RUN_FIELDS. (Positions rather than a table by name: a claim reads thousands of
 -- records a second, and each table costs the interpreter.)
@@ -204,6 +213,7 @@ local function admit(prefix, id, f, channel, events, now)
   if f.key and f.key ~= '' and not take_slot(prefix, f.key, f.klimit, id) then
     redis.call('HSET', tk, 'state', 'deferred')
     redis.call('RPUSH', prefix .. ':deferred:' .. f.key, id)
+    redis.call('SADD', prefix .. ':deferring', f.key)
     return 'deferred'
   end
   if not f.fresh then
@@ -224,6 +234,7 @@ local function free_slot(prefix, key, id, channel, events, now)
   while true do
     local next_id = redis.call('LINDEX', list, 0)
     if not next_id then
+      redis.call('SREM', prefix .. ':deferring', key)
       return
     end
     local tk = prefix .. ':task:' .. next_id
@@ -238,6 +249,21 @@ local function free_slot(prefix, key, id, channel, events, now)
     else
       return
     end
+  end
+end
+
+-- The most recently finished tasks `{prefix}:finished` keeps (by time of their end), for the
+-- listings; older entries are trimmed once per script call.
+local FINISHED_KEEP = 10000
+local FINISHED_TRIMMED = false
+
+-- Note in `{prefix}:finished` that task `id` ended at `now`.
+local function note_end(prefix, id, now)
+  local key = prefix .. ':finished'
+  redis.call('ZADD', key, now, id)
+  if not FINISHED_TRIMMED then
+    redis.call('ZREMRANGEBYRANK', key, 0, -FINISHED_KEEP - 1)
+    FINISHED_TRIMMED = true
   end
 end
 
@@ -304,6 +330,7 @@ local function broadcast_check(prefix, parent, now, ttl, channel, events)
   end
   local value = cjson.encode(results)
   redis.call('HSET', pk, 'state', 'done', 'result', value, 'finished', now)
+  note_end(prefix, parent, now)
   redis.call('SREM', prefix .. ':broadcasts', parent)
   redis.call('PEXPIRE', pk, ttl)
   redis.call('HINCRBY', prefix .. ':stats', 'done', 1)
@@ -317,8 +344,10 @@ end
 
 -- Tell everyone a task ended: its final event on the events channel, the same event to a
 -- caller waiting on its reply list (`reply` '1', kept for `keep` ms), and its broadcast, if it
--- is an occurrence of one (`parent`), that one more occurrence finished.
+-- is an occurrence of one (`parent`), that one more occurrence finished. The end is noted in
+-- `{prefix}:finished`.
 local function announce_end(prefix, id, event, reply, parent, keep, ttl, now, channel, events)
+  note_end(prefix, id, now)
   redis.call('PUBLISH', events, event)
   if reply == '1' then
     answer(prefix, id, event, keep)
@@ -339,6 +368,9 @@ local function close_unrun(prefix, id, state, message, now, ttl, channel, events
   redis.call('ZREM', prefix .. ':deadlines', id)
   if f[3] and f[3] ~= '' then
     redis.call('LREM', prefix .. ':deferred:' .. f[3], 0, id)
+    if redis.call('EXISTS', prefix .. ':deferred:' .. f[3]) == 0 then
+      redis.call('SREM', prefix .. ':deferring', f[3])
+    end
   end
   if f[2] and f[2] ~= '' then
     redis.call('SREM', prefix .. ':node:' .. f[2] .. ':owned', id)

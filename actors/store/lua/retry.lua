@@ -12,6 +12,7 @@ if not is_terminal(f[1]) or (f[6] and f[6] ~= '') or (f[7] and f[7] ~= '') then
   return -1
 end
 redis.call('ZREM', prefix .. ':dead', id)
+redis.call('ZREM', prefix .. ':finished', id)
 redis.call('PERSIST', KEYS[1])
 redis.call('HDEL', KEYS[1], 'error', 'result', 'finished', 'started', 'cancel', 'retry_at')
 redis.call('HINCRBY', KEYS[1], 'epoch', 1)

@@ -59,7 +59,9 @@ local function finish(id, node, epoch, state, value, attempt, started, now, retr
   if state == 'retrying' then
     -- The owner gives the task up until it is due again: a new epoch fences the old attempt.
     redis.call('HINCRBY', tk, 'epoch', 1)
-    redis.call('HSET', tk, 'state', 'retrying', 'error', value, 'node', '', 'retry_at', retry_at)
+    redis.call('HSET', tk, 'state', 'retrying', 'error', value, 'node', '', 'retry_at', retry_at,
+      'failed:' .. attempt, cjson.encode({node = node, started = tonumber(started), ended =
+      tonumber(now), error = value, retry_at = tonumber(retry_at)}))
     if started ~= '0' then
       redis.call('HSET', tk, 'attempt', attempt, 'started', started)
     end

@@ -278,3 +278,50 @@ async fn a_lease_has_one_holder_at_a_time() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_paused_worker_is_neither_claimed_nor_adopted_until_it_resumes() {
+    let redis = Redis::start();
+    let store = Store::connect(&settings(&redis)).await.unwrap();
+    let specs = vec![
+        TaskSpec::new("w", json!(1)).id("a"),
+        TaskSpec::new("w", json!(2)).id("b"),
+        TaskSpec::new("other", json!(3)).id("c"),
+    ];
+    store.enqueue_many(&specs, false).await.unwrap();
+    let held = store.claim("w", &me("n1"), 1).await.unwrap();
+    assert_eq!(held.len(), 1);
+
+    assert!(store.set_paused("w", true).await.unwrap());
+    assert!(
+        !store.set_paused("w", true).await.unwrap(),
+        "paused already"
+    );
+    assert_eq!(store.paused().await.unwrap(), ["w"]);
+    let claim = store.claim_batch("w", &me("n2"), 10).await.unwrap();
+    assert!(claim.paused && claim.tasks.is_empty(), "{claim:?}");
+    let handed = [(held[0].id.clone(), held[0].epoch)];
+    assert!(
+        store
+            .adopt("n1", &me("n2"), &handed)
+            .await
+            .unwrap()
+            .is_empty(),
+        "a task of a paused worker is not adopted"
+    );
+    let other = store.claim_batch("other", &me("n2"), 10).await.unwrap();
+    assert!(
+        !other.paused && other.tasks.len() == 1,
+        "other workers run on"
+    );
+
+    assert!(store.set_paused("w", false).await.unwrap());
+    assert!(store.paused().await.unwrap().is_empty());
+    let claim = store.claim_batch("w", &me("n2"), 10).await.unwrap();
+    assert!(!claim.paused);
+    assert_eq!(claim.tasks.len(), 1);
+    assert_eq!(
+        store.adopt("n1", &me("n2"), &handed).await.unwrap().len(),
+        1
+    );
+}
