@@ -46,7 +46,8 @@
 //! - `workers/`: the worker types a node offers: `registry`, `rust` (the [`Worker`] trait),
 //!   `script`, `eval`.
 //! - `wiring`: links to actors that may restart, background tasks tied to actors, the lease
-//!   clock; `node`: start-up, liveness lease, graceful shutdown; `client`; `config`.
+//!   clock; `node`: start-up, liveness lease, graceful shutdown; `client`; `config`;
+//!   `metrics`: what a node counts, rendered as Prometheus text.
 //! - `tidy` (tests only): checks of the source's shape that the types do not enforce.
 
 mod client;
@@ -54,6 +55,7 @@ mod cluster;
 pub mod config;
 mod decide;
 mod engine;
+mod metrics;
 mod model;
 mod node;
 mod store;

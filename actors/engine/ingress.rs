@@ -34,6 +34,7 @@ use crate::decide::placement::{Load, Target as Place, place};
 use crate::engine::control::Control;
 use crate::engine::dispatcher::DispatcherMsg;
 use crate::engine::saver::SaverHandle;
+use crate::metrics::Metrics;
 use crate::model::envelope::{ChannelMessage, Rejection, parse_message};
 use crate::model::events;
 use crate::model::task::{Target, TaskSpec};
@@ -69,6 +70,8 @@ pub(crate) struct IngressArgs {
     pub(crate) schedule: Arc<Notify>,
     /// Carries out `stop` and `reload` addressed to this node.
     pub(crate) control: Arc<Control>,
+    /// Where the raw tasks it stores are counted (`accepted`).
+    pub(crate) metrics: Metrics,
 }
 
 impl IngressArgs {
@@ -402,6 +405,12 @@ async fn handle_batch(ctx: &Arc<IngressArgs>, batch: &[Vec<u8>], rng: &mut fastr
             match ctx.store.enqueue_many(&specs, false).await {
                 Ok(stored) => {
                     for ((id, accepted), spec) in stored.iter().zip(&specs) {
+                        if matches!(
+                            accepted,
+                            Accepted::Queued | Accepted::Scheduled | Accepted::Deferred
+                        ) {
+                            ctx.metrics.worker(&spec.worker).accepted();
+                        }
                         match accepted {
                             Accepted::Queued => match &spec.target {
                                 Target::Node(node) => {

@@ -31,6 +31,7 @@ use crate::engine::ingress::{Ingress, IngressArgs, IngressMsg};
 use crate::engine::peer::{PeerActor, PeerArgs};
 use crate::engine::saver::{Saver, SaverArgs, SaverHandle};
 use crate::engine::scheduler::{Scheduler, SchedulerArgs};
+use crate::metrics::Metrics;
 use crate::store::{Incarnation, Store};
 use crate::wiring::{LeaseClock, Link, StopReason, Stopper, child_end};
 use crate::workers::registry::LiveRegistry;
@@ -68,6 +69,8 @@ pub(crate) struct NodeParts {
     pub(crate) ingress: Arc<Link<IngressMsg>>,
     /// The live membership actor.
     pub(crate) membership: Arc<Link<MembershipMsg>>,
+    /// What this node counts; the actors that count get it, or their part of it.
+    pub(crate) metrics: Metrics,
 }
 
 impl NodeParts {
@@ -210,6 +213,7 @@ impl SupervisorState {
                     handle: p.saver.clone(),
                     store: p.store.clone(),
                     batch: p.settings.saver.batch as usize,
+                    metrics: p.metrics.clone(),
                 };
                 Actor::spawn_linked(None, Saver, args, me).await?.0.get_id()
             }
@@ -223,6 +227,7 @@ impl SupervisorState {
                     cluster: p.cluster.clone(),
                     lease: p.lease.clone(),
                     queue_cap: p.settings.queue_len(),
+                    metrics: p.metrics.clone(),
                 };
                 let (actor, _) = Actor::spawn_linked(None, Dispatcher, args, me).await?;
                 p.dispatcher.set(Some(actor.clone()));
@@ -234,6 +239,7 @@ impl SupervisorState {
                     wake: p.schedule.clone(),
                     missed: p.settings.scheduler.missed,
                     unrunnable_after: p.settings.tasks.unrunnable_after,
+                    metrics: p.metrics.clone(),
                 };
                 Actor::spawn_linked(None, Scheduler, args, me)
                     .await?
@@ -262,6 +268,7 @@ impl SupervisorState {
                     store: p.store.clone(),
                     cluster: p.cluster.clone(),
                     leaving: p.leaving.clone(),
+                    sessions: p.metrics.sessions(),
                     on_failover: Box::new(move || {
                         dispatcher.cast(DispatcherMsg::Sweep);
                     }),
@@ -282,6 +289,7 @@ impl SupervisorState {
                     dispatcher: p.dispatcher.clone(),
                     schedule: p.schedule.clone(),
                     control: p.control.clone(),
+                    metrics: p.metrics.clone(),
                 };
                 let (actor, _) = Actor::spawn_linked(None, Ingress, args, me).await?;
                 p.ingress.set(Some(actor.clone()));

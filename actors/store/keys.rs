@@ -83,6 +83,10 @@ impl Keys {
     pub(crate) fn members(&self) -> String {
         format!("{}:members", self.prefix)
     }
+    /// `{p}:paused`: names of the worker types paused cluster-wide.
+    pub(crate) fn paused(&self) -> String {
+        format!("{}:paused", self.prefix)
+    }
     /// `{p}:node:{node}:info`: what a node reports about itself for `bgnode info`.
     pub(crate) fn info(&self, node: &str) -> String {
         format!("{}:node:{node}:info", self.prefix)

@@ -16,17 +16,20 @@
 //! - `members.rs`: joining and leaving, liveness, node reports, the cookie, leases.
 //! - `subscription.rs`: the ingress subscription, which a successor can close.
 //! - `views.rs`: what `bgnode bg` lists ([`Overview`], [`TaskRow`]).
+//! - `gauges.rs`: the cluster-wide counts a node exports as metrics ([`ClusterCounts`]).
 //! - `lua/`: the scripts; `common.lua` is prepended to each.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use redis::Script;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::{Cmd, Pipeline, RedisFuture, Script, Value};
 
 use crate::config::{KeyPolicy, Settings};
+use crate::metrics::RedisCounters;
 
 mod clock;
+mod gauges;
 mod keys;
 mod members;
 mod ownership;
@@ -37,6 +40,7 @@ mod views;
 mod writes;
 
 pub(crate) use clock::Clock;
+pub(crate) use gauges::ClusterCounts;
 pub(crate) use keys::Keys;
 pub(crate) use members::{CookieCheck, Guard, Incarnation, Lease};
 pub use tasks::{Accepted, CancelResult, RetryResult};
@@ -149,11 +153,58 @@ struct Names {
     key_policy: KeyPolicy,
 }
 
+/// The store's connection: one multiplexed, self-reconnecting connection, whose failed calls
+/// and reconnections a node counts (a client's store counts nothing). Every command the store
+/// sends on it passes through here, so this is the one place that sees them fail.
+#[derive(Clone)]
+struct Con {
+    manager: ConnectionManager,
+    counters: Option<RedisCounters>,
+}
+
+impl Con {
+    fn tally<T>(&self, result: &redis::RedisResult<T>) {
+        if let Some(counters) = &self.counters {
+            match result {
+                Ok(_) => counters.answered(),
+                Err(e) => counters.failed(e),
+            }
+        }
+    }
+}
+
+impl ConnectionLike for Con {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        Box::pin(async move {
+            let result = self.manager.req_packed_command(cmd).await;
+            self.tally(&result);
+            result
+        })
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        Box::pin(async move {
+            let result = self.manager.req_packed_commands(cmd, offset, count).await;
+            self.tally(&result);
+            result
+        })
+    }
+
+    fn get_db(&self) -> i64 {
+        self.manager.get_db()
+    }
+}
+
 /// The Redis store. Cheap to clone: clones share one multiplexed, self-reconnecting connection.
 #[derive(Clone)]
 pub(crate) struct Store {
     client: redis::Client,
-    con: ConnectionManager,
+    con: Con,
     keys: Keys,
     names: Arc<Names>,
     scripts: Arc<Scripts>,
@@ -176,7 +227,10 @@ impl Store {
             .set_response_timeout(Some(Duration::from_secs(5)))
             .set_number_of_retries(2)
             .set_max_delay(Duration::from_secs(1));
-        let mut con = ConnectionManager::new_with_config(client.clone(), config).await?;
+        let mut con = Con {
+            manager: ConnectionManager::new_with_config(client.clone(), config).await?,
+            counters: None,
+        };
         let (sent, answered, redis_us) = read_time(&mut con).await?;
         Ok(Store {
             clock: Clock::new(sent, answered, redis_us),
@@ -193,6 +247,13 @@ impl Store {
             }),
             scripts: Arc::new(Scripts::new()),
         })
+    }
+
+    /// This store, its connection's failed calls and reconnections counted in `counters`
+    /// (clones made before keep counting nothing).
+    pub(crate) fn counted(mut self, counters: RedisCounters) -> Store {
+        self.con.counters = Some(counters);
+        self
     }
 
     /// The key names.
@@ -269,7 +330,7 @@ impl Store {
 }
 
 /// Reads Redis's `TIME`: when the request was sent, when it was answered, and the time in µs.
-async fn read_time(con: &mut ConnectionManager) -> StoreResult<(Instant, Instant, u64)> {
+async fn read_time(con: &mut Con) -> StoreResult<(Instant, Instant, u64)> {
     let sent = Instant::now();
     let (seconds, micros): (u64, u64) = redis::cmd("TIME").query_async(con).await?;
     Ok((sent, Instant::now(), clock::time_us(seconds, micros)))

@@ -53,6 +53,7 @@ async fn finish_script_applies_the_fencing_table() {
         }
         let op = WriteOp::Finish {
             id: id.clone(),
+            worker: "w".into(),
             node: "n".into(),
             epoch: *carried,
             attempt: 1,
@@ -346,6 +347,7 @@ fn start_op(id: &str, epoch: u64) -> WriteOp {
 fn finish_op(id: &str, node: &str, epoch: u64, state: TaskState, retry_at: u64) -> WriteOp {
     WriteOp::Finish {
         id: id.into(),
+        worker: "w".into(),
         node: node.into(),
         epoch,
         attempt: 1,
