@@ -443,8 +443,9 @@ impl Drop for Attempt {
     }
 }
 
-/// The counters of the store's shared connection: calls that failed, and reconnections (a
-/// call that succeeds after a call failed for the connection's sake: lost, refused, timed out).
+/// The counters of the store's shared connection: calls that failed (the connection lost,
+/// refused or timed out, or Redis answering an error), and reconnections (a call answered
+/// after a call failed for the connection's sake).
 #[derive(Clone)]
 pub(crate) struct RedisCounters {
     errors: Counter,
@@ -453,15 +454,19 @@ pub(crate) struct RedisCounters {
 }
 
 impl RedisCounters {
-    /// A call failed with `error`. Redis's NOSCRIPT (a restarted Redis forgot the scripts; the
-    /// store loads them and tries again) is no failure of the call.
+    /// A call failed with `error`.
     pub(crate) fn failed(&self, error: &redis::RedisError) {
-        if error.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) {
-            return;
-        }
         self.errors.inc();
         if error.is_unrecoverable_error() || error.is_io_error() || error.is_timeout() {
             self.lost.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Redis answered a command with `error`. NOSCRIPT (Redis does not have a script yet, or
+    /// forgot it on a restart; it is loaded and the call made again) is no failure.
+    pub(crate) fn refused(&self, error: &redis::ServerError) {
+        if error.kind() != Some(redis::ServerErrorKind::NoScript) {
+            self.errors.inc();
         }
     }
 
@@ -758,12 +763,16 @@ mod tests {
         let m = Metrics::new();
         let redis = m.redis();
         let io = redis::RedisError::from(std::io::Error::from(std::io::ErrorKind::ConnectionReset));
-        let noscript = redis::RedisError::from((
-            redis::ErrorKind::Server(redis::ServerErrorKind::NoScript),
-            "NOSCRIPT",
-        ));
+        // Error replies as Redis sends them.
+        let reply = |wire: &[u8]| match redis::parse_redis_value(wire).unwrap() {
+            redis::Value::ServerError(e) => e,
+            other => panic!("not an error reply: {other:?}"),
+        };
         redis.answered();
-        redis.failed(&noscript);
+        redis.refused(&reply(b"-NOSCRIPT No matching script.\r\n"));
+        redis.refused(&reply(
+            b"-WRONGTYPE Operation against a key holding the wrong kind\r\n",
+        ));
         redis.failed(&io);
         redis.failed(&io);
         redis.answered();
@@ -771,8 +780,8 @@ mod tests {
         let s = scrape(&m.render());
         assert_eq!(
             s.get("bgnode_redis_errors_total"),
-            2.0,
-            "NOSCRIPT is no error"
+            3.0,
+            "an error reply and two failed calls; NOSCRIPT is none"
         );
         assert_eq!(s.get("bgnode_redis_reconnects_total"), 1.0);
     }

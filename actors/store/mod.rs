@@ -163,12 +163,22 @@ struct Con {
 }
 
 impl Con {
-    fn tally<T>(&self, result: &redis::RedisResult<T>) {
-        if let Some(counters) = &self.counters {
-            match result {
-                Ok(_) => counters.answered(),
-                Err(e) => counters.failed(e),
+    /// Counts a call's failure, or its answer and the error replies in it (one per command of
+    /// a pipeline).
+    fn tally(&self, result: Result<&[Value], &redis::RedisError>) {
+        let Some(counters) = &self.counters else {
+            return;
+        };
+        match result {
+            Ok(values) => {
+                counters.answered();
+                for value in values {
+                    if let Value::ServerError(error) = value {
+                        counters.refused(error);
+                    }
+                }
             }
+            Err(e) => counters.failed(e),
         }
     }
 }
@@ -177,7 +187,7 @@ impl ConnectionLike for Con {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         Box::pin(async move {
             let result = self.manager.req_packed_command(cmd).await;
-            self.tally(&result);
+            self.tally(result.as_ref().map(std::slice::from_ref));
             result
         })
     }
@@ -190,7 +200,7 @@ impl ConnectionLike for Con {
     ) -> RedisFuture<'a, Vec<Value>> {
         Box::pin(async move {
             let result = self.manager.req_packed_commands(cmd, offset, count).await;
-            self.tally(&result);
+            self.tally(result.as_ref().map(Vec::as_slice));
             result
         })
     }
