@@ -1,5 +1,6 @@
 //! A node embedded in this test process, with Rust workers: a panicking worker fails only its
-//! own attempt, its actor is restarted, and every other task keeps flowing.
+//! own attempt, its actor is restarted, and every other task keeps flowing; its metrics count
+//! exactly what it did.
 
 mod common;
 
@@ -568,5 +569,67 @@ async fn the_metrics_count_exactly_what_the_node_did() {
         N as f64,
         "nothing counted twice meanwhile"
     );
+    node.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_redis_outage_is_counted_as_errors_and_a_reconnect() {
+    let mut redis = Redis::start();
+    let workers = tempfile::tempdir().unwrap();
+    let node = Node::builder(settings(&redis, workers.path()))
+        .worker("fine", Fine)
+        .start()
+        .await
+        .unwrap();
+    let client = Client::connect(&redis.url).await.unwrap();
+    let v = client
+        .call(
+            TaskSpec::new("fine", json!({"n": 1})),
+            Duration::from_secs(20),
+        )
+        .await
+        .unwrap();
+    assert_eq!(v, json!(1));
+    let before = scrape(&node.metrics_text());
+    assert_eq!(sample(&before, "bgnode_redis_errors_total"), 0.0);
+    assert_eq!(sample(&before, "bgnode_redis_reconnects_total"), 0.0);
+
+    redis.kill();
+    // The lease keeper calls Redis four times per lease period: its calls fail now.
+    eventually(
+        Duration::from_secs(20),
+        "failed calls to be counted",
+        || async {
+            let s = scrape(&node.metrics_text());
+            (sample(&s, "bgnode_redis_errors_total") > 0.0).then_some(())
+        },
+    )
+    .await;
+    let down = scrape(&node.metrics_text());
+    assert_eq!(
+        sample(&down, "bgnode_redis_reconnects_total"),
+        0.0,
+        "nothing answered yet"
+    );
+    redis.restart();
+    eventually(
+        Duration::from_secs(30),
+        "the reconnection to be counted",
+        || async {
+            let s = scrape(&node.metrics_text());
+            (sample(&s, "bgnode_redis_reconnects_total") >= 1.0).then_some(())
+        },
+    )
+    .await;
+    // The node works on after it.
+    let client = Client::connect(&redis.url).await.unwrap();
+    let v = client
+        .call(
+            TaskSpec::new("fine", json!({"n": 2})),
+            Duration::from_secs(30),
+        )
+        .await
+        .unwrap();
+    assert_eq!(v, json!(2));
     node.shutdown().await.unwrap();
 }
