@@ -50,7 +50,8 @@
 //! - `workers/`: the worker types a node offers: `registry`, `rust` (the [`Worker`] trait),
 //!   `script`, `eval`.
 //! - `wiring`: links to actors that may restart, background tasks tied to actors, the lease
-//!   clock; `node`: start-up, liveness lease, graceful shutdown; `client`; `config`.
+//!   clock; `node`: start-up, liveness lease, graceful shutdown; `client`; `config`;
+//!   `metrics`: what a node counts, rendered as Prometheus text.
 //! - `tidy` (tests only): checks of the source's shape that the types do not enforce.
 
 mod client;
@@ -59,6 +60,7 @@ pub mod config;
 mod decide;
 mod engine;
 mod http;
+mod metrics;
 mod model;
 mod node;
 mod store;

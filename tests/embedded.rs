@@ -1,5 +1,6 @@
 //! A node embedded in this test process, with Rust workers: a panicking worker fails only its
-//! own attempt, its actor is restarted, and every other task keeps flowing.
+//! own attempt, its actor is restarted, and every other task keeps flowing; its metrics count
+//! exactly what it did.
 
 mod common;
 
@@ -373,4 +374,262 @@ async fn a_node_started_linked_is_supervised_by_its_host_actor() {
     assert!(host.get_children().is_empty());
     host.stop(None);
     host_done.await.unwrap();
+}
+
+/// Succeeds with its argument `n`.
+struct Fine;
+
+#[async_trait::async_trait]
+impl Worker for Fine {
+    async fn run(&self, ctx: TaskContext) -> Result<Value, TaskError> {
+        Ok(json!(ctx.arg::<u64>("n")?))
+    }
+}
+
+/// Fails every attempt: without retry when its argument `fail` is true, else retryably.
+struct Broken;
+
+#[async_trait::async_trait]
+impl Worker for Broken {
+    async fn run(&self, ctx: TaskContext) -> Result<Value, TaskError> {
+        if ctx.arg::<bool>("fail")? {
+            Err(TaskError::fail("broken for good"))
+        } else {
+            Err(TaskError::retry("broken for now"))
+        }
+    }
+}
+
+/// The metrics text read back, by series as written (`name{worker="a"}`); every sample must
+/// belong to a family that has its HELP and TYPE lines.
+fn scrape(text: &str) -> std::collections::BTreeMap<String, f64> {
+    let mut typed = std::collections::BTreeSet::new();
+    let mut samples = std::collections::BTreeMap::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            typed.insert(rest.split(' ').next().unwrap().to_owned());
+            continue;
+        }
+        if line.starts_with("# HELP ") {
+            continue;
+        }
+        let (series, value) = line
+            .rsplit_once(' ')
+            .unwrap_or_else(|| panic!("a sample line: {line}"));
+        let name = series.split('{').next().unwrap();
+        let family = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|s| name.strip_suffix(s).filter(|f| typed.contains(*f)))
+            .unwrap_or(name);
+        assert!(typed.contains(family), "{name} has no TYPE line");
+        let value: f64 = value.parse().unwrap_or_else(|_| panic!("a number: {line}"));
+        assert!(
+            samples.insert(series.to_owned(), value).is_none(),
+            "{series} twice"
+        );
+    }
+    samples
+}
+
+/// A series' value, 0 when it is absent (a family shows a label once it was counted).
+fn sample(samples: &std::collections::BTreeMap<String, f64>, series: &str) -> f64 {
+    samples.get(series).copied().unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_metrics_count_exactly_what_the_node_did() {
+    const N: u64 = 10; // `fine` tasks, RAW of them published raw on the task channel
+    const RAW: u64 = 4;
+    const M: u64 = 4; // `broken` tasks: half fail for good, half retry once and die
+    let redis = Redis::start();
+    let workers = tempfile::tempdir().unwrap();
+    let node = Node::builder(settings(&redis, workers.path()))
+        .worker("fine", Fine)
+        .worker("broken", Broken)
+        .start()
+        .await
+        .unwrap();
+    let client = Client::connect(&redis.url).await.unwrap();
+
+    // Raw publishes: the first is taken once the ingress subscribed; a repeated id is no
+    // new task.
+    let raw = |n: u64| json!({"worker": "fine", "args": {"n": n}, "id": format!("raw{n}")});
+    eventually(
+        Duration::from_secs(20),
+        "the ingress to subscribe",
+        || async { (redis.publish("background", raw(0).to_string()).await == 1).then_some(()) },
+    )
+    .await;
+    for n in 1..RAW {
+        assert_eq!(redis.publish("background", raw(n).to_string()).await, 1);
+    }
+    assert_eq!(redis.publish("background", raw(0).to_string()).await, 1);
+    let mut specs: Vec<TaskSpec> = (RAW..N)
+        .map(|n| TaskSpec::new("fine", json!({"n": n})).id(format!("fine{n}")))
+        .collect();
+    for m in 0..M {
+        let fail = m % 2 == 0;
+        specs.push(
+            TaskSpec::new("broken", json!({"fail": fail}))
+                .id(format!("broken{m}"))
+                .attempts(2)
+                .backoff(Duration::from_millis(100), Duration::from_millis(200)),
+        );
+    }
+    // A worker no node offers, with a deadline: the scheduler's deadline sweep expires it.
+    specs.push(
+        TaskSpec::new("absent", json!(null))
+            .id("late")
+            .deadline(Duration::from_millis(200)),
+    );
+    client.enqueue_all(specs).await.unwrap();
+
+    let (failed, dead) = (M / 2, M - M / 2);
+    let started = N + failed + 2 * dead;
+    let s = eventually(Duration::from_secs(30), "every end counted", || async {
+        let s = scrape(&node.metrics_text());
+        let ended = sample(&s, "bgnode_tasks_done_total{worker=\"fine\"}") == N as f64
+            && sample(&s, "bgnode_tasks_failed_total{worker=\"broken\"}") == failed as f64
+            && sample(&s, "bgnode_tasks_dead_total{worker=\"broken\"}") == dead as f64
+            && sample(&s, "bgnode_tasks_expired_total{worker=\"absent\"}") == 1.0;
+        ended.then_some(s)
+    })
+    .await;
+    let want = [
+        ("bgnode_tasks_accepted_total{worker=\"fine\"}", RAW),
+        ("bgnode_tasks_accepted_total{worker=\"broken\"}", 0),
+        ("bgnode_tasks_started_total{worker=\"fine\"}", N),
+        ("bgnode_tasks_started_total{worker=\"broken\"}", started - N),
+        ("bgnode_tasks_done_total{worker=\"fine\"}", N),
+        ("bgnode_tasks_done_total{worker=\"broken\"}", 0),
+        ("bgnode_tasks_failed_total{worker=\"broken\"}", failed),
+        ("bgnode_tasks_retried_total{worker=\"broken\"}", dead),
+        ("bgnode_tasks_dead_total{worker=\"broken\"}", dead),
+        ("bgnode_tasks_dead_total{worker=\"fine\"}", 0),
+        ("bgnode_tasks_expired_total{worker=\"absent\"}", 1),
+        ("bgnode_tasks_cancelled_total{worker=\"broken\"}", 0),
+        ("bgnode_task_wait_seconds_count{worker=\"fine\"}", N),
+        (
+            "bgnode_task_wait_seconds_count{worker=\"broken\"}",
+            started - N,
+        ),
+        ("bgnode_task_run_seconds_count{worker=\"fine\"}", N),
+        (
+            "bgnode_task_run_seconds_count{worker=\"broken\"}",
+            started - N,
+        ),
+        (
+            "bgnode_task_run_seconds_bucket{worker=\"fine\",le=\"+Inf\"}",
+            N,
+        ),
+        ("bgnode_running_tasks{worker=\"fine\"}", 0),
+        ("bgnode_running_tasks{worker=\"broken\"}", 0),
+        ("bgnode_cluster_sessions", 0),
+        // The scripts are sent by hash: the first call of each is answered NOSCRIPT, which is
+        // no error.
+        ("bgnode_redis_errors_total", 0),
+        ("bgnode_redis_reconnects_total", 0),
+    ];
+    for (series, n) in want {
+        assert_eq!(sample(&s, series), n as f64, "{series}");
+    }
+    // Buckets accumulate up to the count.
+    let buckets: Vec<f64> = s
+        .iter()
+        .filter(|(k, _)| k.starts_with("bgnode_task_wait_seconds_bucket{worker=\"fine\""))
+        .map(|(_, v)| *v)
+        .collect();
+    assert_eq!(buckets.len(), 19, "18 bounds and +Inf");
+    assert!(buckets.iter().all(|b| *b <= N as f64));
+
+    // The cluster-wide gauges, read every few seconds: the dead set, no task waiting, one
+    // member, and the paused set once it exists.
+    let mut con = redis.con().await;
+    redis::cmd("SADD")
+        .arg("bg:paused")
+        .arg("fine")
+        .arg("broken")
+        .query_async::<()>(&mut con)
+        .await
+        .unwrap();
+    let s = eventually(Duration::from_secs(20), "the gauges to be read", || async {
+        let s = scrape(&node.metrics_text());
+        (sample(&s, "bgnode_paused_workers") == 2.0
+            && sample(&s, "bgnode_pending_tasks{worker=\"absent\"}") == 0.0)
+            .then_some(s)
+    })
+    .await;
+    assert_eq!(sample(&s, "bgnode_dead_tasks"), dead as f64);
+    assert_eq!(sample(&s, "bgnode_scheduled_tasks"), 0.0);
+    assert_eq!(sample(&s, "bgnode_members"), 1.0);
+    assert_eq!(s.get("bgnode_pending_tasks{worker=\"fine\"}"), Some(&0.0));
+    assert_eq!(s.get("bgnode_pending_tasks{worker=\"broken\"}"), Some(&0.0));
+    assert_eq!(
+        sample(&s, "bgnode_tasks_done_total{worker=\"fine\"}"),
+        N as f64,
+        "nothing counted twice meanwhile"
+    );
+    node.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_redis_outage_is_counted_as_errors_and_a_reconnect() {
+    let mut redis = Redis::start();
+    let workers = tempfile::tempdir().unwrap();
+    let node = Node::builder(settings(&redis, workers.path()))
+        .worker("fine", Fine)
+        .start()
+        .await
+        .unwrap();
+    let client = Client::connect(&redis.url).await.unwrap();
+    let v = client
+        .call(
+            TaskSpec::new("fine", json!({"n": 1})),
+            Duration::from_secs(20),
+        )
+        .await
+        .unwrap();
+    assert_eq!(v, json!(1));
+    let before = scrape(&node.metrics_text());
+    assert_eq!(sample(&before, "bgnode_redis_errors_total"), 0.0);
+    assert_eq!(sample(&before, "bgnode_redis_reconnects_total"), 0.0);
+
+    redis.kill();
+    // The lease keeper calls Redis four times per lease period: its calls fail now.
+    eventually(
+        Duration::from_secs(20),
+        "failed calls to be counted",
+        || async {
+            let s = scrape(&node.metrics_text());
+            (sample(&s, "bgnode_redis_errors_total") > 0.0).then_some(())
+        },
+    )
+    .await;
+    let down = scrape(&node.metrics_text());
+    assert_eq!(
+        sample(&down, "bgnode_redis_reconnects_total"),
+        0.0,
+        "nothing answered yet"
+    );
+    redis.restart();
+    eventually(
+        Duration::from_secs(30),
+        "the reconnection to be counted",
+        || async {
+            let s = scrape(&node.metrics_text());
+            (sample(&s, "bgnode_redis_reconnects_total") >= 1.0).then_some(())
+        },
+    )
+    .await;
+    // The node works on after it.
+    let client = Client::connect(&redis.url).await.unwrap();
+    let v = client
+        .call(
+            TaskSpec::new("fine", json!({"n": 2})),
+            Duration::from_secs(30),
+        )
+        .await
+        .unwrap();
+    assert_eq!(v, json!(2));
+    node.shutdown().await.unwrap();
 }

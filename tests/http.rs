@@ -804,3 +804,125 @@ async fn the_event_stream_delivers_the_events_of_a_task() {
         "{events:?}"
     );
 }
+
+/// The samples of a Prometheus text page: `name{labels}` → value (comments left out).
+fn samples(text: &str) -> std::collections::BTreeMap<String, f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .map(|l| {
+            let (key, value) = l
+                .rsplit_once(' ')
+                .unwrap_or_else(|| panic!("bad line {l:?}"));
+            let value = value
+                .parse()
+                .unwrap_or_else(|_| panic!("bad value in {l:?}"));
+            (key.to_owned(), value)
+        })
+        .collect()
+}
+
+/// `/metrics` scraped over HTTP from real nodes: the counters match the tasks each node ran,
+/// every family has its HELP and TYPE, and two nodes each count their one cluster session.
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_are_served_and_count_exactly_the_tasks_run() {
+    let redis = Redis::start();
+    let workers = test_workers();
+    let (p1, p2) = (free_port(), free_port());
+    let (l1, l2) = (format!("127.0.0.1:{p1}"), format!("127.0.0.1:{p2}"));
+    // n2 offers no worker: every task runs on n1.
+    let empty = tempfile::tempdir().unwrap();
+    let n1 = NodeProc::start(
+        &redis,
+        "n1",
+        workers.path(),
+        &[("BGNODE_NODE__LISTEN", &l1)],
+    );
+    let n2 = NodeProc::start(
+        &redis,
+        "n2",
+        empty.path(),
+        &[("BGNODE_NODE__LISTEN", &l2), ("BGNODE_NODE__SEEDS", &l1)],
+    );
+    for n in [&n1, &n2] {
+        api_up(n).await;
+    }
+    // 12 tasks that succeed and 3 that fail for good (one attempt each), through n1's API.
+    let mut specs: Vec<Value> = (0..12)
+        .map(|i| json!({"worker": "echo", "args": i}))
+        .collect();
+    specs.extend((0..3).map(|_| json!({"worker": "fail"})));
+    let answer = post(&n1, "/tasks?wait=30s", Value::Array(specs)).await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    // A repeated id is not counted again.
+    let again = post(
+        &n1,
+        "/tasks",
+        json!({"worker": "echo", "id": "once", "args": 1}),
+    )
+    .await;
+    assert_eq!(again.status, 201, "{}", again.body);
+    let twice = post(
+        &n1,
+        "/tasks",
+        json!({"worker": "echo", "id": "once", "args": 1}),
+    )
+    .await;
+    assert_eq!(twice.status, 200, "{}", twice.body);
+    wait_state(&redis, "once", "done").await;
+
+    let scraped = eventually(T, "the counters and the sessions to settle", || async {
+        let page = request(&n1.http, "GET", "/metrics", &[], None).await;
+        assert_eq!(page.status, 200, "{}", page.body);
+        let s = samples(&page.body);
+        let done = s.get("bgnode_tasks_done_total{worker=\"echo\"}").copied();
+        let sessions = s.get("bgnode_cluster_sessions").copied();
+        (done == Some(13.0) && sessions == Some(1.0)).then_some(page)
+    })
+    .await;
+    assert!(
+        scraped
+            .header("content-type")
+            .is_some_and(|c| c.starts_with("text/plain; version=0.0.4")),
+        "{:?}",
+        scraped.headers
+    );
+    for family in [
+        "bgnode_tasks_accepted_total",
+        "bgnode_tasks_done_total",
+        "bgnode_task_run_seconds",
+        "bgnode_running_tasks",
+        "bgnode_cluster_sessions",
+    ] {
+        let name = family.trim_end_matches("_total");
+        assert!(scraped.body.contains(&format!("# HELP {name}")), "{family}");
+        assert!(scraped.body.contains(&format!("# TYPE {name}")), "{family}");
+    }
+    let s = samples(&scraped.body);
+    let at = |key: &str| s.get(key).copied().unwrap_or(0.0);
+    assert_eq!(at("bgnode_tasks_accepted_total{worker=\"echo\"}"), 13.0);
+    assert_eq!(at("bgnode_tasks_accepted_total{worker=\"fail\"}"), 3.0);
+    assert_eq!(at("bgnode_tasks_started_total{worker=\"echo\"}"), 13.0);
+    assert_eq!(at("bgnode_tasks_started_total{worker=\"fail\"}"), 3.0);
+    assert_eq!(at("bgnode_tasks_dead_total{worker=\"fail\"}"), 3.0);
+    assert_eq!(at("bgnode_tasks_done_total{worker=\"fail\"}"), 0.0);
+    assert_eq!(at("bgnode_task_run_seconds_count{worker=\"echo\"}"), 13.0);
+    assert_eq!(at("bgnode_task_wait_seconds_count{worker=\"fail\"}"), 3.0);
+    assert_eq!(at("bgnode_running_tasks{worker=\"echo\"}"), 0.0);
+    assert!(at("bgnode_cluster_sessions_opened_total") >= 1.0);
+    // The cluster-wide gauges, refreshed every 5 s.
+    eventually(T, "the cluster gauges", || async {
+        let s = samples(&request(&n1.http, "GET", "/metrics", &[], None).await.body);
+        (s.get("bgnode_members") == Some(&2.0) && s.get("bgnode_dead_tasks") == Some(&3.0))
+            .then_some(())
+    })
+    .await;
+    // n2 ran nothing and says so, and counts its session too.
+    let s2 = samples(&request(&n2.http, "GET", "/metrics", &[], None).await.body);
+    assert_eq!(s2.get("bgnode_cluster_sessions"), Some(&1.0), "{s2:?}");
+    let started: f64 = s2
+        .iter()
+        .filter(|(k, _)| k.starts_with("bgnode_tasks_started_total"))
+        .map(|(_, v)| v)
+        .sum();
+    assert_eq!(started, 0.0, "n2 started tasks");
+}

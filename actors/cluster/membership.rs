@@ -10,7 +10,8 @@
 //! membership loop turns the gossip view into a full mesh of ractor_cluster sessions,
 //! reconnecting with backoff, and pings every peer over its session: a peer that stops
 //! answering (a paused process, a hung host) has its session closed, since ractor_cluster itself
-//! never notices. The peers that answer form the [`View`] placement uses.
+//! never notices. The peers that answer form the [`View`] placement uses. The loop counts the
+//! sessions that became ready and that closed, and how many are ready, in the node's metrics.
 //!
 //! Failover: a member (in `{prefix}:members`) that is not in the view is failed over once its
 //! liveness lease in Redis has expired: any survivor runs the hand-back script guarded by that
@@ -43,6 +44,7 @@ use crate::cluster::wire::Body;
 use crate::config::Settings;
 use crate::decide::backoff::Backoff;
 use crate::decide::placement::NodeLoad;
+use crate::metrics::SessionMetrics;
 use crate::store::{Guard, Store};
 use crate::wiring::watch_task;
 
@@ -99,6 +101,8 @@ pub(crate) struct MembershipArgs {
     pub(crate) cluster: Arc<ClusterHandle>,
     /// The node is shutting down (reported in its info).
     pub(crate) leaving: Arc<AtomicBool>,
+    /// Where sessions are counted: ready now, opened, closed.
+    pub(crate) sessions: SessionMetrics,
     /// Called after this node failed another over: the local dispatcher should sweep.
     pub(crate) on_failover: Box<dyn Fn() + Send + Sync>,
 }
@@ -315,11 +319,14 @@ async fn run(
     let mut links: HashMap<String, Link> = HashMap::new();
     let mut tick = tokio::time::interval(TICK);
     let mut last_load = String::new();
+    // A new loop (the membership restarted) starts with no session.
+    ctx.sessions.ready(0);
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             Some(event) = events.recv() => {
                 on_session_event(&ctx, &mut links, event);
+                ctx.sessions.ready(links.values().filter(|l| l.session.is_some()).count());
                 continue;
             }
             Some(node) = pongs.recv() => {
@@ -388,6 +395,7 @@ async fn run(
             if !fresh && link.last_pong.is_some() {
                 tracing::warn!(peer = %node, "no heartbeat for {HEARTBEAT_TIMEOUT:?}; closing the session");
                 session.actor.stop(Some("heartbeat timeout".into()));
+                ctx.sessions.closed();
                 link.session = None;
                 link.last_pong = None;
                 continue;
@@ -397,6 +405,8 @@ async fn run(
                 view.peers.insert(node.clone(), info.clone());
             }
         }
+        ctx.sessions
+            .ready(links.values().filter(|l| l.session.is_some()).count());
         if view != ctx.cluster.view() {
             let members: Vec<&String> = view.peers.keys().collect();
             tracing::debug!(?members, "cluster view changed");
@@ -453,6 +463,11 @@ fn on_session_event(ctx: &MembershipArgs, links: &mut HashMap<String, Link>, eve
                 tracing::info!(peer = %node, addr = %ses.peer_addr, "cluster session ready");
                 ctx.cluster.set_leaving(&node, false);
                 let link = links.entry(node).or_default();
+                ctx.sessions.opened();
+                if link.session.is_some() {
+                    // A new session in place of one that never reported its close.
+                    ctx.sessions.closed();
+                }
                 link.session = Some(ses);
                 link.last_pong = Some(Instant::now());
                 link.backoff.reset();
@@ -475,6 +490,7 @@ fn on_session_event(ctx: &MembershipArgs, links: &mut HashMap<String, Link>, eve
                 } else {
                     tracing::warn!(peer = %node, "cluster session closed");
                 }
+                ctx.sessions.closed();
                 link.session = None;
                 link.last_pong = None;
             }

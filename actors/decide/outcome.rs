@@ -46,6 +46,7 @@ fn finish_op(task: &Task, node: &str, settle: &Settle, started: u64, now: u64) -
     };
     WriteOp::Finish {
         id: task.id.clone(),
+        worker: task.worker.clone(),
         node: node.to_owned(),
         epoch: task.epoch,
         attempt: task.attempt,

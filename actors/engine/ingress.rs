@@ -35,6 +35,7 @@ use crate::decide::placement::{Load, Target as Place, place};
 use crate::engine::control::Control;
 use crate::engine::dispatcher::DispatcherMsg;
 use crate::engine::saver::SaverHandle;
+use crate::metrics::Metrics;
 use crate::model::envelope::{ChannelMessage, Rejection, parse_message};
 use crate::model::events;
 use crate::model::task::{Target, TaskSpec};
@@ -70,6 +71,8 @@ pub(crate) struct IngressArgs {
     pub(crate) schedule: Arc<Notify>,
     /// Carries out `stop` and `reload` addressed to this node.
     pub(crate) control: Arc<Control>,
+    /// Where the raw tasks it stores are counted (`accepted`).
+    pub(crate) metrics: Metrics,
 }
 
 impl IngressArgs {
@@ -414,6 +417,8 @@ async fn handle_batch(ctx: &Arc<IngressArgs>, batch: &[Vec<u8>], rng: &mut fastr
             tries += 1;
             match ctx.store.enqueue_many(&specs, false).await {
                 Ok(stored) => {
+                    ctx.metrics
+                        .stored(specs.iter().map(|s| s.worker.as_str()), &stored);
                     for ((id, accepted), spec) in stored.iter().zip(&specs) {
                         match accepted {
                             Accepted::Queued => match &spec.target {

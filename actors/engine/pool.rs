@@ -12,14 +12,18 @@
 //! and escalates to the dispatcher.
 //!
 //! A slot ends every attempt with [`crate::decide::outcome::conclude`], the one fenced write.
+//! It counts the attempts it starts in its worker type's metrics (started, queue wait, running,
+//! run time); how an attempt ended is counted by the saver, once Redis applied its end.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
 use tokio_util::sync::CancellationToken;
 
 use crate::decide::outcome::conclude;
 use crate::engine::saver::SaverHandle;
+use crate::metrics::WorkerMetrics;
 use crate::model::events;
 use crate::model::task::{Outcome, Task};
 use crate::store::Clock;
@@ -74,6 +78,9 @@ pub(crate) struct PoolArgs {
     pub(crate) node: String,
     /// Redis's clock: an attempt's start and end, and the deadline check before it starts.
     pub(crate) clock: Clock,
+    /// This worker type's metrics: attempts started, their queue wait and run time, and how
+    /// many run now.
+    pub(crate) metrics: Arc<WorkerMetrics>,
     /// Told when a slot frees up or crashes.
     pub(crate) report: Report,
 }
@@ -205,6 +212,7 @@ async fn spawn_slot(
             saver: args.saver.clone(),
             node: args.node.clone(),
             clock: args.clock.clone(),
+            metrics: args.metrics.clone(),
             pool: pool.clone(),
         },
         pool.get_cell(),
@@ -224,6 +232,7 @@ pub(crate) struct SlotArgs {
     saver: SaverHandle,
     node: String,
     clock: Clock,
+    metrics: Arc<WorkerMetrics>,
     pool: ActorRef<PoolMsg>,
 }
 
@@ -275,7 +284,10 @@ impl Actor for Slot {
                 at: now,
                 event: events::started(&task, node, now),
             });
+            let waited = Duration::from_millis(now.saturating_sub(task.created));
+            let attempt = state.metrics.start(waited);
             let outcome = run_attempt(&entry, &task, state.workers.env(), &cancel).await;
+            drop(attempt);
             conclude(&task, node, outcome, &policy, now, state.clock.now_ms())
         };
         state.saver.write(op);

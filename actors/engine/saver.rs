@@ -9,6 +9,13 @@
 //!
 //! A start and the finish of the same attempt that meet in one batch are folded into the finish
 //! write, which publishes both events: a fast task costs one script call, not two.
+//!
+//! The flusher is where the node counts how attempts ended (the `bgnode_tasks_*_total`
+//! metrics of done, failed, retried, dead, expired and cancelled): every end of an attempt is
+//! one finish write, and Redis's answer tells whether it took effect. A write refused by
+//! fencing (the task changed owner) counts nothing, and a write answered "already finished"
+//! counts, since only this same write can have finished the task under its epoch: an earlier
+//! send of the batch that Redis applied but whose answer was lost.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -20,6 +27,7 @@ use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 
 use crate::decide::backoff::Backoff;
+use crate::metrics::Metrics;
 use crate::store::{Store, WriteOp, WriteResult};
 
 /// The saver actor: owns the flusher task that drains the write queue.
@@ -95,6 +103,8 @@ pub(crate) struct SaverArgs {
     pub store: Store,
     /// Most writes per pipeline.
     pub batch: usize,
+    /// Where the ends of attempts that Redis applied are counted.
+    pub metrics: Metrics,
 }
 
 /// The saver's state.
@@ -171,6 +181,7 @@ async fn flush_loop(args: SaverArgs) {
                         );
                     }
                     report(&ops, &results);
+                    count(&ops, &results, &args.metrics);
                     break;
                 }
                 Err(e) => {
@@ -210,6 +221,19 @@ fn report(ops: &[WriteOp], results: &[WriteResult]) {
                 tracing::warn!(task = %id, epoch, "start refused by fencing: the task changed owner");
             }
             WriteOp::Event { .. } => {}
+        }
+    }
+}
+
+/// Counts the ends of attempts that took effect, by worker type and the state they left.
+fn count(ops: &[WriteOp], results: &[WriteResult], metrics: &Metrics) {
+    for (op, result) in ops.iter().zip(results) {
+        if let (
+            WriteOp::Finish { worker, state, .. },
+            WriteResult::Applied | WriteResult::AlreadyDone,
+        ) = (op, result)
+        {
+            metrics.worker(worker).ended(*state);
         }
     }
 }
@@ -296,6 +320,7 @@ mod tests {
     fn finish(id: &str, epoch: u64) -> WriteOp {
         WriteOp::Finish {
             id: id.into(),
+            worker: "w".into(),
             node: "n".into(),
             epoch,
             attempt: 1,

@@ -24,6 +24,9 @@
 //! Every [`unrunnable_period`] it also runs `unrunnable.lua`, which expires waiting tasks that
 //! no live node has been able to run for `[tasks] unrunnable_after` (see
 //! [`crate::decide::runnable`]); that script is atomic too, so every node may run it.
+//!
+//! The tasks either sweep expires are counted in this node's `bgnode_tasks_expired_total`, by
+//! worker type: each is closed by one script call, on one node.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -34,6 +37,8 @@ use tokio::task::JoinHandle;
 
 use crate::decide::backoff::Backoff;
 use crate::decide::cron::{Cron, Missed, Recurrence, advance, occurrence_id};
+use crate::metrics::Metrics;
+use crate::model::task::TaskState;
 use crate::store::{DueTemplate, Store};
 use crate::wiring::watch_task;
 
@@ -60,6 +65,8 @@ pub(crate) struct SchedulerArgs {
     pub(crate) missed: Missed,
     /// How long a task may wait with no live node able to run it (zero: for ever).
     pub(crate) unrunnable_after: Duration,
+    /// Where the tasks its sweeps expire are counted.
+    pub(crate) metrics: Metrics,
 }
 
 /// The scheduler's state: its loop.
@@ -156,7 +163,7 @@ async fn tick(ctx: &SchedulerArgs) -> Result<Duration, crate::store::StoreError>
         for t in &templates {
             occur(ctx, t, now).await?;
         }
-        let expired = store.expire_due(BATCH).await?;
+        let expired = count_expired(ctx, &store.expire_due(BATCH).await?);
         if expired > 0 {
             tracing::info!(expired, "tasks expired before they could start");
         }
@@ -166,6 +173,14 @@ async fn tick(ctx: &SchedulerArgs) -> Result<Duration, crate::store::StoreError>
     }
     let (next, now) = store.next_due().await?;
     Ok(wait_for(next, now))
+}
+
+/// Counts the tasks a sweep expired, given their worker types; returns how many.
+fn count_expired(ctx: &SchedulerArgs, workers: &[String]) -> usize {
+    for worker in workers {
+        ctx.metrics.worker(worker).ended(TaskState::Expired);
+    }
+    workers.len()
 }
 
 /// How often the unrunnable sweep runs for a limit of `after`: a quarter of it, between 250 ms
@@ -183,10 +198,12 @@ async fn sweep_unrunnable(
     let idle = (period * 8).max(Duration::from_secs(30));
     let mut expired = 0;
     loop {
-        let n = ctx
-            .store
-            .expire_unrunnable(ctx.unrunnable_after, idle, BATCH)
-            .await?;
+        let n = count_expired(
+            ctx,
+            &ctx.store
+                .expire_unrunnable(ctx.unrunnable_after, idle, BATCH)
+                .await?,
+        );
         expired += n;
         if n < BATCH {
             break;

@@ -34,6 +34,7 @@ use crate::engine::peer::{PeerActor, PeerArgs};
 use crate::engine::saver::{Saver, SaverArgs, SaverHandle};
 use crate::engine::scheduler::{Scheduler, SchedulerArgs};
 use crate::http::{Http, HttpArgs};
+use crate::metrics::Metrics;
 use crate::store::{Incarnation, Store};
 use crate::wiring::{LeaseClock, Link, StopReason, Stopper, child_end};
 use crate::workers::registry::LiveRegistry;
@@ -73,6 +74,8 @@ pub(crate) struct NodeParts {
     pub(crate) membership: Arc<Link<MembershipMsg>>,
     /// The HTTP API's listener, bound at start (`None`: no HTTP API).
     pub(crate) http: Option<Arc<std::net::TcpListener>>,
+    /// What this node counts; the actors that count get it, or their part of it.
+    pub(crate) metrics: Metrics,
 }
 
 impl NodeParts {
@@ -218,6 +221,7 @@ impl SupervisorState {
                     handle: p.saver.clone(),
                     store: p.store.clone(),
                     batch: p.settings.saver.batch as usize,
+                    metrics: p.metrics.clone(),
                 };
                 Actor::spawn_linked(None, Saver, args, me).await?.0.get_id()
             }
@@ -231,6 +235,7 @@ impl SupervisorState {
                     cluster: p.cluster.clone(),
                     lease: p.lease.clone(),
                     queue_cap: p.settings.queue_len(),
+                    metrics: p.metrics.clone(),
                 };
                 let (actor, _) = Actor::spawn_linked(None, Dispatcher, args, me).await?;
                 p.dispatcher.set(Some(actor.clone()));
@@ -242,6 +247,7 @@ impl SupervisorState {
                     wake: p.schedule.clone(),
                     missed: p.settings.scheduler.missed,
                     unrunnable_after: p.settings.tasks.unrunnable_after,
+                    metrics: p.metrics.clone(),
                 };
                 Actor::spawn_linked(None, Scheduler, args, me)
                     .await?
@@ -270,6 +276,7 @@ impl SupervisorState {
                     store: p.store.clone(),
                     cluster: p.cluster.clone(),
                     leaving: p.leaving.clone(),
+                    sessions: p.metrics.sessions(),
                     on_failover: Box::new(move || {
                         dispatcher.cast(DispatcherMsg::Sweep);
                     }),
@@ -290,6 +297,7 @@ impl SupervisorState {
                     dispatcher: p.dispatcher.clone(),
                     schedule: p.schedule.clone(),
                     control: p.control.clone(),
+                    metrics: p.metrics.clone(),
                 };
                 let (actor, _) = Actor::spawn_linked(None, Ingress, args, me).await?;
                 p.ingress.set(Some(actor.clone()));
@@ -305,6 +313,7 @@ impl SupervisorState {
                     cluster: p.cluster.clone(),
                     settings: p.settings.clone(),
                     node: p.node.clone(),
+                    metrics: p.metrics.clone(),
                 };
                 Actor::spawn_linked(None, Http, args, me).await?.0.get_id()
             }

@@ -272,6 +272,8 @@ pub(super) async fn enqueue(
         err
     })?;
     let (specs, stored) = s.client.store_each(specs).await?;
+    s.metrics
+        .stored(specs.iter().map(|t| t.worker.as_str()), &stored);
     let why = s.client.unrunnable_each(&specs).await.unwrap_or_default();
     if !batch && stored[0].1 == Accepted::Refused {
         return Err(ClientError::KeyFull {

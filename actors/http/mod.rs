@@ -1,4 +1,5 @@
-//! The node's HTTP side: the JSON API under `/api/v1` (PROTOCOL.md, "HTTP API").
+//! The node's HTTP side: the JSON API under `/api/v1` (PROTOCOL.md, "HTTP API"), and this
+//! node's Prometheus metrics at `/metrics`.
 //!
 //! - [`router`] builds every route on one shared [`ApiState`]; other routes (a dashboard's
 //!   assets, metrics) are added there, on the same state and middleware.
@@ -39,6 +40,7 @@ use tokio_util::sync::CancellationToken;
 use crate::client::{Client, ClientError};
 use crate::cluster::handle::ClusterHandle;
 use crate::config::Settings;
+use crate::metrics::Metrics;
 use crate::wiring::watch_task;
 
 /// Most event streams (`GET /api/v1/events`) open at once on one node; each holds a Redis
@@ -71,6 +73,8 @@ pub(crate) struct ApiState {
     pub(crate) streams: Arc<Semaphore>,
     /// Ends the event streams when the server stops.
     pub(crate) stop: CancellationToken,
+    /// This node's metrics, rendered at `/metrics`.
+    pub(crate) metrics: Metrics,
 }
 
 /// The shared state, as handlers receive it.
@@ -92,10 +96,24 @@ pub(crate) fn router(state: Shared) -> Router {
         .route("/events", get(sse::events));
     Router::new()
         .nest("/api/v1", api)
+        .route("/metrics", get(metrics))
         .fallback(not_found)
         .method_not_allowed_fallback(not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), guard))
         .with_state(state)
+}
+
+/// `GET /metrics`: this node's metrics in the Prometheus text format (behind the token, when
+/// one is set, like every other route).
+async fn metrics(State(state): State<Shared>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        state.metrics.render(),
+    )
+        .into_response()
 }
 
 /// A refusal or failure, answered as JSON `{"error": "...", "field": ...}`.
@@ -295,6 +313,8 @@ pub(crate) struct HttpArgs {
     pub(crate) settings: Settings,
     /// This node's id.
     pub(crate) node: String,
+    /// This node's metrics.
+    pub(crate) metrics: Metrics,
 }
 
 /// The HTTP actor's state: its server task.
@@ -333,6 +353,7 @@ impl Actor for Http {
             loopback: addr.ip().is_loopback(),
             streams: Arc::new(Semaphore::new(MAX_STREAMS)),
             stop: stop.clone(),
+            metrics: args.metrics,
         });
         let app = router(state);
         let ended = stop.clone();

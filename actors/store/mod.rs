@@ -17,17 +17,20 @@
 //! - `subscription.rs`: the ingress subscription, which a successor can close.
 //! - `views.rs`: the listing behind `bgnode bg` and the HTTP API ([`TaskQuery`], [`Overview`]),
 //!   the counts and the throughput.
+//! - `gauges.rs`: the cluster-wide counts a node exports as metrics ([`ClusterCounts`]).
 //! - `lua/`: the scripts; `common.lua` is prepended to each.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use redis::Script;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::{Cmd, Pipeline, RedisFuture, Script, Value};
 
 use crate::config::{KeyPolicy, Settings};
+use crate::metrics::RedisCounters;
 
 mod clock;
+mod gauges;
 mod keys;
 mod members;
 mod ownership;
@@ -38,6 +41,7 @@ mod views;
 mod writes;
 
 pub(crate) use clock::Clock;
+pub(crate) use gauges::ClusterCounts;
 pub(crate) use keys::Keys;
 pub(crate) use members::{CookieCheck, Guard, Incarnation, Lease};
 pub use tasks::{Accepted, CancelResult, DeleteResult, RetryResult, TaskDetail};
@@ -161,11 +165,68 @@ struct Names {
     key_policy: KeyPolicy,
 }
 
+/// The store's connection: one multiplexed, self-reconnecting connection, whose failed calls
+/// and reconnections a node counts (a client's store counts nothing). Every command the store
+/// sends on it passes through here, so this is the one place that sees them fail.
+#[derive(Clone)]
+struct Con {
+    manager: ConnectionManager,
+    counters: Option<RedisCounters>,
+}
+
+impl Con {
+    /// Counts a call's failure, or its answer and the error replies in it (one per command of
+    /// a pipeline).
+    fn tally(&self, result: Result<&[Value], &redis::RedisError>) {
+        let Some(counters) = &self.counters else {
+            return;
+        };
+        match result {
+            Ok(values) => {
+                counters.answered();
+                for value in values {
+                    if let Value::ServerError(error) = value {
+                        counters.refused(error);
+                    }
+                }
+            }
+            Err(e) => counters.failed(e),
+        }
+    }
+}
+
+impl ConnectionLike for Con {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        Box::pin(async move {
+            let result = self.manager.req_packed_command(cmd).await;
+            self.tally(result.as_ref().map(std::slice::from_ref));
+            result
+        })
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        Box::pin(async move {
+            let result = self.manager.req_packed_commands(cmd, offset, count).await;
+            self.tally(result.as_ref().map(Vec::as_slice));
+            result
+        })
+    }
+
+    fn get_db(&self) -> i64 {
+        self.manager.get_db()
+    }
+}
+
 /// The Redis store. Cheap to clone: clones share one multiplexed, self-reconnecting connection.
 #[derive(Clone)]
 pub(crate) struct Store {
     client: redis::Client,
-    con: ConnectionManager,
+    con: Con,
     keys: Keys,
     names: Arc<Names>,
     scripts: Arc<Scripts>,
@@ -188,7 +249,10 @@ impl Store {
             .set_response_timeout(Some(Duration::from_secs(5)))
             .set_number_of_retries(2)
             .set_max_delay(Duration::from_secs(1));
-        let mut con = ConnectionManager::new_with_config(client.clone(), config).await?;
+        let mut con = Con {
+            manager: ConnectionManager::new_with_config(client.clone(), config).await?,
+            counters: None,
+        };
         let (sent, answered, redis_us) = read_time(&mut con).await?;
         Ok(Store {
             clock: Clock::new(sent, answered, redis_us),
@@ -205,6 +269,13 @@ impl Store {
             }),
             scripts: Arc::new(Scripts::new()),
         })
+    }
+
+    /// This store, its connection's failed calls and reconnections counted in `counters`
+    /// (clones made before keep counting nothing).
+    pub(crate) fn counted(mut self, counters: RedisCounters) -> Store {
+        self.con.counters = Some(counters);
+        self
     }
 
     /// The key names.
@@ -281,7 +352,7 @@ impl Store {
 }
 
 /// Reads Redis's `TIME`: when the request was sent, when it was answered, and the time in µs.
-async fn read_time(con: &mut ConnectionManager) -> StoreResult<(Instant, Instant, u64)> {
+async fn read_time(con: &mut Con) -> StoreResult<(Instant, Instant, u64)> {
     let sent = Instant::now();
     let (seconds, micros): (u64, u64) = redis::cmd("TIME").query_async(con).await?;
     Ok((sent, Instant::now(), clock::time_us(seconds, micros)))

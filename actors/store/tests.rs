@@ -2,7 +2,8 @@
 //! claims honour priority and age, an id is the idempotency key, a claimed task carries every
 //! field it was enqueued with, and pinned tasks stay on their node. The rules of ownership are
 //! checked in `ownership`, those of waiting tasks (enqueue, the scheduled set, key slots) in
-//! `waiting`; the helpers below serve all three.
+//! `waiting`; the helpers below serve all three. The cluster-wide counts the metrics export are
+//! checked here too.
 
 use std::time::Duration;
 
@@ -53,6 +54,7 @@ async fn finish_script_applies_the_fencing_table() {
         }
         let op = WriteOp::Finish {
             id: id.clone(),
+            worker: "w".into(),
             node: "n".into(),
             epoch: *carried,
             attempt: 1,
@@ -346,6 +348,7 @@ fn start_op(id: &str, epoch: u64) -> WriteOp {
 fn finish_op(id: &str, node: &str, epoch: u64, state: TaskState, retry_at: u64) -> WriteOp {
     WriteOp::Finish {
         id: id.into(),
+        worker: "w".into(),
         node: node.into(),
         epoch,
         attempt: 1,
@@ -431,4 +434,36 @@ async fn slots(con: &mut MultiplexedConnection) -> Vec<String> {
         .unwrap();
     ids.sort();
     ids
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cluster_counts_add_pinned_sets_to_their_worker_and_read_no_pause_as_zero() {
+    let redis = Redis::start();
+    let store = Store::connect(&settings(&redis)).await.unwrap();
+    let specs = vec![
+        TaskSpec::new("a", json!(null)),
+        TaskSpec::new("a", json!(null)).target(Target::Node("n2".into())),
+        TaskSpec::new("a", json!(null)).target(Target::Node("n3".into())),
+        TaskSpec::new("b", json!(null)),
+        TaskSpec::new("c", json!(null)).delay(Duration::from_secs(60)),
+    ];
+    store.enqueue_many(&specs, false).await.unwrap();
+    let counts = store.cluster_counts(10).await.unwrap();
+    assert_eq!(
+        counts.pending,
+        [("a".to_owned(), 3), ("b".to_owned(), 1)].into(),
+        "the shared set and both pinned sets of `a`"
+    );
+    assert_eq!((counts.scheduled, counts.dead, counts.paused), (1, 0, 0));
+    let mut con = redis.con().await;
+    redis::cmd("SADD")
+        .arg("bg:paused")
+        .arg("a")
+        .query_async::<()>(&mut con)
+        .await
+        .unwrap();
+    assert_eq!(store.cluster_counts(10).await.unwrap().paused, 1);
+    // At most `max` names of each kind are read: `a` and its first pinned set.
+    let capped = store.cluster_counts(1).await.unwrap();
+    assert_eq!(capped.pending, [("a".to_owned(), 2)].into());
 }

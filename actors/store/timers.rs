@@ -72,9 +72,9 @@ impl Store {
         Ok(n == 1)
     }
 
-    /// Expires tasks whose deadline passed (by Redis's time) before they started. Returns how
-    /// many.
-    pub(crate) async fn expire_due(&self, max: usize) -> StoreResult<usize> {
+    /// Expires tasks whose deadline passed (by Redis's time) before they started. Returns the
+    /// worker type of each task expired.
+    pub(crate) async fn expire_due(&self, max: usize) -> StoreResult<Vec<String>> {
         let mut con = self.con.clone();
         Ok(self
             .scripts
@@ -92,15 +92,15 @@ impl Store {
 
     /// Expires waiting tasks that no live node has been able to run for `limit` (see
     /// `unrunnable.lua`); a set's clock restarts when no sweep looked at it for `idle`.
-    /// Returns how many tasks expired.
+    /// Returns the worker type of each task expired.
     pub(crate) async fn expire_unrunnable(
         &self,
         limit: Duration,
         idle: Duration,
         max: usize,
-    ) -> StoreResult<usize> {
+    ) -> StoreResult<Vec<String>> {
         let mut con = self.con.clone();
-        let (expired, _blocked): (usize, usize) = self
+        let (expired, _blocked): (Vec<String>, usize) = self
             .scripts
             .unrunnable
             .key(self.keys.unrunnable())

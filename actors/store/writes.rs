@@ -24,6 +24,9 @@ pub(crate) enum WriteOp {
     Finish {
         /// Task id.
         id: String,
+        /// Its worker type: not written, but counted in the node's metrics once Redis has
+        /// applied the write.
+        worker: String,
         /// Owning node (whose owned set loses the id).
         node: String,
         /// Epoch the node owns it under.
@@ -121,6 +124,7 @@ impl Store {
                 }
                 WriteOp::Finish {
                     id,
+                    worker: _,
                     node,
                     epoch,
                     attempt,

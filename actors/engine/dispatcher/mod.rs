@@ -44,6 +44,7 @@ use crate::decide::reconcile::Reconciler;
 use crate::decide::restart::{RestartDecision, RestartPolicy, RestartTracker};
 use crate::engine::pool::{Pool, PoolArgs, PoolEvent, PoolMsg};
 use crate::engine::saver::SaverHandle;
+use crate::metrics::Metrics;
 use crate::model::task::{Outcome, Task};
 use crate::store::{Incarnation, Store};
 use crate::wiring::{LeaseClock, child_end};
@@ -73,6 +74,8 @@ pub(crate) struct DispatcherArgs {
     pub(crate) lease: Arc<LeaseClock>,
     /// Tasks a lane may hold queued beyond its concurrency.
     pub(crate) queue_cap: usize,
+    /// Where each pool's slots count their attempts.
+    pub(crate) metrics: Metrics,
 }
 
 /// Messages to the dispatcher from the rest of the node.
@@ -468,6 +471,7 @@ impl DispatcherState {
             saver: self.args.saver.clone(),
             node: self.args.me.node.clone(),
             clock: self.args.store.clock().clone(),
+            metrics: self.args.metrics.worker(&entry.name),
             report: Arc::new(move |event| {
                 let _ = me.cast(Internal::Pool(event).into());
             }),

@@ -117,6 +117,7 @@ impl Rig {
             cluster: self.cluster.clone(),
             lease: Arc::new(lease),
             queue_cap: queue,
+            metrics: Default::default(),
         };
         Actor::spawn(None, Dispatcher, args).await.unwrap().0
     }
@@ -127,6 +128,7 @@ impl Rig {
             handle: self.saver.clone(),
             store: self.store.clone(),
             batch: 64,
+            metrics: Default::default(),
         };
         Actor::spawn(None, Saver, args).await.unwrap().0
     }

@@ -384,4 +384,5 @@ local function close_unrun(prefix, id, state, message, now, ttl, channel, events
   local event = cjson.encode({event = state, id = id, worker = f[1], error = message,
     attempt = tonumber(f[5]) or 0, ts = tonumber(now)})
   announce_end(prefix, id, event, f[4], f[7], ttl, ttl, now, channel, events)
+  return f[1] or ''
 end

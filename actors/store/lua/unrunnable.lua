@@ -14,7 +14,7 @@
 -- ARGV[1] key prefix, ARGV[2] limit (ms), ARGV[3] idle (ms), ARGV[4] most tasks examined,
 -- ARGV[5] result ttl (ms), ARGV[6] task channel, ARGV[7] events channel,
 -- ARGV[8] the limit as people write it ("1h")
--- Returns {tasks expired, pending sets that no live node can serve}.
+-- Returns {the worker of each task expired, pending sets that no live node can serve}.
 local prefix = ARGV[1]
 local limit, idle, budget = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local time = redis.call('TIME')
@@ -64,7 +64,7 @@ local function reason(worker, node)
   return 'no live node offers worker `' .. worker .. '`'
 end
 
-local expired, blocked = 0, 0
+local expired, blocked = {}, 0
 
 -- Check one pending set; expire what waited too long in it.
 local function sweep(set, worker, node)
@@ -102,9 +102,8 @@ local function sweep(set, worker, node)
         from = math.max(from, tonumber(f[i]) or 0)
       end
       if now - from >= limit then
-        close_unrun(prefix, id, 'expired', message, string.format('%.0f', now), ARGV[5], ARGV[6],
-          ARGV[7])
-        expired = expired + 1
+        expired[#expired + 1] = close_unrun(prefix, id, 'expired', message,
+          string.format('%.0f', now), ARGV[5], ARGV[6], ARGV[7])
       end
     end
   end

@@ -64,7 +64,7 @@ async fn every_way_a_task_leaves_its_owner_fences_the_owner_out() {
             }
             "expiry" => {
                 backdate(&mut con, "bg:deadlines", &id).await;
-                assert_eq!(store.expire_due(10).await.unwrap(), 1);
+                assert_eq!(store.expire_due(10).await.unwrap(), [worker.as_str()]);
             }
             "leave" => {
                 store.leave("n1", Guard::Survivor).await.unwrap();
