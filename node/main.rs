@@ -226,8 +226,8 @@ struct TaskOpts {
     /// Run after this delay (`10 minutes`).
     #[arg(long = "in", value_name = "D", conflicts_with = "at")]
     delay: Option<String>,
-    /// Run at this time (`2014-12-31T23:59:59+01:00`, `December 31st 2014 23:59:59`; UTC unless
-    /// an offset is given).
+    /// Run at this time (`2014-12-31T23:59:59+01:00`, `December 31st 2014 23:59:59`,
+    /// `2014-12-31H23:59:59TZ+1:00`; UTC unless an offset is given).
     #[arg(long, value_name = "T")]
     at: Option<String>,
     /// Run again at this interval (`day`, `4 hours`).

@@ -141,6 +141,8 @@ const MAX_OFFSET_SECS: i32 = 14 * 3_600;
 /// - human forms, their words in any order: `December 31st 2014 23:59:59`, `31 Dec 2014 11pm`,
 ///   `Dec 31, 2014 10:59:59pm`, `2014-12-31 11pm`, `2014-12-31 9:30am`.
 ///
+/// - the form of the command line bgnode replaces: `2014-12-31H23:59:59TZ+1:00`.
+///
 /// Either kind takes an offset (`Z`, `UTC`, `GMT`, `+01:00`, `+1:00`, `-0500`, `-5:30`, `+1`),
 /// glued to the time or apart from it; without one the time is UTC. Time zone names are not
 /// read: there is no time zone database here. Leap seconds (`:60`) read as `:59`. Times before
@@ -155,6 +157,7 @@ pub fn parse_time(input: &str) -> Result<u64, String> {
     if text.is_empty() {
         return Err(bad("empty time"));
     }
+    let text = &seed_form(text);
     static ISO: DateTimeParser = DateTimeParser::new();
     let (when, offset) = match ISO.parse_pieces(text) {
         Ok(pieces) => from_pieces(&pieces),
@@ -167,6 +170,33 @@ pub fn parse_time(input: &str) -> Result<u64, String> {
         return Err(bad("before 1970"));
     }
     Ok(since.as_millis() as u64)
+}
+
+/// The form the command line of the system bgnode replaces wrote, `2014-12-31H23:59:59TZ+1:00`
+/// (an `H` between date and time, `TZ` before the offset), rewritten as ISO 8601
+/// (`2014-12-31T23:59:59+1:00`); any other text is returned as it is.
+fn seed_form(text: &str) -> String {
+    let b = text.as_bytes();
+    let date = b.len() > 11
+        && b[..10].iter().enumerate().all(|(i, c)| match i {
+            4 | 7 => *c == b'-',
+            _ => c.is_ascii_digit(),
+        })
+        && matches!(b[10], b'H' | b'h')
+        && b[11].is_ascii_digit();
+    if !date {
+        return text.to_owned();
+    }
+    let mut out = format!("{}T{}", &text[..10], &text[11..]);
+    let upper = out.to_ascii_uppercase();
+    if let Some(at) = upper.find("TZ")
+        && at > 11
+        && out.as_bytes()[at - 1].is_ascii_digit()
+        && matches!(out.as_bytes().get(at + 2), Some(b'+' | b'-'))
+    {
+        out.replace_range(at..at + 2, "");
+    }
+    out
 }
 
 /// The clock time and offset of an RFC 3339 / ISO 8601 time that jiff has split into pieces.
@@ -477,6 +507,11 @@ mod tests {
         assert_eq!(at("2014-12-31 23:59"), at("2014-12-31T23:59:00Z"));
         assert_eq!(at("31 Dec 2014 11pm"), at("2014-12-31T23:00:00Z"));
         assert_eq!(at("2014-12-31 11pm"), at("2014-12-31T23:00:00Z"));
+        // The seed command line's form: `H` between date and time, `TZ` before the offset.
+        assert_eq!(at("2014-12-31H23:59:59TZ+1:00"), want);
+        assert_eq!(at("2014-12-31h23:59:59tz+01:00"), want);
+        assert_eq!(at("2014-12-31H22:59:59"), want);
+        assert_eq!(at("2014-12-31H23:59:59TZ-1:00"), want + 7_200_000);
     }
 
     #[test]
