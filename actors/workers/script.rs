@@ -82,7 +82,17 @@ pub(crate) fn scan_dir(dir: &Path) -> std::io::Result<Scan> {
             continue;
         }
         if meta.permissions().mode() & 0o111 == 0 {
-            // Data and documentation files may sit beside the workers.
+            // Data and documentation files may sit beside the workers; a script that lacks its
+            // run bit is a mistake worth saying, with the fix.
+            if looks_like_a_script(&path) {
+                scan.skipped.push((
+                    path.clone(),
+                    format!(
+                        "it is not executable (run `chmod +x {}` to offer it)",
+                        path.display()
+                    ),
+                ));
+            }
             continue;
         }
         if let Err(e) = validate_worker_name(stem) {
@@ -347,6 +357,22 @@ async fn read_tail(mut src: impl AsyncRead + Unpin, keep: usize, into: Shared) {
     }
 }
 
+/// A file meant to be run: it starts with `#!`, or its extension names a scripting language.
+fn looks_like_a_script(path: &Path) -> bool {
+    const EXTENSIONS: [&str; 8] = ["sh", "bash", "py", "rb", "pl", "php", "js", "lua"];
+    if path
+        .extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
+    {
+        return true;
+    }
+    let mut head = [0u8; 2];
+    std::fs::File::open(path)
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut head))
+        .is_ok_and(|()| head == *b"#!")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -384,6 +410,10 @@ mod tests {
         write_script(d, "email.sh", "#!/bin/sh\n");
         write_script(d, "resize", "#!/bin/sh\n");
         std::fs::write(d.join("README.md"), "docs").unwrap();
+        std::fs::write(d.join("email.toml"), "concurrency = 2").unwrap();
+        // Scripts without their run bit: by extension, and by `#!`.
+        std::fs::write(d.join("report.py"), "print(1)").unwrap();
+        std::fs::write(d.join("thumbs"), "#!/bin/sh\n").unwrap();
         write_script(d, "bad name.sh", "#!/bin/sh\n");
         write_script(d, "twin.sh", "#!/bin/sh\n");
         write_script(d, "twin.py", "#!/bin/sh\n");
@@ -397,7 +427,21 @@ mod tests {
             reasons.iter().any(|r| r.contains("outside the folder")),
             "{reasons:?}"
         );
-        assert!(!reasons.iter().any(|r| r.contains("README")), "{reasons:?}");
+        let skipped: Vec<String> = scan
+            .skipped
+            .iter()
+            .map(|(p, _)| p.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
+        assert!(!skipped.contains(&"README.md".to_owned()), "{skipped:?}");
+        assert!(!skipped.contains(&"email.toml".to_owned()), "{skipped:?}");
+        for script in ["report.py", "thumbs"] {
+            let (_, why) = scan
+                .skipped
+                .iter()
+                .find(|(p, _)| p.ends_with(script))
+                .unwrap_or_else(|| panic!("{script} not listed: {skipped:?}"));
+            assert!(why.contains("chmod +x"), "{why}");
+        }
         assert!(
             reasons.iter().any(|r| r.contains("more than one file")),
             "{reasons:?}"
