@@ -104,6 +104,26 @@ pub struct MemberInfo {
     pub queued: u32,
     /// The peers this node reaches.
     pub peers: Vec<String>,
+    /// Per worker type: the settings it runs with on this node.
+    pub settings: BTreeMap<String, WorkerSettings>,
+}
+
+/// The settings a worker type runs with on one node: `[workers]`, a Rust worker's registration
+/// options, or a script's `NAME.toml`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerSettings {
+    /// Tasks at once on the node.
+    pub concurrency: u32,
+    /// Run-time limit of one attempt, ms.
+    pub timeout_ms: u64,
+    /// Attempts per task.
+    pub attempts: u32,
+    /// First retry delay, ms.
+    pub backoff_ms: u64,
+    /// Longest retry delay, ms.
+    pub backoff_cap_ms: u64,
+    /// The script's settings file, when one set them.
+    pub file: Option<String>,
 }
 
 /// A node's answer to `stop` or `reload`.
@@ -489,6 +509,7 @@ impl Client {
                     generation: v["generation"].as_u64(),
                     addr: v["addr"].as_str().map(str::to_owned),
                     peers: serde_json::from_value(v["peers"].clone()).unwrap_or_default(),
+                    settings: serde_json::from_value(v["settings"].clone()).unwrap_or_default(),
                     state: state.to_owned(),
                     workers,
                     id,

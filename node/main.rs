@@ -647,8 +647,22 @@ fn print_info(members: &[MemberInfo]) {
             m.peers.join(", ")
         );
         for (w, l) in &m.workers {
+            let settings = m.settings.get(w).map_or(String::new(), |s| {
+                let ms = |ms: u64| format_duration(std::time::Duration::from_millis(ms));
+                format!(
+                    "  (timeout {}, {} attempt{}, backoff {}..{}{})",
+                    ms(s.timeout_ms),
+                    s.attempts,
+                    if s.attempts == 1 { "" } else { "s" },
+                    ms(s.backoff_ms),
+                    ms(s.backoff_cap_ms),
+                    s.file
+                        .as_deref()
+                        .map_or(String::new(), |f| format!(", from {f}"))
+                )
+            });
             out!(
-                "    {w}: {}/{} running, {} queued",
+                "    {w}: {}/{} running, {} queued{settings}",
                 l.running,
                 l.capacity,
                 l.queued

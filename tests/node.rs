@@ -1000,3 +1000,62 @@ async fn a_task_no_live_node_can_run_is_announced_listed_and_expires() {
     .await;
     assert_eq!(state_of(&redis, "for-n2").await.as_deref(), Some("done"));
 }
+
+/// A `NAME.toml` beside a script sets that worker's concurrency, time limit, attempts and
+/// backoff, and `bgnode info` shows them; a settings file that cannot be used and a script that
+/// lacks its run bit are each named in the start-up log with what to fix.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_script_settings_file_sets_its_worker_and_info_shows_it() {
+    let redis = Redis::start();
+    let workers = test_workers();
+    let dir = workers.path();
+    write_script(dir, "slow.sh", "#!/bin/sh\nsleep 30\n");
+    std::fs::write(
+        dir.join("slow.toml"),
+        "concurrency = 3\ntimeout = \"1s\"\nattempts = 1\nbackoff = \"2s\"\n",
+    )
+    .unwrap();
+    write_script(dir, "broken.sh", "#!/bin/sh\ncat\n");
+    std::fs::write(dir.join("broken.toml"), "concurency = 2\n").unwrap();
+    std::fs::write(dir.join("lazy.sh"), "#!/bin/sh\ncat\n").unwrap();
+    let node = NodeProc::start(&redis, "n1", dir, &[]);
+    node.ready().await;
+
+    let log = node.log();
+    assert!(
+        log.contains("broken.sh skipped: its settings cannot be used")
+            && log.contains("broken.toml: unknown field `concurency`"),
+        "{log}"
+    );
+    assert!(
+        log.contains("lazy.sh skipped: it is not executable (run `chmod +x"),
+        "{log}"
+    );
+
+    let info = eventually(T, "info to show the slow worker's settings", || async {
+        let (code, out, _) = cli(&redis, &["info"]).await;
+        (code == 0 && out.contains("slow: 0/3 running")).then_some(out)
+    })
+    .await;
+    let line = info.lines().find(|l| l.contains("slow:")).unwrap();
+    assert!(
+        line.contains("timeout 1s, 1 attempt, backoff 2s..") && line.contains("slow.toml"),
+        "{line}"
+    );
+    let echo = info.lines().find(|l| l.contains(" echo:")).unwrap();
+    assert!(!echo.contains(".toml"), "{echo}");
+    let (_, json_out, _) = cli(&redis, &["info", "--json"]).await;
+    let v: Value = serde_json::from_str(&json_out).unwrap();
+    let settings = &v["members"][0]["settings"]["slow"];
+    assert_eq!(settings["concurrency"], 3, "{v}");
+    assert_eq!(settings["timeout_ms"], 1000, "{v}");
+    assert!(v["members"][0]["settings"].get("broken").is_none(), "{v}");
+
+    // The file's time limit and single attempt apply: dead after about a second.
+    let started = std::time::Instant::now();
+    let (code, _, err) = cli(&redis, &["do", "slow", "--wait", "--id", "s1"]).await;
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("timed out after 1s"), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    wait_state(&redis, "s1", "dead").await;
+}

@@ -105,6 +105,8 @@ pub(crate) struct MembershipArgs {
     pub(crate) sessions: SessionMetrics,
     /// Called after this node failed another over: the local dispatcher should sweep.
     pub(crate) on_failover: Box<dyn Fn() + Send + Sync>,
+    /// The settings of each worker type this node offers, for its report (`bgnode info`).
+    pub(crate) worker_settings: Box<dyn Fn() -> serde_json::Value + Send + Sync>,
 }
 
 /// Its state.
@@ -696,6 +698,7 @@ async fn write_info(ctx: &MembershipArgs, load: &NodeLoad) {
         "generation": ctx.generation,
         "addr": ctx.settings.advertise_addr().map(|a| a.to_string()),
         "workers": load,
+        "settings": (ctx.worker_settings)(),
         "peers": view.peers.keys().collect::<Vec<_>>(),
         "leaving": ctx.leaving.load(std::sync::atomic::Ordering::SeqCst),
         "ts": ctx.store.clock().now_ms(),

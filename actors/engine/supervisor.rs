@@ -280,6 +280,17 @@ impl SupervisorState {
                     on_failover: Box::new(move || {
                         dispatcher.cast(DispatcherMsg::Sweep);
                     }),
+                    worker_settings: {
+                        let workers = p.workers.clone();
+                        Box::new(move || {
+                            let current = workers.current();
+                            let described: std::collections::BTreeMap<_, _> = current
+                                .entries()
+                                .map(|e| (e.name.clone(), e.described()))
+                                .collect();
+                            serde_json::to_value(described).unwrap_or_default()
+                        })
+                    },
                 };
                 let (actor, _) = Actor::spawn_linked(None, Membership, args, me).await?;
                 p.membership.set(Some(actor.clone()));

@@ -49,6 +49,22 @@ pub(crate) struct WorkerEntry {
     pub timeout: Duration,
     /// Default retry policy.
     pub retry: RetryPolicy,
+    /// The script's settings file, when one set its options.
+    pub settings_file: Option<PathBuf>,
+}
+
+impl WorkerEntry {
+    /// What `bgnode info` shows of this worker's settings.
+    pub(crate) fn described(&self) -> crate::client::WorkerSettings {
+        crate::client::WorkerSettings {
+            concurrency: self.concurrency,
+            timeout_ms: self.timeout.as_millis() as u64,
+            attempts: self.retry.attempts,
+            backoff_ms: self.retry.base.as_millis() as u64,
+            backoff_cap_ms: self.retry.cap.as_millis() as u64,
+            file: self.settings_file.as_ref().map(|p| p.display().to_string()),
+        }
+    }
 }
 
 /// The worker types a node offers.
@@ -91,7 +107,26 @@ impl Registry {
                         ));
                         continue;
                     }
-                    reg.insert(&name, WorkerKind::Script(path), &defaults, settings);
+                    let dir = reg
+                        .dir
+                        .clone()
+                        .unwrap_or_else(|| settings.workers.dir.clone());
+                    match crate::workers::settings::read(&dir, &name) {
+                        Ok(own) => {
+                            let file = own
+                                .is_some()
+                                .then(|| crate::workers::settings::path_of(&dir, &name));
+                            let opts = own.map_or(defaults.clone(), |o| o.options(settings));
+                            reg.insert(&name, WorkerKind::Script(path), &opts, settings);
+                            if let Some(entry) = reg.entries.get_mut(&name) {
+                                entry.settings_file = file;
+                            }
+                        }
+                        Err(e) => reg.notes.push(format!(
+                            "script {} skipped: its settings cannot be used: {e}",
+                            path.display()
+                        )),
+                    }
                 }
             }
             Err(e) => reg.notes.push(format!(
@@ -118,6 +153,7 @@ impl Registry {
                     base: opts.backoff.map_or(settings.workers.backoff, |b| b.0),
                     cap: opts.backoff.map_or(settings.workers.backoff_cap, |b| b.1),
                 },
+                settings_file: None,
             },
         );
     }
