@@ -105,13 +105,13 @@ pub struct MemberInfo {
     /// The peers this node reaches.
     pub peers: Vec<String>,
     /// Per worker type: the settings it runs with on this node.
-    pub settings: BTreeMap<String, WorkerSettings>,
+    pub settings: BTreeMap<String, WorkerLimits>,
 }
 
 /// The settings a worker type runs with on one node: `[workers]`, a Rust worker's registration
 /// options, or a script's `NAME.toml`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct WorkerSettings {
+pub struct WorkerLimits {
     /// Tasks at once on the node.
     pub concurrency: u32,
     /// Run-time limit of one attempt, ms.

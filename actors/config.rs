@@ -113,6 +113,8 @@ pub struct WorkerSettings {
     /// Default longest backoff.
     #[serde(with = "serde_human")]
     pub backoff_cap: Duration,
+    /// Pick up changes in the folder as they happen.
+    pub watch: bool,
 }
 
 /// `[scheduler]`

@@ -75,7 +75,7 @@ mod test_redis;
 #[cfg(test)]
 mod tidy;
 
-pub use client::{Client, ClientError, ControlAnswer, MemberInfo, TaskResult, WorkerSettings};
+pub use client::{Client, ClientError, ControlAnswer, MemberInfo, TaskResult, WorkerLimits};
 pub use cluster::wire::ControlOp;
 pub use config::{ConfigError, Settings, Sources};
 pub use decide::cron::{Cron, Missed, Recurrence};

@@ -276,6 +276,19 @@ impl NodeBuilder {
             parts.store.clone(),
             parts.metrics.clone(),
         ));
+        // Watching the workers folder: an aborted task ends the watch (its watcher is dropped).
+        let watcher = tokio::spawn({
+            let (watch, dir, control) = (
+                parts.settings.workers.watch,
+                parts.workers.env().dir.clone(),
+                parts.control.clone(),
+            );
+            async move {
+                if watch {
+                    crate::engine::watch::watch_workers(dir, control).await;
+                }
+            }
+        });
         let args = SupervisorArgs {
             parts: parts.clone(),
             policy,
@@ -289,6 +302,7 @@ impl NodeBuilder {
             Err(e) => {
                 keep_alive.abort();
                 gauges.abort();
+                watcher.abort();
                 return Err(NodeError::Spawn(e.to_string()));
             }
         };
@@ -305,6 +319,7 @@ impl NodeBuilder {
             stopped,
             keep_alive,
             gauges,
+            watcher,
         })
     }
 
@@ -336,6 +351,8 @@ pub struct NodeHandle {
     keep_alive: JoinHandle<()>,
     /// Reads the cluster-wide gauges of the metrics.
     gauges: JoinHandle<()>,
+    /// Watches the workers folder (`[workers] watch`).
+    watcher: JoinHandle<()>,
 }
 
 /// What a shutdown did.
@@ -412,6 +429,7 @@ impl NodeHandle {
         let grace = ctx.settings.node.shutdown_timeout;
         let began = Instant::now();
         tracing::info!("shutting down: stopping intake");
+        self.watcher.abort();
         ctx.leaving.store(true, Ordering::SeqCst);
         let _ = ractor::call_t!(self.supervisor, SupervisorMsg::Stopping, 2_000);
         if let Some(membership) = ctx.membership.get() {

@@ -1059,3 +1059,132 @@ async fn a_script_settings_file_sets_its_worker_and_info_shows_it() {
     assert!(started.elapsed() < Duration::from_secs(10));
     wait_state(&redis, "s1", "dead").await;
 }
+
+/// Writes a script next to where it goes and renames it into place, as a deploy should (writing
+/// in place an executable that is running fails with "text file busy").
+fn replace_script(dir: &std::path::Path, name: &str, body: &str) {
+    let staged = write_script(dir, &format!(".{name}.new"), body);
+    std::fs::rename(staged, dir.join(name)).unwrap();
+}
+
+/// With `[workers] watch` (the default), a script added, changed or removed is picked up within
+/// about a second under a steady load, without `bgnode reload`: a new worker runs, a changed one
+/// runs its new version for the tasks that start after the change while a running attempt
+/// finishes on the old one, a removed one stops being offered while its running attempt
+/// finishes; and no task fails for any of it.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_workers_folder_is_watched_and_changes_apply_under_load() {
+    let redis = Redis::start();
+    let workers = tempfile::tempdir().unwrap();
+    let dir = workers.path();
+    write_script(
+        dir,
+        "keep.sh",
+        "#!/bin/sh\ncat >/dev/null\nsleep 0.05\necho '\"v1\"'\n",
+    );
+    write_script(
+        dir,
+        "gone.sh",
+        "#!/bin/sh\ncat >/dev/null\nsleep 2\necho '\"bye\"'\n",
+    );
+    let node = NodeProc::start(&redis, "n1", dir, &[]);
+    node.ready().await;
+    node.wait_log("watching the workers folder", T).await;
+    let client = background::Client::connect(&redis.url).await.unwrap();
+    let spec = |worker: &str, id: String| background::TaskSpec::new(worker, json!({})).id(id);
+
+    // A steady load on `keep` for the whole test.
+    let load = {
+        let client = client.clone();
+        tokio::spawn(async move {
+            let mut ids = Vec::new();
+            for i in 0..120 {
+                let id = format!("load-{i}");
+                client.enqueue(spec("keep", id.clone())).await.unwrap();
+                ids.push(id);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            ids
+        })
+    };
+    // A `gone` attempt running when its script is removed.
+    client
+        .enqueue(spec("gone", "last-gone".into()))
+        .await
+        .unwrap();
+    wait_state(&redis, "last-gone", "running").await;
+
+    // Added: a new worker runs, without a reload.
+    let added = std::time::Instant::now();
+    replace_script(
+        dir,
+        "fresh.sh",
+        "#!/bin/sh\ncat >/dev/null\necho '\"new\"'\n",
+    );
+    client
+        .enqueue(spec("fresh", "fresh-1".into()))
+        .await
+        .unwrap();
+    wait_state(&redis, "fresh-1", "done").await;
+    let took = added.elapsed();
+    println!("an added script ran {took:?} after it appeared");
+    assert!(took < Duration::from_secs(3), "{took:?}");
+
+    // Changed: the tasks that start afterwards run the new version.
+    let changed = std::time::Instant::now();
+    replace_script(
+        dir,
+        "keep.sh",
+        "#!/bin/sh\ncat >/dev/null\nsleep 0.05\necho '\"v2\"'\n",
+    );
+    let mut n = 0;
+    let took = eventually(T, "a task to run the changed script", || {
+        n += 1;
+        let (client, id) = (client.clone(), format!("probe-{n}"));
+        async move {
+            let v = client
+                .call(spec("keep", id), Duration::from_secs(10))
+                .await
+                .ok()?;
+            (v == json!("v2")).then(|| changed.elapsed())
+        }
+    })
+    .await;
+    println!("a changed script ran its new version {took:?} after the change");
+
+    // Removed: no longer offered, while its running attempt finishes on the old file.
+    std::fs::remove_file(dir.join("gone.sh")).unwrap();
+    eventually(
+        T,
+        "the removed worker to leave the node's report",
+        || async {
+            let (_, out, _) = cli(&redis, &["info", "--json"]).await;
+            let v: Value = serde_json::from_str(&out).ok()?;
+            let workers = v["members"][0]["workers"].as_object()?;
+            (!workers.contains_key("gone") && workers.contains_key("fresh")).then_some(())
+        },
+    )
+    .await;
+    wait_state(&redis, "last-gone", "done").await;
+    assert_eq!(
+        redis.task_field("last-gone", "result").await.as_deref(),
+        Some("\"bye\"")
+    );
+
+    // No task of the load failed, and both versions ran.
+    let ids = load.await.unwrap();
+    let mut results = std::collections::BTreeMap::new();
+    for id in &ids {
+        wait_state(&redis, id, "done").await;
+        let r = redis.task_field(id, "result").await.unwrap_or_default();
+        *results.entry(r).or_insert(0) += 1;
+    }
+    println!("results of the load: {results:?}");
+    assert_eq!(results.values().sum::<i32>(), 120);
+    assert!(
+        results.keys().all(|r| r == "\"v1\"" || r == "\"v2\""),
+        "{results:?}"
+    );
+    let log = node.log();
+    assert!(log.contains("reloaded workers"), "{log}");
+}

@@ -8,3 +8,4 @@ pub(crate) mod pool;
 pub(crate) mod saver;
 pub(crate) mod scheduler;
 pub(crate) mod supervisor;
+pub(crate) mod watch;

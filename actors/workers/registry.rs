@@ -55,8 +55,8 @@ pub(crate) struct WorkerEntry {
 
 impl WorkerEntry {
     /// What `bgnode info` shows of this worker's settings.
-    pub(crate) fn described(&self) -> crate::client::WorkerSettings {
-        crate::client::WorkerSettings {
+    pub(crate) fn described(&self) -> crate::client::WorkerLimits {
+        crate::client::WorkerLimits {
             concurrency: self.concurrency,
             timeout_ms: self.timeout.as_millis() as u64,
             attempts: self.retry.attempts,

@@ -357,6 +357,13 @@ async fn read_tail(mut src: impl AsyncRead + Unpin, keep: usize, into: Shared) {
     }
 }
 
+/// A file that is or may become a script worker: executable, or [`looks_like_a_script`].
+pub(crate) fn may_be_a_script(path: &Path) -> bool {
+    let executable =
+        std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
+    executable || looks_like_a_script(path)
+}
+
 /// A file meant to be run: it starts with `#!`, or its extension names a scripting language.
 fn looks_like_a_script(path: &Path) -> bool {
     const EXTENSIONS: [&str; 8] = ["sh", "bash", "py", "rb", "pl", "php", "js", "lua"];

@@ -184,6 +184,9 @@ struct WorkerLane {
     lane: Lane,
     pool: Option<ActorRef<PoolMsg>>,
     entry: WorkerEntry,
+    /// The worker type is no longer offered (its script was removed): the lane claims and
+    /// starts nothing, is left out of the load, and goes once its running tasks have ended.
+    retired: bool,
 }
 
 /// The dispatcher's state.
@@ -276,7 +279,10 @@ impl Actor for Dispatcher {
             DispatcherMsg::Hold(tasks) => state.hold(tasks),
             DispatcherMsg::Steal { worker, n, thief } => state.give(&myself, &worker, n, thief),
             DispatcherMsg::Paused { worker, paused } => state.pause(&myself, &worker, paused),
-            DispatcherMsg::Reload => state.add_lanes(&myself).await?,
+            DispatcherMsg::Reload => {
+                state.add_lanes(&myself).await?;
+                state.retire_lanes();
+            }
             DispatcherMsg::Lapsed => {
                 state.verifying = true;
                 state.verify_ownership(&myself);
@@ -441,7 +447,17 @@ impl DispatcherState {
     ) -> Result<(), ActorProcessingErr> {
         let registry = self.args.workers.current();
         for entry in registry.entries() {
-            if self.lanes.contains_key(&entry.name) {
+            if let Some(w) = self.lanes.get_mut(&entry.name) {
+                if w.retired {
+                    // Offered again before its last task ended.
+                    w.retired = false;
+                    w.lane.set_paused(false);
+                    w.lane.wake();
+                    tracing::info!(worker = %entry.name, "worker offered again");
+                    if self.recovered {
+                        self.claim(myself, &entry.name);
+                    }
+                }
                 continue;
             }
             let lane = Lane::new(entry.concurrency as usize, self.args.queue_cap);
@@ -449,6 +465,7 @@ impl DispatcherState {
                 lane,
                 pool: None,
                 entry: entry.clone(),
+                retired: false,
             };
             self.lanes.insert(entry.name.clone(), lane);
             self.spawn_pool(myself, entry).await?;
@@ -457,6 +474,52 @@ impl DispatcherState {
             }
         }
         Ok(())
+    }
+
+    /// Retires the lanes of worker types the registry no longer offers (a reload after a script
+    /// was removed): their queued tasks go back to the pending sets for a node that offers them,
+    /// their running tasks finish, and [`DispatcherState::drop_retired`] removes them after.
+    fn retire_lanes(&mut self) {
+        let registry = self.args.workers.current();
+        let gone: Vec<String> = self
+            .lanes
+            .iter()
+            .filter(|(name, w)| !w.retired && registry.get(name).is_none())
+            .map(|(name, _)| name.clone())
+            .collect();
+        for worker in gone {
+            if let Some(w) = self.lanes.get_mut(&worker) {
+                w.retired = true;
+                w.lane.set_paused(true);
+                tracing::info!(
+                    worker,
+                    running = w.lane.running_count(),
+                    "worker no longer offered: its queued tasks go back, its running ones finish"
+                );
+            }
+            self.hand_back_queued(&worker);
+        }
+        self.drop_retired();
+    }
+
+    /// Removes the retired lanes whose last task has ended, and stops their pools.
+    pub(super) fn drop_retired(&mut self) {
+        let done: Vec<String> = self
+            .lanes
+            .iter()
+            .filter(|(_, w)| w.retired && w.lane.running_count() == 0)
+            .map(|(name, _)| name.clone())
+            .collect();
+        for worker in done {
+            if let Some(w) = self.lanes.remove(&worker)
+                && let Some(pool) = w.pool
+            {
+                // Out of `pools` first, so that its end is not taken for a failure.
+                self.pools.remove(&pool.get_id());
+                pool.stop(Some("worker no longer offered".into()));
+            }
+            tracing::debug!(worker, "retired lane removed");
+        }
     }
 
     async fn spawn_pool(
@@ -502,6 +565,9 @@ impl DispatcherState {
         let Some(w) = self.lanes.get_mut(worker) else {
             return;
         };
+        if w.retired {
+            return;
+        }
         let n = w.lane.begin_claim(Instant::now());
         if n == 0 {
             return;
@@ -544,6 +610,9 @@ impl DispatcherState {
         let Some(w) = self.lanes.get_mut(worker) else {
             return;
         };
+        if w.retired {
+            return;
+        }
         w.lane.set_paused(paused);
         if paused {
             self.hand_back_queued(worker);
@@ -572,7 +641,7 @@ impl DispatcherState {
         let worker = worker.to_owned();
         tokio::spawn(async move {
             match store.release_ids(&node, &ids, true).await {
-                Ok(n) => tracing::info!(worker, tasks = n, "paused: handed queued tasks back"),
+                Ok(n) => tracing::info!(worker, tasks = n, "handed queued tasks back"),
                 Err(e) => tracing::warn!(
                     worker,
                     "paused, but cannot hand back {} queued tasks ({e}); the ownership check will",
@@ -748,6 +817,7 @@ impl DispatcherState {
         let load: NodeLoad = self
             .lanes
             .iter()
+            .filter(|(_, w)| !w.retired)
             .map(|(name, w)| (name.clone(), w.lane.load()))
             .collect();
         self.args.cluster.set_own_load(load);

@@ -25,6 +25,7 @@ impl DispatcherState {
         if !self.recovered || self.draining {
             return;
         }
+        self.drop_retired();
         let now = Instant::now();
         let workers: Vec<String> = self.lanes.keys().cloned().collect();
         for worker in workers {
