@@ -247,6 +247,24 @@ pub(crate) fn redis_client(redis: &RedisSettings) -> StoreResult<redis::Client> 
     }
 }
 
+/// `error`, from connecting to `redis.url`, with the setting to look at when it is a TLS
+/// handshake that failed: the server's certificate was not trusted, or the server refused this
+/// client's (missing) certificate.
+fn tls_hint(redis: &RedisSettings, error: redis::RedisError) -> StoreError {
+    if !redis.uses_tls() {
+        return error.into();
+    }
+    let text = error.to_string();
+    let hint = if text.contains("peer certificate") {
+        "the server's certificate must chain to a CA in redis.tls_ca (empty: the system's trusted roots)"
+    } else if text.contains("alert") || text.contains("certificate") {
+        "the server refused the TLS handshake; if it asks for client certificates, set redis.tls_cert and redis.tls_key"
+    } else {
+        return error.into();
+    };
+    StoreError::Tls(format!("{text} ({hint})"))
+}
+
 /// The Redis store. Cheap to clone: clones share one multiplexed, self-reconnecting connection.
 #[derive(Clone)]
 pub(crate) struct Store {
@@ -275,7 +293,9 @@ impl Store {
             .set_number_of_retries(2)
             .set_max_delay(Duration::from_secs(1));
         let mut con = Con {
-            manager: ConnectionManager::new_with_config(client.clone(), config).await?,
+            manager: ConnectionManager::new_with_config(client.clone(), config)
+                .await
+                .map_err(|e| tls_hint(&settings.redis, e))?,
             counters: None,
         };
         let (sent, answered, redis_us) = read_time(&mut con).await?;
