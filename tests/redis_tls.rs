@@ -127,9 +127,7 @@ async fn client_certificates_are_shown_to_a_server_that_requires_them() {
         "the error points at the setting: {err}"
     );
     let client = Client::from_settings(&settings(&redis, ca_only)).await;
-    let err = client
-        .err()
-        .expect("a client without a certificate is refused");
+    let err = client.expect_err("a client without a certificate is refused");
     assert!(err.to_string().contains("redis.tls_cert"), "{err}");
 }
 
