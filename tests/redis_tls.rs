@@ -67,6 +67,19 @@ async fn a_node_runs_tasks_over_rediss_trusting_the_configured_ca() {
         .unwrap();
     assert_eq!(value, json!({"over": "tls"}));
 
+    // An event wait: a subscription of the client's own.
+    let id = client
+        .enqueue(TaskSpec::new("nap", json!({"s": 0.2})))
+        .await
+        .unwrap();
+    let value = client.wait(&id, Duration::from_secs(20)).await.unwrap();
+    assert_eq!(value, json!({"s": 0.2}));
+
+    // Remote control: published to the ingress holder, answered on a reply channel.
+    let (code, out, err) = cli_env(&redis, &borrowed(&env), &["reload", "--all"]).await;
+    assert_eq!(code, 0, "stdout: {out}\nstderr: {err}");
+    assert!(out.contains("n1"), "{out}");
+
     // The CLI, with the CA from the environment: `do --wait` (pub/sub wait) and `status`.
     let (code, out, err) = cli_env(
         &redis,
