@@ -147,15 +147,22 @@ async fn client_certificates_are_shown_to_a_server_that_requires_them() {
 #[tokio::test(flavor = "multi_thread")]
 async fn without_the_ca_the_connection_is_refused_naming_the_certificate() {
     let redis = Redis::start_tls(false);
+    // With a password in the URL, which no message may show.
+    let url = redis.url.replacen("rediss://", "rediss://:s3cret@", 1);
 
     // The CLI: exits with an error naming Redis and the unknown certificate issuer.
-    let (code, out, err) = cli_env(&redis, &[], &["status", "nope"]).await;
+    let (code, out, err) =
+        cli_env(&redis, &[("BGNODE_REDIS__URL", &url)], &["status", "nope"]).await;
     assert_ne!(code, 0, "stdout: {out}");
     assert!(!err.contains("panicked"), "{err}");
     assert!(err.contains("certificate"), "{err}");
     assert!(
         err.contains("redis.tls_ca"),
         "the error points at the setting: {err}"
+    );
+    assert!(
+        err.contains("rediss://:***@127.0.0.1") && !err.contains("s3cret"),
+        "{err}"
     );
 
     // The library client: an error, not a panic.
@@ -164,7 +171,7 @@ async fn without_the_ca_the_connection_is_refused_naming_the_certificate() {
 
     // A node: stops at start with the same message in its log.
     let workers = test_workers();
-    let mut node = NodeProc::start(&redis, "n1", workers.path(), &[]);
+    let mut node = NodeProc::start_wrapped(&[], &url, "n1", workers.path(), &[]);
     // At once: a certificate problem is not waited out as an unreachable Redis is (30 s).
     let status = node.wait_exit(Duration::from_secs(10)).await;
     assert!(!status.success());
@@ -173,4 +180,5 @@ async fn without_the_ca_the_connection_is_refused_naming_the_certificate() {
         log.contains("certificate") && !log.contains("panicked"),
         "{log}"
     );
+    assert!(!log.contains("s3cret"), "{log}");
 }
