@@ -148,14 +148,17 @@ pub struct Client {
 }
 
 impl Client {
-    /// Connects with the default settings but for the URL.
+    /// Connects with the default settings but for the URL. A `rediss://` server must then have
+    /// a certificate the system trusts; for a private CA or client certificates, set
+    /// `redis.tls_ca`, `tls_cert` and `tls_key` and use [`Client::from_settings`].
     pub async fn connect(url: &str) -> Result<Client, ClientError> {
         let mut settings = Settings::defaults();
         settings.redis.url = url.to_owned();
         Client::from_settings(&settings).await
     }
 
-    /// Connects with `settings`: Redis URL, channels, prefix, result TTL, key limit.
+    /// Connects with `settings`: Redis URL and TLS files, channels, prefix, result TTL, key
+    /// limit.
     pub async fn from_settings(settings: &Settings) -> Result<Client, ClientError> {
         Ok(Client {
             store: Store::connect(settings).await?,

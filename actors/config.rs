@@ -90,6 +90,13 @@ pub struct RedisSettings {
     pub events: String,
     /// Key prefix.
     pub prefix: String,
+    /// CA certificates (PEM) a `rediss://` server's certificate must chain to; empty: the
+    /// system's trusted roots.
+    pub tls_ca: PathBuf,
+    /// Client certificate chain (PEM) shown to a `rediss://` server; empty: none.
+    pub tls_cert: PathBuf,
+    /// The client certificate's private key (PEM).
+    pub tls_key: PathBuf,
 }
 
 /// `[workers]`
@@ -449,6 +456,9 @@ impl Settings {
         }
         redis::Client::open(self.redis.url.as_str())
             .map_err(|e| bad("redis.url", format!("`{}`: {e}", self.redis_url_shown())))?;
+        self.redis
+            .tls_certificates()
+            .map_err(|RedisTlsError { key, reason }| bad(key, reason))?;
         for (key, value) in [
             ("redis.channel", &self.redis.channel),
             ("redis.events", &self.redis.events),
@@ -582,6 +592,115 @@ impl Settings {
     /// True when the cluster runs with the shipped development cookie.
     pub fn uses_development_cookie(&self) -> bool {
         self.node.cookie == Settings::defaults().node.cookie
+    }
+}
+
+/// A `[redis]` TLS setting that cannot be used: the key and what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{key}: {reason}")]
+pub(crate) struct RedisTlsError {
+    /// The key, `redis.tls_*`.
+    pub(crate) key: &'static str,
+    /// What is wrong, naming the file.
+    pub(crate) reason: String,
+}
+
+impl RedisSettings {
+    /// True when `url` asks for TLS (`rediss://`).
+    pub fn uses_tls(&self) -> bool {
+        self.url
+            .get(..9)
+            .is_some_and(|s| s.eq_ignore_ascii_case("rediss://"))
+    }
+
+    /// The CA and client certificate to connect with, read from `tls_ca`, `tls_cert` and
+    /// `tls_key`; `None` when none is set (a `rediss://` URL then trusts the system's roots).
+    /// Fails naming the key and file when a file is missing or holds no usable PEM, when only
+    /// one of `tls_cert` and `tls_key` is set, or when any is set but the URL is not `rediss://`.
+    pub(crate) fn tls_certificates(&self) -> Result<Option<redis::TlsCertificates>, RedisTlsError> {
+        use rustls_pki_types::pem::PemObject;
+        use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+        let set = |p: &PathBuf| !p.as_os_str().is_empty();
+        if set(&self.tls_cert) != set(&self.tls_key) {
+            let (key, missing) = if set(&self.tls_cert) {
+                ("redis.tls_key", "redis.tls_key")
+            } else {
+                ("redis.tls_cert", "redis.tls_cert")
+            };
+            return Err(RedisTlsError {
+                key,
+                reason: format!(
+                    "set redis.tls_cert and redis.tls_key together, or neither ({missing} is empty)"
+                ),
+            });
+        }
+        if !set(&self.tls_ca) && !set(&self.tls_cert) {
+            return Ok(None);
+        }
+        if !self.uses_tls() {
+            let key = if set(&self.tls_ca) {
+                "redis.tls_ca"
+            } else {
+                "redis.tls_cert"
+            };
+            return Err(RedisTlsError {
+                key,
+                reason: format!(
+                    "is set but redis.url ({}) is not a rediss:// URL, so it would not be used",
+                    redact_url(&self.url)
+                ),
+            });
+        }
+        let read = |key: &'static str, path: &PathBuf| {
+            std::fs::read(path).map_err(|e| RedisTlsError {
+                key,
+                reason: format!("cannot read {}: {e}", path.display()),
+            })
+        };
+        let certs = |key: &'static str, path: &PathBuf| {
+            let pem = read(key, path)?;
+            let count = CertificateDer::pem_slice_iter(&pem)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| RedisTlsError {
+                    key,
+                    reason: format!("{}: {e}", path.display()),
+                })?
+                .len();
+            if count == 0 {
+                return Err(RedisTlsError {
+                    key,
+                    reason: format!("{}: no PEM certificate in it", path.display()),
+                });
+            }
+            Ok(pem)
+        };
+        let root_cert = if set(&self.tls_ca) {
+            Some(certs("redis.tls_ca", &self.tls_ca)?)
+        } else {
+            None
+        };
+        let client_tls = if set(&self.tls_cert) {
+            let client_cert = certs("redis.tls_cert", &self.tls_cert)?;
+            let client_key = read("redis.tls_key", &self.tls_key)?;
+            PrivateKeyDer::from_pem_slice(&client_key).map_err(|e| RedisTlsError {
+                key: "redis.tls_key",
+                reason: format!(
+                    "{}: no usable PEM private key ({e})",
+                    self.tls_key.display()
+                ),
+            })?;
+            Some(redis::ClientTlsConfig {
+                client_cert,
+                client_key,
+            })
+        } else {
+            None
+        };
+        Ok(Some(redis::TlsCertificates {
+            client_tls,
+            root_cert,
+        }))
     }
 }
 

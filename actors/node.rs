@@ -540,7 +540,8 @@ async fn connect(settings: &Settings) -> Result<Store, NodeError> {
         };
         match attempt.await {
             Ok(store) => return Ok(store),
-            Err(e) if Instant::now() < deadline => {
+            // A certificate that is not trusted or not shown stays so: waiting cannot help.
+            Err(e) if Instant::now() < deadline && !matches!(e, StoreError::Tls(_)) => {
                 tracing::warn!("waiting for redis at {url}: {e}");
                 tokio::time::sleep(backoff.next_delay()).await;
             }

@@ -215,3 +215,84 @@ fn the_http_api_is_on_loopback_by_default_and_needs_a_token_elsewhere() {
     let v6 = load(None, &[("BGNODE_HTTP__LISTEN", "[::1]:7780")], &[]).unwrap();
     assert!(v6.http_addr().unwrap().ip().is_loopback());
 }
+
+#[test]
+fn redis_tls_files_are_checked_at_start_naming_key_and_file() {
+    let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tls");
+    let ca = fixtures.join("ca.pem").display().to_string();
+    let cert = fixtures.join("node.pem").display().to_string();
+    let key = fixtures.join("node.key").display().to_string();
+    let tls_url = ("BGNODE_REDIS__URL", "rediss://:s3cret@127.0.0.1:6380");
+
+    let s = load(None, &[], &[]).unwrap();
+    assert!(
+        matches!(s.redis.tls_certificates(), Ok(None)),
+        "nothing set: no TLS files"
+    );
+    assert!(!s.redis.uses_tls());
+
+    let s = load(
+        None,
+        &[
+            tls_url,
+            ("BGNODE_REDIS__TLS_CA", &ca),
+            ("BGNODE_REDIS__TLS_CERT", &cert),
+            ("BGNODE_REDIS__TLS_KEY", &key),
+        ],
+        &[],
+    )
+    .unwrap();
+    assert!(s.redis.uses_tls());
+    let files = s.redis.tls_certificates().unwrap().unwrap();
+    assert!(files.root_cert.is_some() && files.client_tls.is_some());
+
+    let err = |env: &[(&str, &str)]| load(None, env, &[]).unwrap_err().to_string();
+
+    let e = err(&[tls_url, ("BGNODE_REDIS__TLS_CERT", &cert)]);
+    assert!(
+        e.contains("`redis.tls_key`") && e.contains("together"),
+        "{e}"
+    );
+    let e = err(&[tls_url, ("BGNODE_REDIS__TLS_KEY", &key)]);
+    assert!(
+        e.contains("`redis.tls_cert`") && e.contains("together"),
+        "{e}"
+    );
+
+    let e = err(&[tls_url, ("BGNODE_REDIS__TLS_CA", "/no/such/ca.pem")]);
+    assert!(
+        e.contains("`redis.tls_ca`")
+            && e.contains("/no/such/ca.pem")
+            && e.contains("BGNODE_REDIS__TLS_CA"),
+        "{e}"
+    );
+    assert!(!e.contains("s3cret"), "{e}");
+
+    // A file that is there but holds no certificate (here: a key).
+    let e = err(&[tls_url, ("BGNODE_REDIS__TLS_CA", &key)]);
+    assert!(
+        e.contains("`redis.tls_ca`") && e.contains("no PEM certificate"),
+        "{e}"
+    );
+    // A key file that holds a certificate.
+    let e = err(&[
+        tls_url,
+        ("BGNODE_REDIS__TLS_CERT", &cert),
+        ("BGNODE_REDIS__TLS_KEY", &cert),
+    ]);
+    assert!(
+        e.contains("`redis.tls_key`") && e.contains("private key"),
+        "{e}"
+    );
+
+    // Set for a plain redis:// URL, it would be ignored: an error, not a silent plain link.
+    let e = err(&[
+        ("BGNODE_REDIS__URL", "redis://:s3cret@h:1"),
+        ("BGNODE_REDIS__TLS_CA", &ca),
+    ]);
+    assert!(
+        e.contains("`redis.tls_ca`") && e.contains("rediss://"),
+        "{e}"
+    );
+    assert!(!e.contains("s3cret"), "{e}");
+}

@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::{Cmd, Pipeline, RedisFuture, Script, Value};
 
-use crate::config::{KeyPolicy, Settings};
+use crate::config::{KeyPolicy, RedisSettings, Settings};
 use crate::metrics::RedisCounters;
 
 mod clock;
@@ -60,6 +60,9 @@ pub enum StoreError {
     /// Redis answered with data this version cannot read.
     #[error("unexpected data in redis: {0}")]
     Corrupt(String),
+    /// A `[redis]` TLS setting cannot be used (a CA or client certificate file).
+    #[error("redis TLS: {0}")]
+    Tls(String),
 }
 
 /// Result of store operations.
@@ -222,6 +225,46 @@ impl ConnectionLike for Con {
     }
 }
 
+/// A client for `redis.url`, with the CA and client certificate of `[redis] tls_*` for a
+/// `rediss://` URL. Every connection to Redis starts from it (or from a clone of its connection
+/// info, which carries the certificates).
+pub(crate) fn redis_client(redis: &RedisSettings) -> StoreResult<redis::Client> {
+    if redis.uses_tls() {
+        // rustls needs one process-wide crypto provider; this crate builds aws-lc-rs alone, and
+        // installing it here keeps a program that links another provider too from panicking.
+        // An error only says one is installed already.
+        let _ = tokio_rustls::rustls::crypto::aws_lc_rs::default_provider().install_default();
+    }
+    match redis
+        .tls_certificates()
+        .map_err(|e| StoreError::Tls(e.to_string()))?
+    {
+        Some(certificates) => Ok(redis::Client::build_with_tls(
+            redis.url.as_str(),
+            certificates,
+        )?),
+        None => Ok(redis::Client::open(redis.url.as_str())?),
+    }
+}
+
+/// `error`, from connecting to `redis.url`, with the setting to look at when it is a TLS
+/// handshake that failed: the server's certificate was not trusted, or the server refused this
+/// client's (missing) certificate.
+fn tls_hint(redis: &RedisSettings, error: redis::RedisError) -> StoreError {
+    if !redis.uses_tls() {
+        return error.into();
+    }
+    let text = error.to_string();
+    let hint = if text.contains("peer certificate") {
+        "the server's certificate must chain to a CA in redis.tls_ca (empty: the system's trusted roots)"
+    } else if text.contains("alert") || text.contains("certificate") {
+        "the server refused the TLS handshake; if it asks for client certificates, set redis.tls_cert and redis.tls_key"
+    } else {
+        return error.into();
+    };
+    StoreError::Tls(format!("{text} ({hint})"))
+}
+
 /// The Redis store. Cheap to clone: clones share one multiplexed, self-reconnecting connection.
 #[derive(Clone)]
 pub(crate) struct Store {
@@ -243,14 +286,16 @@ impl Store {
     /// Connects to `redis.url` with the names and limits of `settings`. Fails when Redis cannot
     /// be reached now.
     pub(crate) async fn connect(settings: &Settings) -> StoreResult<Store> {
-        let client = redis::Client::open(settings.redis.url.as_str())?;
+        let client = redis_client(&settings.redis)?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(2)))
             .set_response_timeout(Some(Duration::from_secs(5)))
             .set_number_of_retries(2)
             .set_max_delay(Duration::from_secs(1));
         let mut con = Con {
-            manager: ConnectionManager::new_with_config(client.clone(), config).await?,
+            manager: ConnectionManager::new_with_config(client.clone(), config)
+                .await
+                .map_err(|e| tls_hint(&settings.redis, e))?,
             counters: None,
         };
         let (sent, answered, redis_us) = read_time(&mut con).await?;
