@@ -25,7 +25,10 @@ fn the_python_client_passes_its_suite_against_a_real_node() {
     let venv = tempfile::tempdir().unwrap();
     run(
         "python3 -m venv (Debian: the python3-venv package; ./dev test installs it)",
-        Command::new("python3").arg("-m").arg("venv").arg(venv.path()),
+        Command::new("python3")
+            .arg("-m")
+            .arg("venv")
+            .arg(venv.path()),
     );
     let python = venv.path().join("bin/python");
     run(
