@@ -524,7 +524,7 @@ async fn send_chunk(
 fn spawn_drain(
     clients: &[Client],
     cons: &[redis::aio::MultiplexedConnection],
-    names: (String, String),
+    names: &(String, String),
     door: Door,
     specs: Vec<TaskSpec>,
     chunk: usize,
@@ -1227,7 +1227,7 @@ impl Rig {
         let enqueuers = spawn_drain(
             &self.clients,
             &self.cons,
-            (self.prefix.clone(), self.channel.clone()),
+            &(self.prefix.clone(), self.channel.clone()),
             opts.ingress,
             specs,
             opts.chunk,
