@@ -38,10 +38,11 @@
 //!   (a new task's first run), `times`, `backoff`, `restart` (supervisors' restart policy),
 //!   `runnable` (whether any live node can run a waiting task).
 //! - `store/`: every Redis round trip: `keys`, `tasks`, `writes`, `ownership`, `timers`,
-//!   `members`, `views` (the listing of `bgnode bg` and the API, counts, throughput), and the
-//!   atomic scripts in `lua/`.
-//! - `engine/`: the node's actors: `supervisor`, `ingress`, `scheduler`, `dispatcher` (with
-//!   its `lane`, stealing and recovery), `pool`, `saver`, `peer`, and `control` (stop, reload).
+//!   `members`, `inbox`, `views` (the listing of `bgnode bg` and the API, counts,
+//!   throughput), and the atomic scripts in `lua/`.
+//! - `engine/`: the node's actors: `supervisor`, `ingress` (and its `inbox` drain),
+//!   `scheduler`, `dispatcher` (with its `lane`, stealing and recovery), `pool`, `saver`,
+//!   `peer`, and `control` (stop, reload).
 //! - `cluster/`: the link between nodes: `membership` (gossip, sessions, heartbeats,
 //!   failover), `handle` (the view, this node's load, sending to peers), `wire`, `codec`,
 //!   `tls`.

@@ -1,6 +1,7 @@
 //! Throughput and latency of real `bgnode` nodes (one, or a cluster of `--nodes N`) running the
 //! built-in `bg-noop` worker on a private `redis-server`. Run it (release mode) with
-//! `cargo bench --bench throughput -- [--mode drain|paced|both] [--tasks N] [--nodes N]
+//! `cargo bench --bench throughput -- [--mode drain|paced|both] [--ingress client|inbox|publish]
+//! [--tasks N] [--nodes N]
 //! [--concurrency N] [--rate R] [--seconds S] [--json] [--redis-stats]`; `--help` lists every
 //! option.
 //!
@@ -14,7 +15,9 @@
 //!   `--chunk`, `--in-flight` chunks at once, each enqueuer on its own connection) and waits for
 //!   every `done` event. Throughput = tasks / (first enqueue sent .. last `done` event);
 //!   "enqueue alone" = tasks / (first enqueue sent .. last enqueue returned), measured while the
-//!   node is already draining. Drain latencies are mostly time spent queued.
+//!   node is already draining. Drain latencies are mostly time spent queued. `--ingress inbox`
+//!   pushes each chunk with one `LPUSH` on the inbox instead, `--ingress publish` sends it as a
+//!   pipeline of raw `PUBLISH`es: the ingress holder's drain rate through each door.
 //! - **paced** enqueues one task per `Client::enqueue` call at `--rate` tasks/s (default: half
 //!   the drain throughput of the same run, else 5000) for `--seconds`, issuing the due tasks
 //!   every 1 ms. This is the load of the "p99 enqueue→done under 10 ms at half the peak" target.
@@ -95,6 +98,11 @@ struct Options {
     /// Tasks per `enqueue_all` call in the drain.
     #[arg(long, value_name = "N", default_value_t = 500, value_parser = at_least_one)]
     chunk: usize,
+    /// The door the drain enqueues through: `client` (`Client::enqueue_all`, the durable
+    /// enqueue script), `inbox` (`LPUSH {prefix}:inbox`, a chunk per call) or `publish` (a
+    /// pipeline of raw `PUBLISH`es, a chunk per round trip).
+    #[arg(long, value_enum, default_value_t = Door::Client)]
+    ingress: Door,
     /// Drain enqueue calls in flight, one connection each.
     #[arg(long, value_name = "N", default_value_t = 4, value_parser = at_least_one)]
     in_flight: usize,
@@ -124,6 +132,14 @@ enum Mode {
     Drain,
     Paced,
     Both,
+}
+
+/// The door the drain's tasks go in through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Door {
+    Client,
+    Inbox,
+    Publish,
 }
 
 /// A whole number of at least 1.
@@ -461,8 +477,58 @@ async fn diagnose(rig: &mut Rig, phase: &Phase) -> anyhow::Result<BTreeMap<&'sta
     Ok(by_state)
 }
 
-/// Enqueues `specs` with `enqueue_all` in chunks, `clients.len()` calls in flight.
-fn spawn_drain(clients: &[Client], specs: Vec<TaskSpec>, chunk: usize) -> Enqueuers {
+/// Sends one chunk through `door`: one `enqueue_all` call, one `LPUSH`, or one pipeline of
+/// `PUBLISH`es.
+async fn send_chunk(
+    door: Door,
+    client: &Client,
+    con: &mut redis::aio::MultiplexedConnection,
+    names: &(String, String),
+    part: Vec<TaskSpec>,
+) -> anyhow::Result<()> {
+    let want: Vec<String> = part.iter().filter_map(|s| s.id.clone()).collect();
+    let envelopes = || -> Vec<String> {
+        part.iter()
+            .map(|s| json!({"worker": s.worker, "args": s.args, "id": s.id}).to_string())
+            .collect()
+    };
+    match door {
+        Door::Client => {
+            let ids = client.enqueue_all(part.clone()).await?;
+            if ids != want {
+                bail!("enqueue_all returned other ids than the ones given");
+            }
+        }
+        Door::Inbox => {
+            redis::cmd("LPUSH")
+                .arg(format!("{}:inbox", names.0))
+                .arg(envelopes())
+                .query_async::<()>(con)
+                .await?;
+        }
+        Door::Publish => {
+            let mut pipe = redis::pipe();
+            for e in envelopes() {
+                pipe.cmd("PUBLISH").arg(&names.1).arg(e);
+            }
+            let took: Vec<i64> = pipe.query_async(con).await?;
+            if took.iter().any(|n| *n != 1) {
+                bail!("a PUBLISH reached no subscriber");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Enqueues `specs` through `door` in chunks, `clients.len()` calls in flight.
+fn spawn_drain(
+    clients: &[Client],
+    cons: &[redis::aio::MultiplexedConnection],
+    names: &(String, String),
+    door: Door,
+    specs: Vec<TaskSpec>,
+    chunk: usize,
+) -> Enqueuers {
     let mut queue = VecDeque::new();
     let mut specs = specs.into_iter();
     let mut first = 0;
@@ -478,8 +544,10 @@ fn spawn_drain(clients: &[Client], specs: Vec<TaskSpec>, chunk: usize) -> Enqueu
     let queue = Arc::new(Mutex::new(queue));
     let (tx, rx) = mpsc::unbounded_channel();
     let mut tasks = JoinSet::new();
-    for client in clients {
+    for (client, con) in clients.iter().zip(cons) {
         let client = client.clone();
+        let mut con = con.clone();
+        let names = names.clone();
         let queue = queue.clone();
         let tx = tx.clone();
         tasks.spawn(async move {
@@ -489,13 +557,9 @@ fn spawn_drain(clients: &[Client], specs: Vec<TaskSpec>, chunk: usize) -> Enqueu
                     return Ok(());
                 };
                 let len = part.len();
-                let want: Vec<String> = part.iter().filter_map(|s| s.id.clone()).collect();
                 let sent = Instant::now();
-                let ids = client.enqueue_all(part).await?;
+                send_chunk(door, &client, &mut con, &names, part).await?;
                 let acked = Instant::now();
-                if ids != want {
-                    bail!("enqueue_all returned other ids than the ones given");
-                }
                 let _ = tx.send(Sent {
                     first,
                     len,
@@ -1083,6 +1147,10 @@ struct Before {
 struct Rig {
     nodes: Vec<common::NodeProc>,
     clients: Vec<Client>,
+    /// One plain connection per enqueuer, for the inbox and publish doors.
+    cons: Vec<redis::aio::MultiplexedConnection>,
+    /// The task channel (the publish door).
+    channel: String,
     events: mpsc::UnboundedReceiver<Finished>,
     admin: redis::aio::MultiplexedConnection,
     /// The key prefix: task records are `{prefix}:task:{id}` (PROTOCOL.md).
@@ -1156,7 +1224,14 @@ impl Rig {
         let (phase, specs) = Phase::new(n);
         let before = self.before_phase().await?;
         let deadline = tokio::time::Instant::now() + opts.deadline;
-        let enqueuers = spawn_drain(&self.clients, specs, opts.chunk);
+        let enqueuers = spawn_drain(
+            &self.clients,
+            &self.cons,
+            &(self.prefix.clone(), self.channel.clone()),
+            opts.ingress,
+            specs,
+            opts.chunk,
+        );
         self.finish(phase, enqueuers, deadline, before).await
     }
 
@@ -1215,16 +1290,20 @@ async fn run(opts: &Options) -> anyhow::Result<bool> {
 
     let (events, listener) = subscribe(&redis.url, &settings.redis.events).await?;
     let mut clients = Vec::with_capacity(opts.in_flight);
+    let mut cons = Vec::with_capacity(opts.in_flight);
     for _ in 0..opts.in_flight {
         clients.push(
             Client::connect(&redis.url)
                 .await
                 .context("the client cannot connect")?,
         );
+        cons.push(redis.con().await);
     }
     let mut rig = Rig {
         nodes,
         clients,
+        cons,
+        channel: settings.redis.channel.clone(),
         events,
         admin,
         prefix,

@@ -233,6 +233,7 @@ async fn listen(ctx: Arc<IngressArgs>, mut stop: watch::Receiver<bool>) {
         warned = false;
         tracing::info!(channel, "holding the ingress lease; subscribed");
         ctx.dispatcher.cast(DispatcherMsg::Sweep);
+        let drain = tokio::spawn(crate::engine::inbox::drain(ctx.clone(), holder.clone()));
         let mut renew = tokio::time::interval(ttl / 3);
         renew.tick().await;
         let mut renewed = Instant::now();
@@ -269,6 +270,8 @@ async fn listen(ctx: Arc<IngressArgs>, mut stop: watch::Receiver<bool>) {
                 _ = stop.changed() => break,
             }
         }
+        // Wherever the drain was, its messages are in the processing list for the next holder.
+        drain.abort();
         // What Redis delivered while this node was the subscriber is stored, lease or not:
         // Redis counted it as taken (`PUBLISH` answered 1) and no other node received it.
         let rest = sub.close(Duration::from_secs(2)).await;
@@ -347,19 +350,17 @@ async fn wait_or_stop(stop: &mut watch::Receiver<bool>, d: Duration) -> bool {
 async fn handle_batch(ctx: &Arc<IngressArgs>, batch: &[Vec<u8>], rng: &mut fastrand::Rng) {
     let limit = ctx.settings.limits.message_bytes as usize;
     let mut specs: Vec<TaskSpec> = Vec::new();
-    let mut wakes: BTreeSet<String> = BTreeSet::new();
-    let mut pinned: BTreeSet<(String, String)> = BTreeSet::new();
-    let mut everywhere: BTreeSet<String> = BTreeSet::new();
+    let mut wakes = Wakes::default();
     for payload in batch {
         match parse_message(payload, limit) {
             Ok(ChannelMessage::Wake { worker, node: None }) => {
-                wakes.insert(worker);
+                wakes.any.insert(worker);
             }
             Ok(ChannelMessage::Wake {
                 worker,
                 node: Some(node),
             }) => {
-                pinned.insert((worker, node));
+                wakes.pinned.insert((worker, node));
             }
             Ok(ChannelMessage::Control { op, node, reply }) => {
                 tokio::spawn(relay_control(ctx.clone(), op, node, reply));
@@ -373,33 +374,10 @@ async fn handle_batch(ctx: &Arc<IngressArgs>, batch: &[Vec<u8>], rng: &mut fastr
                     "ignored a pause notice on the task channel (it goes to the nodes' control channels)"
                 );
             }
-            Ok(ChannelMessage::Task(spec)) => {
-                let mut spec = *spec;
-                // `local` means the node that took the message: this one.
-                spec.target = spec.target.resolve(&ctx.node);
-                if ctx.workers.get(&spec.worker).is_some()
-                    || ctx.cluster.offered_by_peer(&spec.worker)
-                {
-                    specs.push(spec);
-                } else {
-                    reject(
-                        ctx,
-                        &Rejection {
-                            reason: format!(
-                                "unknown worker `{}` (offered: {})",
-                                spec.worker,
-                                offered(ctx).join(", ")
-                            ),
-                            id: spec.id.clone(),
-                            worker: Some(spec.worker.clone()),
-                            excerpt: crate::model::names::shorten(
-                                &String::from_utf8_lossy(payload),
-                                120,
-                            ),
-                        },
-                    );
-                }
-            }
+            Ok(ChannelMessage::Task(spec)) => match admit(ctx, *spec, payload) {
+                Ok(spec) => specs.push(spec),
+                Err(rejection) => reject(ctx, &rejection),
+            },
             Err(rejection) => reject(ctx, &rejection),
         }
     }
@@ -415,39 +393,11 @@ async fn handle_batch(ctx: &Arc<IngressArgs>, batch: &[Vec<u8>], rng: &mut fastr
         let mut tries = 0;
         loop {
             tries += 1;
-            match ctx.store.enqueue_many(&specs, false).await {
+            match store_tasks(ctx, &specs).await {
                 Ok(stored) => {
-                    ctx.metrics
-                        .stored(specs.iter().map(|s| s.worker.as_str()), &stored);
-                    for ((id, accepted), spec) in stored.iter().zip(&specs) {
-                        match accepted {
-                            Accepted::Queued => match &spec.target {
-                                Target::Node(node) => {
-                                    pinned.insert((spec.worker.clone(), node.clone()));
-                                }
-                                Target::All => {
-                                    everywhere.insert(spec.worker.clone());
-                                }
-                                _ => {
-                                    wakes.insert(spec.worker.clone());
-                                }
-                            },
-                            Accepted::Scheduled => ctx.schedule.notify_one(),
-                            Accepted::Deferred => {
-                                tracing::debug!(task = %id, "deferred: its key is at its limit");
-                            }
-                            Accepted::Exists => {
-                                tracing::debug!(task = %id, "task id already known; message ignored");
-                            }
-                            Accepted::Refused => reject(
-                                ctx,
-                                &Rejection {
-                                    reason: key_full(spec, ctx.settings.keys.limit),
-                                    id: Some(id.clone()),
-                                    worker: Some(spec.worker.clone()),
-                                    excerpt: String::new(),
-                                },
-                            ),
+                    for (spec, (id, accepted)) in specs.iter().zip(&stored) {
+                        if let Some(rejection) = wakes.note(ctx, spec, id, *accepted) {
+                            reject(ctx, &rejection);
                         }
                     }
                     break;
@@ -470,19 +420,110 @@ async fn handle_batch(ctx: &Arc<IngressArgs>, batch: &[Vec<u8>], rng: &mut fastr
             }
         }
     }
-    for worker in wakes {
-        route_wake(ctx, &worker, rng);
+    wakes.send(ctx, rng);
+}
+
+/// A task read from a channel or inbox message, made ready to store: `local` resolved to this
+/// node, and refused when no node this one knows of offers its worker.
+pub(super) fn admit(
+    ctx: &IngressArgs,
+    mut spec: TaskSpec,
+    payload: &[u8],
+) -> Result<TaskSpec, Rejection> {
+    // `local` means the node that took the message: this one.
+    spec.target = spec.target.resolve(&ctx.node);
+    if ctx.workers.get(&spec.worker).is_some() || ctx.cluster.offered_by_peer(&spec.worker) {
+        return Ok(spec);
     }
-    for (worker, node) in pinned {
-        if node == ctx.node {
-            ctx.dispatcher.cast(DispatcherMsg::Wake(worker));
-        } else if !ctx.cluster.wake(&node, &worker) {
-            tracing::debug!(%node, "a task waits for its node, which is not reachable now");
+    Err(Rejection {
+        reason: format!(
+            "unknown worker `{}` (offered: {})",
+            spec.worker,
+            offered(ctx).join(", ")
+        ),
+        id: spec.id.clone(),
+        worker: Some(spec.worker.clone()),
+        excerpt: crate::model::names::shorten(&String::from_utf8_lossy(payload), 120),
+    })
+}
+
+/// Stores tasks (ids already fixed) with the one durable enqueue, and counts them.
+pub(super) async fn store_tasks(
+    ctx: &IngressArgs,
+    specs: &[TaskSpec],
+) -> Result<Vec<(String, Accepted)>, crate::store::StoreError> {
+    let stored = ctx.store.enqueue_many(specs, false).await?;
+    ctx.metrics
+        .stored(specs.iter().map(|s| s.worker.as_str()), &stored);
+    Ok(stored)
+}
+
+/// The wakes a batch calls for: workers whose shared pending sets grew, pinned sets, and
+/// broadcasts. Sent once the batch is stored.
+#[derive(Default)]
+pub(super) struct Wakes {
+    any: BTreeSet<String>,
+    pinned: BTreeSet<(String, String)>,
+    everywhere: BTreeSet<String>,
+}
+
+impl Wakes {
+    /// Notes what storing `spec` (as `id`) did; returns the rejection of a task refused for its
+    /// key's limit.
+    pub(super) fn note(
+        &mut self,
+        ctx: &IngressArgs,
+        spec: &TaskSpec,
+        id: &str,
+        accepted: Accepted,
+    ) -> Option<Rejection> {
+        match accepted {
+            Accepted::Queued => match &spec.target {
+                Target::Node(node) => {
+                    self.pinned.insert((spec.worker.clone(), node.clone()));
+                }
+                Target::All => {
+                    self.everywhere.insert(spec.worker.clone());
+                }
+                _ => {
+                    self.any.insert(spec.worker.clone());
+                }
+            },
+            Accepted::Scheduled => ctx.schedule.notify_one(),
+            Accepted::Deferred => {
+                tracing::debug!(task = %id, "deferred: its key is at its limit");
+            }
+            Accepted::Exists => {
+                tracing::debug!(task = %id, "task id already known; message ignored");
+            }
+            Accepted::Refused => {
+                return Some(Rejection {
+                    reason: key_full(spec, ctx.settings.keys.limit),
+                    id: Some(id.to_owned()),
+                    worker: Some(spec.worker.clone()),
+                    excerpt: String::new(),
+                });
+            }
         }
+        None
     }
-    for worker in everywhere {
-        ctx.cluster.wake_everywhere(&worker);
-        ctx.dispatcher.cast(DispatcherMsg::Wake(worker));
+
+    /// Wakes the nodes placement picks, the pinned tasks' nodes and every node for broadcasts.
+    pub(super) fn send(self, ctx: &IngressArgs, rng: &mut fastrand::Rng) {
+        for worker in self.any {
+            route_wake(ctx, &worker, rng);
+        }
+        for (worker, node) in self.pinned {
+            if node == ctx.node {
+                ctx.dispatcher.cast(DispatcherMsg::Wake(worker));
+            } else if !ctx.cluster.wake(&node, &worker) {
+                tracing::debug!(%node, "a task waits for its node, which is not reachable now");
+            }
+        }
+        for worker in self.everywhere {
+            ctx.cluster.wake_everywhere(&worker);
+            ctx.dispatcher.cast(DispatcherMsg::Wake(worker));
+        }
     }
 }
 
@@ -568,6 +609,11 @@ fn reject(ctx: &IngressArgs, rejection: &Rejection) {
         rejection.reason,
         rejection.excerpt
     );
+    announce_rejection(ctx, rejection);
+}
+
+/// Publishes the `rejected` event of `rejection`.
+pub(super) fn announce_rejection(ctx: &IngressArgs, rejection: &Rejection) {
     ctx.saver.write(WriteOp::Event {
         event: events::rejected(rejection, &ctx.node, ctx.store.clock().now_ms()),
     });

@@ -2,6 +2,7 @@
 
 pub(crate) mod control;
 pub(crate) mod dispatcher;
+pub(crate) mod inbox;
 pub(crate) mod ingress;
 pub(crate) mod peer;
 pub(crate) mod pool;

@@ -54,6 +54,7 @@ pub(crate) const ENVELOPE_FIELDS: &[&str] = &[
     "key",
     "result_key",
     "target",
+    "reply",
 ];
 
 /// A message read from the task channel.
@@ -339,6 +340,9 @@ struct TaskEnvelope {
     result_key: Option<String>,
     #[serde(deserialize_with = "target")]
     target: Option<Target>,
+    /// Push the final event on the task's reply list (`{prefix}:reply:{id}`).
+    #[serde(deserialize_with = "boolean")]
+    reply: Option<bool>,
 }
 
 impl TaskEnvelope {
@@ -364,6 +368,7 @@ impl TaskEnvelope {
             key: self.key,
             result_key: self.result_key,
             target: self.target.unwrap_or_default(),
+            reply: self.reply.unwrap_or_default(),
             ..TaskSpec::new(worker, self.args)
         };
         spec.validate().map_err(|e| e.to_string())?;
@@ -507,6 +512,14 @@ fn string(value: Value) -> Result<String, String> {
 /// A string.
 fn text<'de, D: Deserializer<'de>>(value: D) -> Result<Option<String>, D::Error> {
     field(value, string)
+}
+
+/// `true` or `false`.
+fn boolean<'de, D: Deserializer<'de>>(value: D) -> Result<Option<bool>, D::Error> {
+    field(value, |value| match value {
+        Value::Bool(b) => Ok(b),
+        other => Err(format!("expected true or false, got {}", kind(&other))),
+    })
 }
 
 /// A whole number that fits `T`.

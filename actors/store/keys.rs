@@ -59,6 +59,14 @@ impl Keys {
     pub(crate) fn ingress_subscriber(&self) -> String {
         format!("{}:ingress:subscriber", self.prefix)
     }
+    /// `{p}:inbox`: envelopes pushed by clients, taken by the ingress lease holder.
+    pub(crate) fn inbox(&self) -> String {
+        format!("{}:inbox", self.prefix)
+    }
+    /// `{p}:inbox:taking`: the message a blocking wait on the inbox moved (at most one).
+    pub(crate) fn inbox_taking(&self) -> String {
+        format!("{}:inbox:taking", self.prefix)
+    }
     /// `{p}:reply:{id}`: the list a waiting caller pops the final event from.
     pub(crate) fn reply(&self, id: &str) -> String {
         format!("{}:reply:{id}", self.prefix)

@@ -14,6 +14,7 @@
 //! - `ownership.rs`: hand-back, failover, adoption, and checking who owns what.
 //! - `timers.rs`: firing due schedules and recurrences, expiring deadlines.
 //! - `members.rs`: joining and leaving, liveness, node reports, the cookie, leases.
+//! - `inbox.rs`: taking envelopes from the inbox list and settling them.
 //! - `subscription.rs`: the ingress subscription, which a successor can close.
 //! - `views.rs`: the listing behind `bgnode bg` and the HTTP API ([`TaskQuery`], [`Overview`]),
 //!   the counts and the throughput.
@@ -31,6 +32,7 @@ use crate::metrics::RedisCounters;
 
 mod clock;
 mod gauges;
+mod inbox;
 mod keys;
 mod members;
 mod ownership;
@@ -42,6 +44,7 @@ mod writes;
 
 pub(crate) use clock::Clock;
 pub(crate) use gauges::ClusterCounts;
+pub(crate) use inbox::InboxEntry;
 pub(crate) use keys::Keys;
 pub(crate) use members::{CookieCheck, Guard, Incarnation, Lease};
 pub use tasks::{Accepted, CancelResult, DeleteResult, RetryResult, TaskDetail};
@@ -103,6 +106,8 @@ struct Scripts {
     pause: Script,
     delete: Script,
     tally: Script,
+    take: Script,
+    settle: Script,
 }
 
 impl Scripts {
@@ -128,10 +133,12 @@ impl Scripts {
             pause: lua!("pause.lua"),
             delete: lua!("delete.lua"),
             tally: lua!("tally.lua"),
+            take: lua!("take.lua"),
+            settle: lua!("settle.lua"),
         }
     }
 
-    fn all(&self) -> [&Script; 20] {
+    fn all(&self) -> [&Script; 22] {
         [
             &self.enqueue,
             &self.claim,
@@ -153,6 +160,8 @@ impl Scripts {
             &self.pause,
             &self.delete,
             &self.tally,
+            &self.take,
+            &self.settle,
         ]
     }
 }

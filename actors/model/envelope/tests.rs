@@ -216,7 +216,10 @@ fn every_field_is_read() {
     assert_eq!(spec.key.as_deref(), Some("cust-42"));
     assert_eq!(spec.result_key.as_deref(), Some("report-42"));
     assert_eq!(spec.target, Target::Node("n2".into()));
-    assert!(!spec.reply, "a raw task never has a waiting caller");
+    assert!(!spec.reply, "without `reply` no caller waits");
+    assert!(task(br#"{"worker":"w","reply":true}"#).reply);
+    assert!(!task(br#"{"worker":"w","reply":false}"#).reply);
+    assert!(!task(br#"{"worker":"w","reply":null}"#).reply);
 
     let spec = task(br#"{"worker":"w","at":1420066799000,"every":60,"priority":100}"#);
     assert_eq!(spec.run_at, Some(1_420_066_799_000));
@@ -267,8 +270,8 @@ fn the_envelope_accepts_exactly_its_documented_fields() {
             ENVELOPE_FIELDS.join(", ")
         )
     );
-    // `op` belongs to notices; `reply` is set by the durable client, never by a publisher.
-    for name in ["op_", "reply", "node", "Worker", "due"] {
+    // `op` belongs to notices.
+    for name in ["op_", "node", "Worker", "due", "Reply"] {
         let msg = format!(r#"{{"worker":"w","{name}":1}}"#);
         refused(msg.as_bytes(), &[&format!("unknown field `{name}`")]);
     }
@@ -303,6 +306,8 @@ fn wrong_types_name_the_field_and_what_was_expected() {
         "key":{}                => field `key`: expected a string, got an object
         "result_key":1          => field `result_key`: expected a string, got a number
         "target":1              => field `target`: expected a string, got a number
+        "reply":1               => field `reply`: expected true or false, got a number
+        "reply":"yes"           => field `reply`: expected true or false, got a string
         "#,
     );
 }
@@ -335,6 +340,7 @@ fn every_rule_names_its_field() {
         "target":"node:"                => field `target`: is empty
         "target":"all","key":"k"        => field `target`: `all` cannot be combined with a recurrence or a key
         "target":"all","every":5        => field `target`: `all` cannot be combined
+        "every":60,"reply":true         => field `every`: a recurring task has no single result to wait for
         "id":""                         => field `id`: is empty
         "key":"a/b"                     => field `key`: "a/b" contains '/'
         "result_key":"r k"              => field `result_key`: "r k" contains ' '
