@@ -48,6 +48,8 @@ pub struct Settings {
     pub limits: LimitSettings,
     /// `[http]`: the JSON API.
     pub http: HttpSettings,
+    /// `[socket]`: the plain TCP and UDP socket service.
+    pub socket: SocketSettings,
 }
 
 /// `[node]`
@@ -203,6 +205,28 @@ pub struct HttpSettings {
     /// Bearer token the API asks for; empty: none (allowed on a loopback address only).
     pub token: String,
 }
+
+/// `[socket]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SocketSettings {
+    /// Address of the socket service, TCP and UDP on one port (`host:port`); empty: none.
+    pub listen: String,
+    /// Most TCP connections open at once; one more is answered `503:` and closed.
+    pub connections: u32,
+    /// The longest a TCP client may take to send its whole request.
+    #[serde(with = "serde_human")]
+    pub idle_timeout: Duration,
+    /// The longest `worker:data` and `queue:get` wait for a task to finish (then `408:`).
+    #[serde(with = "serde_human")]
+    pub wait: Duration,
+}
+
+/// Most connections `[socket] connections` may allow.
+pub const MAX_SOCKET_CONNECTIONS: u32 = 65_536;
+
+/// Longest `[socket] wait`.
+pub const MAX_SOCKET_WAIT: Duration = Duration::from_secs(3600);
 
 /// A configuration problem, naming the key and its source.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -554,7 +578,41 @@ impl Settings {
                 "must not contain spaces or control characters".into(),
             ));
         }
+        if !self.socket.listen.is_empty() {
+            self.socket.listen.parse::<SocketAddr>().map_err(|e| {
+                bad(
+                    "socket.listen",
+                    format!(
+                        "`{}` is not host:port ({e}; empty turns the socket service off)",
+                        self.socket.listen
+                    ),
+                )
+            })?;
+        }
+        if self.socket.connections == 0 || self.socket.connections > MAX_SOCKET_CONNECTIONS {
+            return Err(bad(
+                "socket.connections",
+                format!(
+                    "{} is outside 1..={MAX_SOCKET_CONNECTIONS}",
+                    self.socket.connections
+                ),
+            ));
+        }
+        if self.socket.idle_timeout < Duration::from_millis(10) {
+            return Err(bad("socket.idle_timeout", "must be at least 10ms".into()));
+        }
+        if self.socket.wait < Duration::from_millis(10) || self.socket.wait > MAX_SOCKET_WAIT {
+            return Err(bad(
+                "socket.wait",
+                format!("must be between 10ms and {}s", MAX_SOCKET_WAIT.as_secs()),
+            ));
+        }
         Ok(())
+    }
+
+    /// The socket service's address, or `None` when it is off (`socket.listen` empty).
+    pub fn socket_addr(&self) -> Option<SocketAddr> {
+        self.socket.listen.parse().ok()
     }
 
     /// The HTTP API's address, or `None` when it is off (`http.listen` empty).

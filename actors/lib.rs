@@ -48,6 +48,8 @@
 //!   `tls`.
 //! - `http/`: the node's HTTP side: the JSON API under `/api/v1` (`api`), its event stream
 //!   (`sse`), the server actor, the router, authentication and errors.
+//! - `socket/`: the socket service (BackgroundService's plain-text protocol on TCP and UDP):
+//!   the server actor, and `request` (framing, parsing and answers, without I/O).
 //! - `workers/`: the worker types a node offers: `registry`, `rust` (the [`Worker`] trait),
 //!   `script`, `eval`.
 //! - `wiring`: links to actors that may restart, background tasks tied to actors, the lease
@@ -64,6 +66,7 @@ mod http;
 mod metrics;
 mod model;
 mod node;
+mod socket;
 mod store;
 pub mod time;
 mod wiring;

@@ -7,8 +7,8 @@
 //! prefix; take this node id's liveness lease (`{prefix}:node:{id}:alive`), waiting out a
 //! previous incarnation's lease and refusing to start when another live process renews it;
 //! build the worker registry; start the supervisor and its actors; join the members. The HTTP
-//! API's address (`[http] listen`) is bound before all that, so a taken address stops the start
-//! at once.
+//! API's address (`[http] listen`) and the socket service's (`[socket] listen`) are bound
+//! before all that, so a taken address stops the start at once.
 //!
 //! Shutdown ([`NodeHandle::shutdown`]), one sequence (a graceful leave):
 //! 1. stop intake: tell the peers this node is leaving, the ingress unsubscribes and drops its
@@ -107,6 +107,16 @@ pub enum NodeError {
         /// Why.
         reason: String,
     },
+    /// The socket service's address cannot be listened on.
+    #[error(
+        "cannot serve the socket service on {addr} (TCP and UDP): {reason} (set another address with socket.listen or BGNODE_SOCKET__LISTEN; empty turns the service off)"
+    )]
+    SocketBind {
+        /// The address.
+        addr: String,
+        /// Why.
+        reason: String,
+    },
     /// The actor tree could not be started.
     #[error("cannot start the node's actors: {0}")]
     Spawn(String),
@@ -197,6 +207,15 @@ impl NodeBuilder {
             })?)),
             None => None,
         };
+        let socket = match settings.socket_addr() {
+            Some(addr) => Some(Arc::new(crate::socket::bind(addr).map_err(|e| {
+                NodeError::SocketBind {
+                    addr: addr.to_string(),
+                    reason: e.to_string(),
+                }
+            })?)),
+            None => None,
+        };
         let metrics = Metrics::new();
         let store = connect(&settings).await?.counted(metrics.redis());
         let node = settings.node.id.clone();
@@ -269,6 +288,7 @@ impl NodeBuilder {
             ingress: Arc::new(Link::default()),
             membership: Arc::new(Link::default()),
             http,
+            socket,
             metrics,
         });
         let keep_alive = tokio::spawn(keep_alive(parts.clone()));

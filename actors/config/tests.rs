@@ -296,3 +296,41 @@ fn redis_tls_files_are_checked_at_start_naming_key_and_file() {
     );
     assert!(!e.contains("s3cret"), "{e}");
 }
+
+#[test]
+fn the_socket_service_is_off_by_default_and_its_limits_are_checked() {
+    let s = Settings::defaults();
+    assert_eq!(s.socket_addr(), None, "empty listen: no socket service");
+    assert_eq!(s.socket.connections, 1024);
+    assert_eq!(s.socket.idle_timeout, Duration::from_secs(30));
+    assert_eq!(s.socket.wait, Duration::from_secs(60));
+    let on = load(
+        Some("[socket]\nlisten = \"127.0.0.1:12341\"\nidle_timeout = \"500ms\"\n"),
+        &[("BGNODE_SOCKET__CONNECTIONS", "3")],
+        &[],
+    )
+    .unwrap();
+    assert_eq!(on.socket_addr(), Some("127.0.0.1:12341".parse().unwrap()));
+    assert_eq!(on.socket.connections, 3);
+    assert_eq!(on.socket.idle_timeout, Duration::from_millis(500));
+    for (var, value, key) in [
+        ("BGNODE_SOCKET__LISTEN", "localhost", "`socket.listen`"),
+        ("BGNODE_SOCKET__CONNECTIONS", "0", "`socket.connections`"),
+        (
+            "BGNODE_SOCKET__CONNECTIONS",
+            "70000",
+            "`socket.connections`",
+        ),
+        ("BGNODE_SOCKET__IDLE_TIMEOUT", "0s", "`socket.idle_timeout`"),
+        ("BGNODE_SOCKET__WAIT", "0s", "`socket.wait`"),
+        ("BGNODE_SOCKET__WAIT", "2h", "`socket.wait`"),
+    ] {
+        let e = load(None, &[(var, value)], &[]).unwrap_err().to_string();
+        assert!(e.contains(key), "{var}={value}: {e}");
+        assert!(e.contains(var), "{var}={value}: {e}");
+    }
+    let e = load(None, &[("BGNODE_SOCKET__LISTN", "x")], &[])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("did you mean `socket.listen`"), "{e}");
+}

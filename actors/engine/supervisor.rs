@@ -1,8 +1,8 @@
 //! The node supervisor: the root of the node's actor tree.
 //!
 //! Children, started in this order: saver, dispatcher (which supervises the worker pools),
-//! scheduler, peer actor, membership (the cluster link and gossip), ingress, and the HTTP API
-//! when `[http] listen` is set.
+//! scheduler, peer actor, membership (the cluster link and gossip), ingress, the HTTP API
+//! when `[http] listen` is set, and the socket service when `[socket] listen` is set.
 //!
 //! Restart policy (one for one): a child that fails or stops on its own is restarted after a
 //! backoff of 100 ms doubling to 5 s. More than 5 restarts of one child within 60 s means the
@@ -35,6 +35,7 @@ use crate::engine::saver::{Saver, SaverArgs, SaverHandle};
 use crate::engine::scheduler::{Scheduler, SchedulerArgs};
 use crate::http::{Http, HttpArgs};
 use crate::metrics::Metrics;
+use crate::socket::{Socket, SocketArgs, Sockets};
 use crate::store::{Incarnation, Store};
 use crate::wiring::{LeaseClock, Link, StopReason, Stopper, child_end};
 use crate::workers::registry::LiveRegistry;
@@ -74,6 +75,8 @@ pub(crate) struct NodeParts {
     pub(crate) membership: Arc<Link<MembershipMsg>>,
     /// The HTTP API's listener, bound at start (`None`: no HTTP API).
     pub(crate) http: Option<Arc<std::net::TcpListener>>,
+    /// The socket service's sockets, bound at start (`None`: no socket service).
+    pub(crate) socket: Option<Arc<Sockets>>,
     /// What this node counts; the actors that count get it, or their part of it.
     pub(crate) metrics: Metrics,
 }
@@ -107,6 +110,8 @@ pub(crate) enum Child {
     Ingress,
     /// The HTTP API.
     Http,
+    /// The socket service.
+    Socket,
 }
 
 /// The supervisor actor.
@@ -162,6 +167,7 @@ impl Actor for Supervisor {
             Child::Membership,
             Child::Ingress,
             Child::Http,
+            Child::Socket,
         ] {
             state.spawn(child, myself.get_cell()).await?;
         }
@@ -328,6 +334,23 @@ impl SupervisorState {
                 };
                 Actor::spawn_linked(None, Http, args, me).await?.0.get_id()
             }
+            Child::Socket => {
+                let Some(sockets) = &p.socket else {
+                    return Ok(());
+                };
+                let args = SocketArgs {
+                    sockets: sockets.clone(),
+                    store: p.store.clone(),
+                    saver: p.saver.clone(),
+                    settings: p.settings.clone(),
+                    node: p.node.clone(),
+                    metrics: p.metrics.clone(),
+                };
+                Actor::spawn_linked(None, Socket, args, me)
+                    .await?
+                    .0
+                    .get_id()
+            }
         };
         self.children.insert(id, child);
         Ok(())
@@ -336,7 +359,7 @@ impl SupervisorState {
     fn unlink(&self, child: Child) {
         let p = &self.args.parts;
         match child {
-            Child::Saver | Child::Scheduler | Child::Peer | Child::Http => {}
+            Child::Saver | Child::Scheduler | Child::Peer | Child::Http | Child::Socket => {}
             Child::Membership => p.membership.set(None),
             Child::Dispatcher => p.dispatcher.set(None),
             Child::Ingress => p.ingress.set(None),
