@@ -35,7 +35,8 @@ async fn node_with_socket(
                 .query_async(&mut con)
                 .await
                 .ok()?;
-            info?.contains("\"echo\"").then_some(())
+            let info: serde_json::Value = serde_json::from_str(&info?).ok()?;
+            info["workers"].get("echo").map(|_| ())
         }
     })
     .await;
