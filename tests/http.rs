@@ -311,6 +311,60 @@ async fn listings_show_every_state_with_filters_and_pages() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn tasks_the_cluster_names_after_a_parent_are_read_and_retried_by_their_ids() {
+    let (_redis, _workers, node) = one_node(&[]).await;
+    let a = post(
+        &node,
+        "/tasks",
+        json!({"worker": "echo", "id": "rec", "every": "1h", "args": {"k": 1}}),
+    )
+    .await;
+    assert_eq!(a.status, 201, "{}", a.body);
+    // The first occurrence runs at once, as `rec@{due}`, which no client could have chosen.
+    let occurrence = eventually(T, "the first occurrence to finish", || async {
+        let page = get(&node, "/tasks?state=done&worker=echo").await.json();
+        ids(&page).into_iter().find(|id| id.starts_with("rec@"))
+    })
+    .await;
+    let d = get(&node, &format!("/tasks/{occurrence}")).await;
+    assert_eq!(d.status, 200, "{}", d.body);
+    let d = d.json();
+    assert_eq!(
+        (d["template"].clone(), d["result"].clone()),
+        (json!("rec"), json!({"k": 1}))
+    );
+    let r = call(&node, "POST", &format!("/tasks/{occurrence}/retry")).await;
+    assert_eq!(
+        (r.status, r.json()["outcome"].clone()),
+        (200, json!("queued")),
+        "{}",
+        r.body
+    );
+    eventually(T, "the occurrence to run again", || async {
+        let d = get(&node, &format!("/tasks/{occurrence}")).await.json();
+        (d["state"] == "done").then_some(())
+    })
+    .await;
+    let r = call(&node, "DELETE", &format!("/tasks/{occurrence}")).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        get(&node, &format!("/tasks/{occurrence}")).await.status,
+        404
+    );
+    // A client still cannot choose such an id, and other shapes stay refused.
+    let a = post(&node, "/tasks", json!({"worker": "echo", "id": "a@b"})).await;
+    assert_eq!((a.status, a.json()["field"].clone()), (400, json!("id")));
+    for bad in ["a@b@c", "@1", "rec@"] {
+        let a = get(&node, &format!("/tasks/{bad}")).await;
+        assert_eq!(
+            (a.status, a.json()["field"].clone()),
+            (400, json!("id")),
+            "{bad}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn cancel_retry_and_delete_through_http() {
     let (redis, _workers, node) = one_node(&[]).await;
     post(
