@@ -87,7 +87,7 @@ pub use model::task::{
 pub use model::timeline::{AttemptRecord, Moment};
 pub use node::{Node, NodeBuilder, NodeError, NodeHandle, ShutdownReport};
 pub use store::{
-    Accepted, CancelResult, Counts, Cursor, DeleteResult, Listed, Overview, RetryResult,
+    Accepted, CancelResult, Counts, Cursor, DeleteResult, Listed, Overview, RetryResult, Sample,
     StoreError, TaskDetail, TaskPage, TaskQuery, TaskRow, Throughput, Window,
 };
 pub use wiring::StopReason;
