@@ -46,7 +46,8 @@
 //!   failover), `handle` (the view, this node's load, sending to peers), `wire`, `codec`,
 //!   `tls`.
 //! - `http/`: the node's HTTP side: the JSON API under `/api/v1` (`api`), its event stream
-//!   (`sse`), the server actor, the router, authentication and errors.
+//!   (`sse`), the dashboard at `/` (`dashboard`, its files in `assets/`), the server actor, the
+//!   router, authentication and errors.
 //! - `workers/`: the worker types a node offers: `registry`, `rust` (the [`Worker`] trait),
 //!   `script`, `eval`.
 //! - `wiring`: links to actors that may restart, background tasks tied to actors, the lease

@@ -39,7 +39,8 @@ impl Answer {
     }
 }
 
-/// Sends one request to `addr` (`host:port`, also sent as `Host`) and reads the whole answer.
+/// Sends one request to `addr` (`host:port`, also sent as `Host` unless `headers` has one) and
+/// reads the whole answer.
 pub async fn request(
     addr: &str,
     method: &str,
@@ -48,7 +49,10 @@ pub async fn request(
     body: Option<&[u8]>,
 ) -> Answer {
     let mut stream = TcpStream::connect(addr).await.expect("connect");
-    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    let mut head = format!("{method} {path} HTTP/1.1\r\nConnection: close\r\n");
+    if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
+        head.push_str(&format!("Host: {addr}\r\n"));
+    }
     for (k, v) in headers {
         head.push_str(&format!("{k}: {v}\r\n"));
     }
