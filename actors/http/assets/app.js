@@ -813,6 +813,6 @@ document.addEventListener('DOMContentLoaded', () => {
     }
   });
   setInterval(tickTimes, 1000);
-  setInterval(refresh, 5000);
+  setInterval(() => document.hidden || refresh(), 5000);
   start();
 });
