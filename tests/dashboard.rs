@@ -37,12 +37,24 @@ async fn api(node: &NodeProc, method: &str, path: &str, body: Option<Value>) -> 
     .await
 }
 
+/// A chromedriver process, in a process group of its own that drop kills (chromium with it).
+struct Driver(Child);
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        if let Some(pid) = Pid::from_raw(self.0.id() as i32) {
+            let _ = kill_process_group(pid, Signal::KILL);
+        }
+        let _ = self.0.wait();
+    }
+}
+
 /// A headless chromium under a chromedriver of its own, on a free port, with a fresh profile.
-/// Dropping it ends the session and kills chromedriver's process group.
+/// Dropping it ends the session, then the driver.
 struct Browser {
-    driver: Child,
     addr: String,
     session: String,
+    _driver: Driver,
     _profile: tempfile::TempDir,
 }
 
@@ -55,14 +67,16 @@ impl Browser {
             );
         }
         let port = free_port();
-        let driver = Command::new(CHROMEDRIVER)
-            .arg(format!("--port={port}"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .process_group(0)
-            .spawn()
-            .expect("start chromedriver");
+        let driver = Driver(
+            Command::new(CHROMEDRIVER)
+                .arg(format!("--port={port}"))
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .process_group(0)
+                .spawn()
+                .expect("start chromedriver"),
+        );
         let addr = format!("127.0.0.1:{port}");
         common::eventually(WAIT, "chromedriver to answer", || async {
             tokio::net::TcpStream::connect(&addr).await.ok()?;
@@ -98,9 +112,9 @@ impl Browser {
             .expect("a session id")
             .to_owned();
         Browser {
-            driver,
             addr,
             session,
+            _driver: driver,
             _profile: profile,
         }
     }
@@ -242,8 +256,8 @@ impl Browser {
 
 impl Drop for Browser {
     fn drop(&mut self) {
-        // End the session (chromedriver closes chromium), without waiting long for the answer,
-        // then kill whatever is left of chromedriver's process group.
+        // End the session (chromedriver closes chromium) without waiting long for the answer;
+        // the driver's drop then kills whatever is left of its process group.
         use std::io::{Read, Write};
         if let Ok(mut s) = std::net::TcpStream::connect(&self.addr) {
             let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
@@ -255,10 +269,6 @@ impl Drop for Browser {
                 let _ = s.read(&mut [0u8; 512]);
             }
         }
-        if let Some(pid) = Pid::from_raw(self.driver.id() as i32) {
-            let _ = kill_process_group(pid, Signal::KILL);
-        }
-        let _ = self.driver.wait();
     }
 }
 
