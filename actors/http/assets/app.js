@@ -512,8 +512,12 @@ function pauseButton(name, paused) {
   return button;
 }
 
+/** The worker types as a table; the overview's (not `manage`) lists the busiest first. */
 function workersTable(o, manage) {
-  const rows = Object.entries(o.workers).map(([name, w]) => h(w.paused ? 'tr.paused' : 'tr', { 'data-worker': name },
+  const load = (w) => w.pending + w.claimed + w.running;
+  const list = Object.entries(o.workers);
+  if (!manage) list.sort(([a, x], [b, y]) => load(y) - load(x) || (a < b ? -1 : 1));
+  const rows = list.map(([name, w]) => h(w.paused ? 'tr.paused' : 'tr', { 'data-worker': name },
     h('td', {}, h('a', { href: link('tasks', { worker: name }) }, name)),
     h('td', {}, w.paused ? h('span.badge.s-paused', {}, 'paused') : h('span.badge.s-active', {}, 'active')),
     h('td.num', {}, w.pending), h('td.num', {}, w.claimed),
