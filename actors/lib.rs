@@ -47,7 +47,8 @@
 //!   failover), `handle` (the view, this node's load, sending to peers), `wire`, `codec`,
 //!   `tls`.
 //! - `http/`: the node's HTTP side: the JSON API under `/api/v1` (`api`), its event stream
-//!   (`sse`), the server actor, the router, authentication and errors.
+//!   (`sse`), the dashboard at `/` (`dashboard`, its files in `assets/`), the server actor, the
+//!   router, authentication and errors.
 //! - `socket/`: the socket service (BackgroundService's plain-text protocol on TCP and UDP):
 //!   the server actor, and `request` (framing, parsing and answers, without I/O).
 //! - `workers/`: the worker types a node offers: `registry`, `rust` (the [`Worker`] trait),
@@ -93,7 +94,7 @@ pub use model::task::{
 pub use model::timeline::{AttemptRecord, Moment};
 pub use node::{Node, NodeBuilder, NodeError, NodeHandle, ShutdownReport};
 pub use store::{
-    Accepted, CancelResult, Counts, Cursor, DeleteResult, Listed, Overview, RetryResult,
+    Accepted, CancelResult, Counts, Cursor, DeleteResult, Listed, Overview, RetryResult, Sample,
     StoreError, TaskDetail, TaskPage, TaskQuery, TaskRow, Throughput, Window,
 };
 pub use wiring::StopReason;

@@ -1,7 +1,8 @@
 //! Checks of the source's shape that the types do not enforce: who may write task state, where
 //! the end of an attempt is built, and which module encodes cluster messages. Each reads the
 //! library's own files, leaving out test code. Then checks of ARCHITECTURE.md against the tree:
-//! its code map names every file, and every test it names exists.
+//! its code map names every file, and every test it names exists. And the dashboard's script
+//! never turns a string into HTML or code, and its page has nothing inline.
 
 use std::path::{Path, PathBuf};
 
@@ -312,4 +313,51 @@ fn the_ci_runs_the_test_command_the_readme_gives() {
         last, "./dev test",
         ".ci/run must end with the README's test command"
     );
+}
+
+#[test]
+fn the_dashboard_never_parses_data_as_html_and_has_nothing_inline() {
+    let assets = root().join("actors/http/assets");
+    let js = std::fs::read_to_string(assets.join("app.js")).unwrap();
+    for sink in [
+        "innerHTML",
+        "outerHTML",
+        "insertAdjacentHTML",
+        "document.write",
+        "createContextualFragment",
+        "DOMParser",
+        "srcdoc",
+        "eval(",
+        "Function(",
+        "setTimeout('",
+        "setAttribute('on",
+        "setAttribute('style",
+        "cookie",
+    ] {
+        assert!(
+            !js.contains(sink),
+            "app.js uses `{sink}`: build elements with h() and text nodes, keep the token in the tab"
+        );
+    }
+    let html = std::fs::read_to_string(assets.join("index.html")).unwrap();
+    for (at, _) in html.match_indices("<script") {
+        let tag = &html[at..at + html[at..].find('>').unwrap()];
+        assert!(
+            tag.contains(" src="),
+            "an inline script in index.html: {tag}"
+        );
+    }
+    for inline in [
+        "<style",
+        " style=",
+        " onclick=",
+        " onload=",
+        " onerror=",
+        " onsubmit=",
+    ] {
+        assert!(
+            !html.contains(inline),
+            "index.html has `{inline}`, which the CSP refuses"
+        );
+    }
 }

@@ -80,24 +80,27 @@ fn dev(path: &Path, env: &[(&str, &str)], args: &[&str]) -> (Output, Vec<String>
 }
 
 #[test]
-fn dev_test_installs_redis_when_it_is_missing_then_runs_the_tests() {
+fn dev_test_installs_what_is_missing_then_runs_the_tests() {
     let server = which("redis-server");
     let client = which("redis-cli");
+    let driver = which("chromedriver");
+    // chromium-driver's command is not named as the package: installed is told by the command.
     let apt_get = format!(
-        "#!/bin/sh\necho \"apt-get $*\" >> \"$DEV_LOG\"\ncase \"$*\" in *install*)\n  ln -s {} \"$(dirname \"$0\")/redis-server\"\n  ln -s {} \"$(dirname \"$0\")/redis-cli\" ;;\nesac\n",
+        "#!/bin/sh\necho \"apt-get $*\" >> \"$DEV_LOG\"\ncase \"$*\" in *install*)\n  ln -s {} \"$(dirname \"$0\")/redis-server\"\n  ln -s {} \"$(dirname \"$0\")/redis-cli\"\n  ln -s {} \"$(dirname \"$0\")/chromedriver\" ;;\nesac\n",
         server.display(),
-        client.display()
+        client.display(),
+        driver.display()
     );
     let sudo = "#!/bin/sh\necho \"sudo $*\" >> \"$DEV_LOG\"\nexec \"$@\"\n".to_owned();
     let bin = bin_dir(
-        &["redis-server", "redis-cli"],
+        &["redis-server", "redis-cli", "chromedriver"],
         &[cargo_stub(), ("apt-get", apt_get), ("sudo", sudo)],
     );
     let (out, calls) = dev(bin.path(), &[], &["test", "--lib", "tidy"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert!(
-        stderr.contains("installing redis-server with apt-get"),
+        stderr.contains("installing redis-server chromium-driver with apt-get"),
         "{stderr}"
     );
     // As root apt-get runs directly, else through sudo (the stub records both).
@@ -110,7 +113,7 @@ fn dev_test_installs_redis_when_it_is_missing_then_runs_the_tests() {
         apt,
         [
             "apt-get update",
-            "apt-get install -y redis-server",
+            "apt-get install -y redis-server chromium-driver",
             "cargo test --lib tidy"
         ],
         "{calls:?}"

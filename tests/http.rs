@@ -1,79 +1,17 @@
-//! The HTTP API of real `bgnode` processes against a real `redis-server`, spoken to by a tiny
-//! HTTP/1.1 client written here (one request per connection, `Connection: close`).
+//! The HTTP API of real `bgnode` processes against a real `redis-server`, spoken to by the
+//! tests' tiny HTTP/1.1 client (`common/http.rs`).
 
 mod common;
 
 use std::time::{Duration, Instant};
 
+use common::http::{Answer, api_up, request};
 use common::{NodeProc, Redis, cli, eventually, free_port, runs, test_workers, wait_state};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 const T: Duration = common::WAIT;
-
-/// An answer: status, headers (lowercased names), body.
-struct Answer {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: String,
-}
-
-impl Answer {
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
-    }
-
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
-    }
-}
-
-/// Sends one request to `addr` and reads the whole answer.
-async fn request(
-    addr: &str,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: Option<&[u8]>,
-) -> Answer {
-    let mut stream = TcpStream::connect(addr).await.expect("connect to the API");
-    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
-    for (k, v) in headers {
-        head.push_str(&format!("{k}: {v}\r\n"));
-    }
-    if let Some(b) = body {
-        head.push_str(&format!("Content-Length: {}\r\n", b.len()));
-    }
-    head.push_str("\r\n");
-    stream.write_all(head.as_bytes()).await.unwrap();
-    if let Some(b) = body {
-        // A server may answer (413) and close before it read everything.
-        let _ = stream.write_all(b).await;
-    }
-    let mut raw = Vec::new();
-    let _ = stream.read_to_end(&mut raw).await;
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let mut lines = head.lines();
-    let status = lines
-        .next()
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("no status line in {text:?}"));
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
-        .collect();
-    Answer {
-        status,
-        headers,
-        body: body.to_owned(),
-    }
-}
 
 async fn get(node: &NodeProc, path: &str) -> Answer {
     request(&node.http, "GET", &format!("/api/v1{path}"), &[], None).await
@@ -93,16 +31,6 @@ async fn post(node: &NodeProc, path: &str, body: Value) -> Answer {
 
 async fn call(node: &NodeProc, method: &str, path: &str) -> Answer {
     request(&node.http, method, &format!("/api/v1{path}"), &[], None).await
-}
-
-/// Waits until the node's API answers.
-async fn api_up(node: &NodeProc) {
-    eventually(T, "the HTTP API to answer", || async {
-        let stream = TcpStream::connect(&node.http).await.ok()?;
-        drop(stream);
-        Some(())
-    })
-    .await;
 }
 
 async fn one_node(env: &[(&str, &str)]) -> (Redis, tempfile::TempDir, NodeProc) {
@@ -380,6 +308,60 @@ async fn listings_show_every_state_with_filters_and_pages() {
     .await;
     let n = get(&node, "/nodes").await.json();
     assert_eq!(n["nodes"][0]["id"], "n1");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tasks_the_cluster_names_after_a_parent_are_read_and_retried_by_their_ids() {
+    let (_redis, _workers, node) = one_node(&[]).await;
+    let a = post(
+        &node,
+        "/tasks",
+        json!({"worker": "echo", "id": "rec", "every": "1h", "args": {"k": 1}}),
+    )
+    .await;
+    assert_eq!(a.status, 201, "{}", a.body);
+    // The first occurrence runs at once, as `rec@{due}`, which no client could have chosen.
+    let occurrence = eventually(T, "the first occurrence to finish", || async {
+        let page = get(&node, "/tasks?state=done&worker=echo").await.json();
+        ids(&page).into_iter().find(|id| id.starts_with("rec@"))
+    })
+    .await;
+    let d = get(&node, &format!("/tasks/{occurrence}")).await;
+    assert_eq!(d.status, 200, "{}", d.body);
+    let d = d.json();
+    assert_eq!(
+        (d["template"].clone(), d["result"].clone()),
+        (json!("rec"), json!({"k": 1}))
+    );
+    let r = call(&node, "POST", &format!("/tasks/{occurrence}/retry")).await;
+    assert_eq!(
+        (r.status, r.json()["outcome"].clone()),
+        (200, json!("queued")),
+        "{}",
+        r.body
+    );
+    eventually(T, "the occurrence to run again", || async {
+        let d = get(&node, &format!("/tasks/{occurrence}")).await.json();
+        (d["state"] == "done").then_some(())
+    })
+    .await;
+    let r = call(&node, "DELETE", &format!("/tasks/{occurrence}")).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        get(&node, &format!("/tasks/{occurrence}")).await.status,
+        404
+    );
+    // A client still cannot choose such an id, and other shapes stay refused.
+    let a = post(&node, "/tasks", json!({"worker": "echo", "id": "a@b"})).await;
+    assert_eq!((a.status, a.json()["field"].clone()), (400, json!("id")));
+    for bad in ["a@b@c", "@1", "rec@"] {
+        let a = get(&node, &format!("/tasks/{bad}")).await;
+        assert_eq!(
+            (a.status, a.json()["field"].clone()),
+            (400, json!("id")),
+            "{bad}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -20,7 +20,7 @@ use crate::client::{ClientError, TaskResult};
 use crate::decide::times::parse_duration;
 use crate::model::envelope::parse_tasks;
 use crate::model::names::{shorten, validate_worker_name};
-use crate::model::task::{validate_task_id, validate_token};
+use crate::model::task::{validate_stored_id, validate_token};
 use crate::store::{Accepted, CancelResult, Cursor, DeleteResult, Listed, RetryResult, TaskQuery};
 
 /// Most tasks in one page of `GET /tasks`.
@@ -67,9 +67,10 @@ fn worker_name(field: &str, name: &str) -> Result<String, ApiError> {
     Ok(name.to_owned())
 }
 
-/// A task id from the path.
+/// A task id from the path: a client's, or one the cluster made (an occurrence's
+/// `{template}@{due}`, a node's copy `{parent}@{node}`).
 fn task_id(id: &str) -> Result<(), ApiError> {
-    validate_task_id(id).map_err(|e| ApiError::bad("id", e.to_string()))
+    validate_stored_id(id).map_err(|e| ApiError::bad("id", e.to_string()))
 }
 
 fn no_task(id: &str) -> ApiError {

@@ -7,17 +7,23 @@
 //!   serves on a listener bound once at start (so a bind error fails the start with a clear
 //!   message, and a restart of the actor takes up the same socket), and fails when its server
 //!   ends, so the supervisor restarts it.
-//! - `api.rs` has the handlers, `sse.rs` the event stream.
+//! - `api.rs` has the handlers, `sse.rs` the event stream, `dashboard.rs` the dashboard's files
+//!   (served at `/`).
 //!
 //! Every request passes [`guard`]: with `[http] token` set it must carry
 //! `Authorization: Bearer <token>` (compared in constant time), reads included, since task
-//! arguments, results and errors may hold secrets. On a loopback listener the `Host` must name
-//! a loopback address (a web page cannot reach the API through a name that resolves to it), and
-//! a request that changes something and carries an `Origin` must come from the API's own origin.
-//! Every answer carries a restrictive `Content-Security-Policy`, `X-Content-Type-Options:
-//! nosniff` and `Cache-Control: no-store`. Errors are JSON `{"error", "field"}` ([`ApiError`]).
+//! arguments, results and errors may hold secrets; only the dashboard's files, which hold none,
+//! are read without it. On a loopback listener the `Host` must name a loopback address (a web
+//! page cannot reach the API through a name that resolves to it), and a request that changes
+//! something and carries an `Origin` must come from the API's own origin. Every answer carries
+//! a restrictive `Content-Security-Policy` ([`CSP`]: scripts, styles and connections from this
+//! origin only, nothing inline, and Trusted Types, so that the browser refuses to parse strings
+//! into HTML or code), `X-Content-Type-Options: nosniff` and `Cache-Control: no-store` (the
+//! dashboard's files: `no-cache` with an `ETag`). Errors are JSON `{"error", "field"}`
+//! ([`ApiError`]).
 
 mod api;
+mod dashboard;
 mod sse;
 
 use std::net::SocketAddr;
@@ -94,10 +100,14 @@ pub(crate) fn router(state: Shared) -> Router {
         .route("/workers/{name}/resume", post(api::resume))
         .route("/nodes", get(api::nodes))
         .route("/events", get(sse::events));
-    Router::new()
+    let mut app = Router::new()
         .nest("/api/v1", api)
-        .route("/metrics", get(metrics))
-        .fallback(not_found)
+        .route("/metrics", get(metrics));
+    for (index, asset) in dashboard::ASSETS.iter().enumerate() {
+        let serve = move |headers: HeaderMap| async move { dashboard::serve(index, &headers) };
+        app = app.route(asset.path, get(serve));
+    }
+    app.fallback(not_found)
         .method_not_allowed_fallback(not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), guard))
         .with_state(state)
@@ -186,7 +196,7 @@ impl From<ClientError> for ApiError {
 async fn not_found() -> ApiError {
     ApiError::new(
         StatusCode::NOT_FOUND,
-        "no such path: the API is under /api/v1 (see PROTOCOL.md)",
+        "no such path: the API is under /api/v1 (see API.md), the dashboard at /",
     )
 }
 
@@ -230,16 +240,19 @@ fn loopback_host(authority: &str) -> bool {
 /// Checks every request (token, `Host`, `Origin`) and adds the security headers to every
 /// answer.
 async fn guard(State(state): State<Shared>, request: Request, next: Next) -> Response {
-    let mut response = match check(&state, request.headers(), request.method()) {
+    let checked = check(
+        &state,
+        request.headers(),
+        request.method(),
+        request.uri().path(),
+    );
+    let mut response = match checked {
         Ok(()) => next.run(request).await,
         Err(e) => e.into_response(),
     };
     let headers = response.headers_mut();
     for (name, value) in [
-        (
-            header::CONTENT_SECURITY_POLICY,
-            "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'",
-        ),
+        (header::CONTENT_SECURITY_POLICY, CSP),
         (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
         (header::REFERRER_POLICY, "no-referrer"),
         (header::X_FRAME_OPTIONS, "DENY"),
@@ -252,7 +265,17 @@ async fn guard(State(state): State<Shared>, request: Request, next: Next) -> Res
     response
 }
 
-fn check(state: &ApiState, headers: &HeaderMap, method: &Method) -> Result<(), ApiError> {
+/// The `Content-Security-Policy` of every answer: the dashboard's scripts, styles and images
+/// come from this origin only (none inline), it connects only here, and with Trusted Types the
+/// browser refuses to turn a string into HTML or script (`innerHTML`, `eval`, …).
+const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'; require-trusted-types-for 'script'; trusted-types 'none'";
+
+fn check(
+    state: &ApiState,
+    headers: &HeaderMap,
+    method: &Method,
+    path: &str,
+) -> Result<(), ApiError> {
     let host = headers
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
@@ -274,7 +297,8 @@ fn check(state: &ApiState, headers: &HeaderMap, method: &Method) -> Result<(), A
             "a request from another origin cannot change anything here",
         ));
     }
-    if let Some(token) = &state.token {
+    let public = matches!(*method, Method::GET | Method::HEAD) && dashboard::is_asset(path);
+    if let Some(token) = state.token.as_ref().filter(|_| !public) {
         let given = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())

@@ -18,7 +18,7 @@ use serde_json::Value;
 use super::api::params;
 use super::{ApiError, Shared};
 use crate::model::names::validate_worker_name;
-use crate::model::task::validate_task_id;
+use crate::model::task::validate_stored_id;
 
 /// Whether event `payload` passes the stream's filters.
 fn wanted(payload: &[u8], worker: Option<&str>, id: Option<&str>) -> bool {
@@ -44,7 +44,7 @@ pub(super) async fn events(
     }
     let id = p.get("id").cloned();
     if let Some(i) = &id {
-        validate_task_id(i).map_err(|e| ApiError::bad("id", e.to_string()))?;
+        validate_stored_id(i).map_err(|e| ApiError::bad("id", e.to_string()))?;
     }
     let permit = s.streams.clone().try_acquire_owned().map_err(|_| {
         ApiError::new(

@@ -480,6 +480,20 @@ pub(crate) fn validate_task_id(id: &str) -> Result<(), SpecError> {
     validate_token("id", id)
 }
 
+/// Checks the id of a task as stored, which is a client's id ([`validate_task_id`]) or one the
+/// cluster made from one: an occurrence of a recurring task (`{template}@{due_ms}`) or one
+/// node's copy of a task for every node (`{parent}@{node}`). Readers take both; clients may
+/// choose only the first.
+pub(crate) fn validate_stored_id(id: &str) -> Result<(), SpecError> {
+    match id.split_once('@') {
+        Some((parent, child)) => {
+            validate_token("id", parent)?;
+            validate_token("id", child)
+        }
+        None => validate_task_id(id),
+    }
+}
+
 /// A new task id: a UUIDv7, so ids sort by creation time.
 pub fn new_task_id() -> String {
     uuid::Uuid::now_v7().to_string()

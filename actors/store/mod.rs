@@ -50,7 +50,7 @@ pub(crate) use members::{CookieCheck, Guard, Incarnation, Lease};
 pub use tasks::{Accepted, CancelResult, DeleteResult, RetryResult, TaskDetail};
 pub(crate) use timers::DueTemplate;
 pub use views::{
-    Counts, Cursor, Listed, Overview, TaskPage, TaskQuery, TaskRow, Throughput, Window,
+    Counts, Cursor, Listed, Overview, Sample, TaskPage, TaskQuery, TaskRow, Throughput, Window,
 };
 pub(crate) use writes::{WriteOp, WriteResult};
 

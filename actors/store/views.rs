@@ -289,6 +289,22 @@ pub struct Throughput {
     pub hour: Option<Window>,
     /// The counters since the cluster's start.
     pub total: BTreeMap<String, u64>,
+    /// The samples of about the last hour, oldest first: the difference of two neighbours is
+    /// what happened between them (a chart's bars).
+    pub samples: Vec<Sample>,
+}
+
+/// One sample of the cluster's counters: their totals at a moment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Sample {
+    /// When it was taken (Redis's time, ms).
+    pub at: u64,
+    /// Tasks stored until then.
+    pub accepted: u64,
+    /// Tasks done until then.
+    pub done: u64,
+    /// Failed attempts until then: retried, failed and dead together.
+    pub failures: u64,
 }
 
 /// Least time between two samples of the counters (`tally.lua`).
@@ -730,10 +746,17 @@ impl Store {
         };
         let minute = window(60_000).await?;
         let hour = window(3_600_000).await?;
+        let recent: Vec<String> = redis::cmd("ZRANGEBYSCORE")
+            .arg(self.keys.tally())
+            .arg(now.saturating_sub(3_600_000))
+            .arg("+inf")
+            .query_async(&mut con)
+            .await?;
         Ok(Throughput {
             minute,
             hour,
             total: total.into_iter().collect(),
+            samples: recent.iter().filter_map(|s| sample(s)).collect(),
         })
     }
 }
@@ -762,6 +785,19 @@ fn admitted(id: String, f: &[Option<String>], query: &TaskQuery) -> Option<Found
     }
     let found = (get(0).parse().unwrap_or(0), id);
     before(&found, query).then_some(found)
+}
+
+/// A sample `{ms} {counters as JSON}` as read from `{prefix}:tally`; `None` when it is not one.
+fn sample(text: &str) -> Option<Sample> {
+    let (at, counters) = text.split_once(' ')?;
+    let counts: HashMap<String, u64> = serde_json::from_str(counters).ok()?;
+    let get = |k: &str| counts.get(k).copied().unwrap_or(0);
+    Some(Sample {
+        at: at.parse().ok()?,
+        accepted: get("accepted"),
+        done: get("done"),
+        failures: get("retried") + get("failed") + get("dead"),
+    })
 }
 
 /// The window from a sample `{ms} {counters}` to `now` and the counters `total`.
@@ -832,5 +868,22 @@ mod tests {
         assert!((w.done_per_second - 2.0).abs() < 1e-9);
         let w = difference("1000 {}", &total, 61_000).unwrap();
         assert_eq!(w.done, 130, "an empty sample counts from zero");
+    }
+
+    #[test]
+    fn samples_read_the_totals_of_their_moment() {
+        assert_eq!(
+            sample(r#"1000 {"accepted":9,"done":5,"retried":2,"failed":1,"dead":1,"stale":3}"#),
+            Some(Sample {
+                at: 1000,
+                accepted: 9,
+                done: 5,
+                failures: 4
+            })
+        );
+        assert_eq!(sample("2000 {}").map(|s| (s.at, s.done)), Some((2000, 0)));
+        for bad in ["", "1000", "x {}", "1000 [1]", "1000 {\"done\":-1}"] {
+            assert_eq!(sample(bad), None, "{bad:?}");
+        }
     }
 }

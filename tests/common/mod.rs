@@ -1,5 +1,5 @@
 //! Shared test helpers: a real `redis-server` on a free port in a temporary folder, real `bgnode`
-//! processes, and polling under a deadline. Everything started here is killed on drop.
+//! processes, polling under a deadline, and a tiny HTTP client (`http.rs`). Everything started here is killed on drop.
 
 #![allow(dead_code, unreachable_pub, missing_docs)]
 
@@ -15,6 +15,7 @@ pub fn bgnode_bin() -> &'static str {
     env!("CARGO_BIN_EXE_bgnode")
 }
 
+pub mod http;
 mod redis;
 
 #[allow(unused_imports)]

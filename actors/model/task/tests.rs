@@ -84,3 +84,17 @@ fn generated_ids_sort_by_time() {
     assert!(a < b);
     assert!(validate_task_id(&a).is_ok());
 }
+
+#[test]
+fn stored_ids_include_those_the_cluster_makes_from_a_parent() {
+    for id in ["a", "rec@1796284374091", "report:2026-11@n2"] {
+        assert!(validate_stored_id(id).is_ok(), "{id}");
+    }
+    for id in ["", "@1", "rec@", "a@b@c", "a b@1", "rec@1 2", "<script>@1"] {
+        assert!(validate_stored_id(id).is_err(), "{id}");
+    }
+    assert!(
+        validate_task_id("rec@1").is_err(),
+        "a client cannot choose one"
+    );
+}
