@@ -39,6 +39,29 @@ async fn one_node(env: &[(&str, &str)]) -> (Redis, tempfile::TempDir, NodeProc) 
     (redis, workers, node)
 }
 
+/// Nodes `n1` and `n2` (seeded with `n1`), with the script workers of `w1` and `w2`, started
+/// and answering on their APIs.
+async fn two_nodes(
+    redis: &Redis,
+    w1: &std::path::Path,
+    w2: &std::path::Path,
+) -> (NodeProc, NodeProc) {
+    let l1 = format!("127.0.0.1:{}", free_port());
+    let l2 = format!("127.0.0.1:{}", free_port());
+    let n1 = NodeProc::start(redis, "n1", w1, &[("BGNODE_NODE__LISTEN", &l1)]);
+    let n2 = NodeProc::start(
+        redis,
+        "n2",
+        w2,
+        &[("BGNODE_NODE__LISTEN", &l2), ("BGNODE_NODE__SEEDS", &l1)],
+    );
+    for n in [&n1, &n2] {
+        n.wait_log("node starting", T).await;
+        api_up(n).await;
+    }
+    (n1, n2)
+}
+
 /// The ids of a listing, in order.
 fn ids(page: &Value) -> Vec<String> {
     page["tasks"]
@@ -472,24 +495,7 @@ async fn dead_set_bulk_actions_retry_all_and_delete_by_worker() {
 async fn a_pause_holds_a_worker_on_every_node_until_it_resumes() {
     let redis = Redis::start();
     let workers = test_workers();
-    let (p1, p2) = (free_port(), free_port());
-    let (l1, l2) = (format!("127.0.0.1:{p1}"), format!("127.0.0.1:{p2}"));
-    let n1 = NodeProc::start(
-        &redis,
-        "n1",
-        workers.path(),
-        &[("BGNODE_NODE__LISTEN", &l1)],
-    );
-    let n2 = NodeProc::start(
-        &redis,
-        "n2",
-        workers.path(),
-        &[("BGNODE_NODE__LISTEN", &l2), ("BGNODE_NODE__SEEDS", &l1)],
-    );
-    for n in [&n1, &n2] {
-        n.wait_log("node starting", T).await;
-        api_up(n).await;
-    }
+    let (n1, n2) = two_nodes(&redis, workers.path(), workers.path()).await;
     eventually(T, "both nodes live", || async {
         let (_, out, _) = cli(&redis, &["info", "--json"]).await;
         let v: Value = serde_json::from_str(&out).ok()?;
@@ -809,25 +815,9 @@ fn samples(text: &str) -> std::collections::BTreeMap<String, f64> {
 async fn metrics_are_served_and_count_exactly_the_tasks_run() {
     let redis = Redis::start();
     let workers = test_workers();
-    let (p1, p2) = (free_port(), free_port());
-    let (l1, l2) = (format!("127.0.0.1:{p1}"), format!("127.0.0.1:{p2}"));
-    // n2 offers no worker: every task runs on n1.
+    // n2 offers no script worker: every task runs on n1.
     let empty = tempfile::tempdir().unwrap();
-    let n1 = NodeProc::start(
-        &redis,
-        "n1",
-        workers.path(),
-        &[("BGNODE_NODE__LISTEN", &l1)],
-    );
-    let n2 = NodeProc::start(
-        &redis,
-        "n2",
-        empty.path(),
-        &[("BGNODE_NODE__LISTEN", &l2), ("BGNODE_NODE__SEEDS", &l1)],
-    );
-    for n in [&n1, &n2] {
-        api_up(n).await;
-    }
+    let (n1, n2) = two_nodes(&redis, workers.path(), empty.path()).await;
     // 12 tasks that succeed and 3 that fail for good (one attempt each), through n1's API.
     let mut specs: Vec<Value> = (0..12)
         .map(|i| json!({"worker": "echo", "args": i}))

@@ -451,16 +451,21 @@ impl Store {
         Ok(n)
     }
 
-    /// A task's record with its attempts and timeline, or `None` when it does not exist.
-    pub(crate) async fn detail(&self, id: &str) -> StoreResult<Option<TaskDetail>> {
+    /// A task's record as Redis holds it, or `None` when it does not exist.
+    async fn read_record(&self, id: &str) -> StoreResult<Option<HashMap<String, String>>> {
         let mut con = self.con.clone();
         let map: HashMap<String, String> = redis::cmd("HGETALL")
             .arg(self.keys.task(id))
             .query_async(&mut con)
             .await?;
-        if map.is_empty() {
+        Ok((!map.is_empty()).then_some(map))
+    }
+
+    /// A task's record with its attempts and timeline, or `None` when it does not exist.
+    pub(crate) async fn detail(&self, id: &str) -> StoreResult<Option<TaskDetail>> {
+        let Some(map) = self.read_record(id).await? else {
             return Ok(None);
-        }
+        };
         let status = parse_status(id, &map);
         let (attempts, timeline) = story(&status, &map);
         Ok(Some(TaskDetail {
@@ -472,15 +477,10 @@ impl Store {
 
     /// Reads a task's record.
     pub(crate) async fn status(&self, id: &str) -> StoreResult<Option<TaskStatus>> {
-        let mut con = self.con.clone();
-        let map: HashMap<String, String> = redis::cmd("HGETALL")
-            .arg(self.keys.task(id))
-            .query_async(&mut con)
-            .await?;
-        if map.is_empty() {
-            return Ok(None);
-        }
-        Ok(Some(parse_status(id, &map)))
+        Ok(self
+            .read_record(id)
+            .await?
+            .map(|map| parse_status(id, &map)))
     }
 
     /// Waits up to `timeout` for the final event of a task that was enqueued with `reply`.
