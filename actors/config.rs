@@ -186,6 +186,23 @@ pub struct SaverSettings {
     /// How long dead tasks are kept.
     #[serde(with = "serde_human")]
     pub dead_ttl: Duration,
+    /// PostgreSQL URL of the archive of finished tasks (`postgres://user@host/db`); empty: no
+    /// archive. `sslmode=require` in the URL connects with TLS, verified against `archive_ca`.
+    pub archive: String,
+    /// PEM file of the CA that signed the archive server's certificate (TLS only).
+    pub archive_ca: PathBuf,
+    /// Most rows the archive writes in one insert.
+    pub archive_batch: u32,
+    /// Rows that may wait in the cluster's outbox (PostgreSQL away or slow) before nodes hold
+    /// their claims; a warning is logged from 80% of it.
+    pub archive_outbox: u64,
+}
+
+impl SaverSettings {
+    /// True when finished tasks are archived to PostgreSQL.
+    pub fn archives(&self) -> bool {
+        !self.archive.is_empty()
+    }
 }
 
 /// `[limits]`
@@ -542,6 +559,37 @@ impl Settings {
         }
         if self.saver.batch == 0 {
             return Err(bad("saver.batch", "must be at least 1".into()));
+        }
+        if self.saver.archives() {
+            let url = self.saver.archive.parse::<tokio_postgres::Config>().map_err(|e| {
+                bad(
+                    "saver.archive",
+                    format!(
+                        "`{}` is not a PostgreSQL URL ({e}); write postgres://user@host:port/db",
+                        redact_url(&self.saver.archive)
+                    ),
+                )
+            })?;
+            let tls = url.get_ssl_mode() == tokio_postgres::config::SslMode::Require;
+            if tls && self.saver.archive_ca.as_os_str().is_empty() {
+                return Err(bad(
+                    "saver.archive_ca",
+                    "saver.archive asks for TLS (sslmode=require): set archive_ca to the PEM file of the CA that signed the server's certificate".into(),
+                ));
+            }
+            if !tls && !self.saver.archive_ca.as_os_str().is_empty() {
+                return Err(bad(
+                    "saver.archive_ca",
+                    "is set but saver.archive does not ask for TLS: add sslmode=require to the URL"
+                        .into(),
+                ));
+            }
+        }
+        if self.saver.archive_batch == 0 {
+            return Err(bad("saver.archive_batch", "must be at least 1".into()));
+        }
+        if self.saver.archive_outbox < 1000 {
+            return Err(bad("saver.archive_outbox", "must be at least 1000".into()));
         }
         if self.limits.message_bytes < 1024 {
             return Err(bad("limits.message_bytes", "must be at least 1024".into()));

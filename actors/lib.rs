@@ -35,12 +35,14 @@
 //!   `names`, `timeline` (a task's attempts and timeline, from its record).
 //! - `decide/`: pure decisions, unit-tested without I/O: `policy` (what an attempt leads to),
 //!   `outcome` (an attempt's end as one fenced write), `placement`, `fencing`, `cron`, `due`
-//!   (a new task's first run), `times`, `backoff`, `restart` (supervisors' restart policy),
+//!   (a new task's first run), `times`, `backoff`, `outbox` (the archive outbox's bound), `restart` (supervisors' restart policy),
 //!   `runnable` (whether any live node can run a waiting task).
 //! - `store/`: every Redis round trip: `keys`, `tasks`, `writes`, `ownership`, `timers`,
 //!   `members`, `inbox`, `views` (the listing of `bgnode bg` and the API, counts,
 //!   throughput), and the atomic scripts in `lua/`.
-//! - `engine/`: the node's actors: `supervisor`, `ingress` (and its `inbox` drain),
+//! - `archive/`: the PostgreSQL archive of finished tasks: connecting (`tls`), the versioned
+//!   `schema`, writing `rows`, and reading the history back ([`Archive`]).
+//! - `engine/`: the node's actors: `supervisor`, `archiver` (the outbox into the archive), `ingress` (and its `inbox` drain),
 //!   `scheduler`, `dispatcher` (with its `lane`, stealing and recovery), `pool`, `saver`,
 //!   `peer`, and `control` (stop, reload).
 //! - `cluster/`: the link between nodes: `membership` (gossip, sessions, heartbeats,
@@ -58,6 +60,7 @@
 //!   `metrics`: what a node counts, rendered as Prometheus text.
 //! - `tidy` (tests only): checks of the source's shape that the types do not enforce.
 
+mod archive;
 mod client;
 mod cluster;
 pub mod config;
@@ -80,6 +83,7 @@ mod test_redis;
 #[cfg(test)]
 mod tidy;
 
+pub use archive::{Archive, ArchiveError, FINAL_STATES, HistoryPage, HistoryQuery, HistoryRow};
 pub use client::{Client, ClientError, ControlAnswer, MemberInfo, TaskResult, WorkerLimits};
 pub use cluster::wire::ControlOp;
 pub use config::{ConfigError, Settings, Sources};

@@ -94,6 +94,7 @@ struct Inner {
     paused: Gauge,
     redis: RedisCounters,
     sessions: SessionMetrics,
+    archive: ArchiveMetrics,
     /// The per-worker handles made so far, by worker name.
     workers: RwLock<HashMap<String, Arc<WorkerMetrics>>>,
     /// The worker types that have a pending gauge.
@@ -244,6 +245,28 @@ impl Metrics {
                 "Cluster sessions to peers that closed, or were closed for a missed heartbeat",
             ),
         };
+        let archive = ArchiveMetrics {
+            rows: counter(
+                r,
+                "bgnode_archive_rows",
+                "Finished tasks this node wrote to the PostgreSQL archive",
+            ),
+            failures: counter(
+                r,
+                "bgnode_archive_failures",
+                "Archive writes of this node that failed and were retried",
+            ),
+            outbox: gauge(
+                r,
+                "bgnode_archive_outbox",
+                "Finished tasks waiting in Redis for the archive, cluster-wide (read every second by archiving nodes)",
+            ),
+            bound: gauge(
+                r,
+                "bgnode_archive_outbox_bound",
+                "The outbox's bound (saver.archive_outbox): past it, no node claims new tasks",
+            ),
+        };
         Metrics {
             inner: Arc::new(Inner {
                 registry,
@@ -265,6 +288,7 @@ impl Metrics {
                 paused,
                 redis,
                 sessions,
+                archive,
                 workers: RwLock::new(HashMap::new()),
                 pending_known: Mutex::new(HashSet::new()),
             }),
@@ -349,6 +373,11 @@ impl Metrics {
     /// The counters of the store's connection.
     pub(crate) fn redis(&self) -> RedisCounters {
         self.inner.redis.clone()
+    }
+
+    /// The archiver's part.
+    pub(crate) fn archive(&self) -> ArchiveMetrics {
+        self.inner.archive.clone()
     }
 
     /// The session metrics, for the membership.
@@ -495,6 +524,33 @@ impl RedisCounters {
     }
 }
 
+/// The archiver's metrics.
+#[derive(Clone)]
+pub(crate) struct ArchiveMetrics {
+    rows: Counter,
+    failures: Counter,
+    outbox: Gauge,
+    bound: Gauge,
+}
+
+impl ArchiveMetrics {
+    /// `n` rows were written.
+    pub(crate) fn wrote(&self, n: usize) {
+        self.rows.inc_by(n as u64);
+    }
+
+    /// A write failed.
+    pub(crate) fn failed(&self) {
+        self.failures.inc();
+    }
+
+    /// The outbox holds `n` rows; its bound is `bound`.
+    pub(crate) fn outbox(&self, n: u64, bound: u64) {
+        self.outbox.set(i64::try_from(n).unwrap_or(i64::MAX));
+        self.bound.set(i64::try_from(bound).unwrap_or(i64::MAX));
+    }
+}
+
 /// The membership's metrics of cluster sessions.
 #[derive(Clone)]
 pub(crate) struct SessionMetrics {
@@ -614,6 +670,10 @@ mod tests {
             ("bgnode_cluster_sessions", "gauge"),
             ("bgnode_cluster_sessions_opened_total", "counter"),
             ("bgnode_cluster_sessions_closed_total", "counter"),
+            ("bgnode_archive_rows_total", "counter"),
+            ("bgnode_archive_failures_total", "counter"),
+            ("bgnode_archive_outbox", "gauge"),
+            ("bgnode_archive_outbox_bound", "gauge"),
         ];
         let names: Vec<&str> = s.kind.keys().map(String::as_str).collect();
         let mut wanted: Vec<&str> = want.iter().map(|(n, _)| *n).collect();

@@ -5,6 +5,7 @@ pub(crate) mod cron;
 pub(crate) mod due;
 #[cfg(test)]
 pub(crate) mod fencing;
+pub(crate) mod outbox;
 pub(crate) mod outcome;
 pub(crate) mod placement;
 pub(crate) mod policy;

@@ -1,5 +1,6 @@
 //! The node's actors and what only they use.
 
+pub(crate) mod archiver;
 pub(crate) mod control;
 pub(crate) mod dispatcher;
 pub(crate) mod inbox;

@@ -1,6 +1,6 @@
 //! The node supervisor: the root of the node's actor tree.
 //!
-//! Children, started in this order: saver, dispatcher (which supervises the worker pools),
+//! Children, started in this order: saver, the archiver when `[saver] archive` is set, dispatcher (which supervises the worker pools),
 //! scheduler, peer actor, membership (the cluster link and gossip), ingress, the HTTP API
 //! when `[http] listen` is set, and the socket service when `[socket] listen` is set.
 //!
@@ -27,6 +27,7 @@ use crate::cluster::handle::ClusterHandle;
 use crate::cluster::membership::{Membership, MembershipArgs, MembershipMsg};
 use crate::config::Settings;
 use crate::decide::restart::{RestartDecision, RestartPolicy, RestartTracker};
+use crate::engine::archiver::{Archiver, ArchiverArgs};
 use crate::engine::control::Control;
 use crate::engine::dispatcher::{Dispatcher, DispatcherArgs, DispatcherMsg};
 use crate::engine::ingress::{Ingress, IngressArgs, IngressMsg};
@@ -98,6 +99,8 @@ impl NodeParts {
 pub(crate) enum Child {
     /// The saver.
     Saver,
+    /// The archiver (`[saver] archive`).
+    Archiver,
     /// The dispatcher and, below it, the pools.
     Dispatcher,
     /// The scheduler.
@@ -161,6 +164,7 @@ impl Actor for Supervisor {
         };
         for child in [
             Child::Saver,
+            Child::Archiver,
             Child::Dispatcher,
             Child::Scheduler,
             Child::Peer,
@@ -230,6 +234,21 @@ impl SupervisorState {
                     metrics: p.metrics.clone(),
                 };
                 Actor::spawn_linked(None, Saver, args, me).await?.0.get_id()
+            }
+            Child::Archiver => {
+                if !p.settings.saver.archives() {
+                    return Ok(());
+                }
+                let args = ArchiverArgs {
+                    store: p.store.clone(),
+                    node: p.node.clone(),
+                    settings: p.settings.clone(),
+                    metrics: p.metrics.archive(),
+                };
+                Actor::spawn_linked(None, Archiver, args, me)
+                    .await?
+                    .0
+                    .get_id()
             }
             Child::Dispatcher => {
                 let args = DispatcherArgs {
@@ -359,7 +378,12 @@ impl SupervisorState {
     fn unlink(&self, child: Child) {
         let p = &self.args.parts;
         match child {
-            Child::Saver | Child::Scheduler | Child::Peer | Child::Http | Child::Socket => {}
+            Child::Saver
+            | Child::Archiver
+            | Child::Scheduler
+            | Child::Peer
+            | Child::Http
+            | Child::Socket => {}
             Child::Membership => p.membership.set(None),
             Child::Dispatcher => p.dispatcher.set(None),
             Child::Ingress => p.ingress.set(None),

@@ -67,6 +67,23 @@ impl Keys {
     pub(crate) fn inbox_taking(&self) -> String {
         format!("{}:inbox:taking", self.prefix)
     }
+    /// `{p}:archive`: present while the cluster archives finished tasks (set by the archiving
+    /// nodes, with an expiry they renew): the scripts then stage each task's final row.
+    pub(crate) fn archive(&self) -> String {
+        format!("{}:archive", self.prefix)
+    }
+    /// `{p}:archive:outbox`: the rows waiting for an archiver, oldest first.
+    pub(crate) fn outbox(&self) -> String {
+        format!("{}:archive:outbox", self.prefix)
+    }
+    /// `{p}:archive:outbox:{node}`: the rows one node took and has not yet written.
+    pub(crate) fn node_outbox(&self, node: &str) -> String {
+        format!("{}:archive:outbox:{node}", self.prefix)
+    }
+    /// `{p}:archive:full`: present while the outbox is over its bound; no node claims then.
+    pub(crate) fn archive_full(&self) -> String {
+        format!("{}:archive:full", self.prefix)
+    }
     /// `{p}:reply:{id}`: the list a waiting caller pops the final event from.
     pub(crate) fn reply(&self, id: &str) -> String {
         format!("{}:reply:{id}", self.prefix)

@@ -7,6 +7,7 @@
 //! [`Store`] is one struct; its methods are spread over one file per concern:
 //!
 //! - `mod.rs`: connecting, errors, the script registry, running scripts, publishing.
+//! - `archive.rs`: the archive's outbox: taking rows, acknowledging them, holding claims.
 //! - `clock.rs`: [`Clock`], Redis's time as read here (the one clock, see there).
 //! - `keys.rs`: [`Keys`], the name of every key.
 //! - `tasks.rs`: enqueueing, claiming, cancelling, retrying, status and results.
@@ -30,6 +31,7 @@ use redis::{Cmd, Pipeline, RedisFuture, Script, Value};
 use crate::config::{KeyPolicy, RedisSettings, Settings};
 use crate::metrics::RedisCounters;
 
+mod archive;
 mod clock;
 mod gauges;
 mod inbox;
@@ -108,6 +110,7 @@ struct Scripts {
     tally: Script,
     take: Script,
     settle: Script,
+    archive_take: Script,
 }
 
 impl Scripts {
@@ -135,10 +138,11 @@ impl Scripts {
             tally: lua!("tally.lua"),
             take: lua!("take.lua"),
             settle: lua!("settle.lua"),
+            archive_take: lua!("archive_take.lua"),
         }
     }
 
-    fn all(&self) -> [&Script; 22] {
+    fn all(&self) -> [&Script; 23] {
         [
             &self.enqueue,
             &self.claim,
@@ -162,6 +166,7 @@ impl Scripts {
             &self.tally,
             &self.take,
             &self.settle,
+            &self.archive_take,
         ]
     }
 }

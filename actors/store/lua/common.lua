@@ -88,6 +88,7 @@ local PAUSED = {'paused'}
 -- True while worker `worker` is paused cluster-wide: no claim or adoption hands out its tasks.
 local function is_paused(prefix, worker)
   return redis.call('SISMEMBER', prefix .. ':paused', worker) == 1
+    or redis.call('EXISTS', prefix .. ':archive:full') == 1
 end
 
 -- What a claim or an adoption reads of a record: the fields it decides on, at the positions
@@ -258,6 +259,30 @@ local FINISHED_KEEP = 10000
 local FINISHED_TRIMMED = false
 
 -- Note in `{prefix}:finished` that task `id` ended at `now`.
+-- The archive: while `{prefix}:archive` exists (set by the nodes that archive), every end
+-- noted below also stages the task's final row, as JSON, on `{prefix}:archive:outbox`, in
+-- the same step as the end itself; the archivers take it from there. Read once per call.
+local ARCHIVING = nil
+local ARCHIVE_FIELDS = {'worker', 'state', 'attempt', 'node', 'priority', 'key', 'created',
+  'started', 'finished', 'args', 'result', 'error', 'template', 'parent'}
+
+local function stage_row(prefix, id)
+  if ARCHIVING == nil then
+    ARCHIVING = redis.call('EXISTS', prefix .. ':archive') == 1
+  end
+  if not ARCHIVING then
+    return
+  end
+  local f = redis.call('HMGET', prefix .. ':task:' .. id, unpack(ARCHIVE_FIELDS))
+  local row = {id = id}
+  for i, name in ipairs(ARCHIVE_FIELDS) do
+    if f[i] then
+      row[name] = f[i]
+    end
+  end
+  redis.call('RPUSH', prefix .. ':archive:outbox', cjson.encode(row))
+end
+
 local function note_end(prefix, id, now)
   local key = prefix .. ':finished'
   redis.call('ZADD', key, now, id)
@@ -265,6 +290,7 @@ local function note_end(prefix, id, now)
     redis.call('ZREMRANGEBYRANK', key, 0, -FINISHED_KEEP - 1)
     FINISHED_TRIMMED = true
   end
+  stage_row(prefix, id)
 end
 
 -- The occurrence of broadcast `parent` (target `all`) for node `member`: created once, pinned to

@@ -1,0 +1,293 @@
+//! The archiver: on a node with `[saver] archive`, it moves finished tasks from Redis's outbox
+//! into PostgreSQL, and keeps the outbox within its bound.
+//!
+//! At start it marks the cluster as archiving (`{prefix}:archive`, renewed every minute with a
+//! 10-minute expiry), so every script that ends a task also stages its row, in the same step.
+//! Then, in a loop: take a batch (`Store::take_archive`: what this node took before and did not
+//! acknowledge, else rows from the cluster's outbox, moved into this node's own), write it in
+//! one statement (idempotent by id), acknowledge it (`Store::archived`). While PostgreSQL is
+//! away or slow the rows wait in Redis and tasks run on; the batch is retried with backoff and
+//! the outage is logged once. Every second the outbox's length is read for the metrics and
+//! judged by `decide::outbox`: a warning from 80% of the bound, and at the bound every node's
+//! claims are held until the archive catches up.
+//!
+//! A row PostgreSQL refuses for its data (class 22 or 23) is found by writing the batch row by
+//! row, logged with its id and left out, so one bad row never stalls the archive. Any other
+//! refusal (a dropped table, a revoked grant) is retried like an outage: nothing is dropped.
+
+use std::time::{Duration, Instant};
+
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use tokio::task::JoinHandle;
+
+use crate::archive::rows::{Row, latest_per_id};
+use crate::archive::{Archive, ArchiveError};
+use crate::config::{Settings, redact_url};
+use crate::decide::backoff::Backoff;
+use crate::decide::outbox::{Act, Outbox};
+use crate::metrics::ArchiveMetrics;
+use crate::store::Store;
+
+/// How long the cluster stays marked as archiving without a renewal.
+const MARK: Duration = Duration::from_secs(600);
+/// How often the mark is renewed.
+const RENEW: Duration = Duration::from_secs(60);
+/// How often the outbox's length is read.
+const CHECK: Duration = Duration::from_secs(1);
+/// How long a hold of the claims lasts unless renewed (every `CHECK`).
+const HOLD: Duration = Duration::from_secs(5);
+/// The pause when the outbox is empty.
+const IDLE: Duration = Duration::from_millis(200);
+
+/// The archiver actor: owns the loop.
+pub(crate) struct Archiver;
+
+/// What the archiver needs.
+pub(crate) struct ArchiverArgs {
+    /// The store.
+    pub store: Store,
+    /// This node's id (its own outbox).
+    pub node: String,
+    /// The settings (`[saver] archive*`, the key prefix).
+    pub settings: Settings,
+    /// Rows written, failures, the outbox's length.
+    pub metrics: ArchiveMetrics,
+}
+
+/// The archiver's state.
+pub(crate) struct ArchiverState {
+    task: JoinHandle<()>,
+}
+
+/// Messages to the archiver.
+pub(crate) enum ArchiverMsg {
+    /// The loop ended unexpectedly: fail, so the supervisor restarts the archiver.
+    Died(String),
+}
+
+impl ractor::Message for ArchiverMsg {}
+
+impl Actor for Archiver {
+    type Msg = ArchiverMsg;
+    type State = ArchiverState;
+    type Arguments = ArchiverArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<ArchiverMsg>,
+        args: ArchiverArgs,
+    ) -> Result<ArchiverState, ActorProcessingErr> {
+        // Before any task of this node can end: the rows of what ends from now on are staged.
+        args.store.archive_on(MARK).await?;
+        Ok(ArchiverState {
+            task: crate::wiring::watch_task(run(args), myself, ArchiverMsg::Died),
+        })
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<ArchiverMsg>,
+        state: &mut ArchiverState,
+    ) -> Result<(), ActorProcessingErr> {
+        state.task.abort();
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<ArchiverMsg>,
+        msg: ArchiverMsg,
+        _state: &mut ArchiverState,
+    ) -> Result<(), ActorProcessingErr> {
+        let ArchiverMsg::Died(why) = msg;
+        Err(format!("archiver loop ended: {why}").into())
+    }
+}
+
+/// The loop's memory between rounds.
+struct Round {
+    args: ArchiverArgs,
+    archive: Option<Archive>,
+    outbox: Outbox,
+    renewed: Instant,
+    checked: Option<Instant>,
+    backoff: Backoff,
+    /// Since when writing has failed, and why it was logged.
+    failing: Option<Instant>,
+}
+
+async fn run(args: ArchiverArgs) {
+    let bound = args.settings.saver.archive_outbox;
+    let mut r = Round {
+        args,
+        archive: None,
+        outbox: Outbox::new(bound),
+        renewed: Instant::now(),
+        checked: None,
+        backoff: fresh_backoff(),
+        failing: None,
+    };
+    loop {
+        r.duties().await;
+        let pause = r.step().await;
+        if !pause.is_zero() {
+            tokio::time::sleep(pause).await;
+        }
+    }
+}
+
+fn fresh_backoff() -> Backoff {
+    Backoff::new(Duration::from_millis(200), Duration::from_secs(5))
+}
+
+impl Round {
+    /// The mark's renewal and the outbox's check, when due.
+    async fn duties(&mut self) {
+        let store = &self.args.store;
+        if self.renewed.elapsed() >= RENEW && store.archive_on(MARK).await.is_ok() {
+            self.renewed = Instant::now();
+        }
+        if self.checked.is_some_and(|at| at.elapsed() < CHECK) {
+            return;
+        }
+        self.checked = Some(Instant::now());
+        let Ok(len) = store.outbox_len(&self.args.node).await else {
+            return;
+        };
+        let bound = self.args.settings.saver.archive_outbox;
+        self.args.metrics.outbox(len.waiting, bound);
+        match self.outbox.observe(len.waiting, Instant::now()) {
+            Act::Nothing => {}
+            Act::Warn => tracing::warn!(
+                waiting = len.waiting,
+                bound,
+                "the archive's outbox is over 80% of saver.archive_outbox; at the bound no node claims new tasks until PostgreSQL catches up"
+            ),
+            Act::Hold { first } => {
+                if first {
+                    tracing::error!(
+                        waiting = len.waiting,
+                        bound,
+                        "the archive's outbox is full: no node claims new tasks until PostgreSQL catches up (nothing is dropped; enqueues are still accepted)"
+                    );
+                }
+                let _ = store.hold_claims(Some(HOLD)).await;
+            }
+            Act::Release => {
+                tracing::info!(
+                    waiting = len.waiting,
+                    "the archive's outbox has room again: claims resume"
+                );
+                let _ = store.hold_claims(None).await;
+            }
+        }
+    }
+
+    /// One batch: connect if need be, take, write, acknowledge. Returns how long to pause.
+    async fn step(&mut self) -> Duration {
+        if self.archive.as_ref().is_none_or(Archive::is_closed) {
+            match open(&self.args.settings).await {
+                Ok(archive) => self.archive = Some(archive),
+                Err(e) => return self.failed(&e),
+            }
+        }
+        let Some(archive) = &self.archive else {
+            return IDLE;
+        };
+        let store = &self.args.store;
+        let taken = match store
+            .take_archive(
+                &self.args.node,
+                self.args.settings.saver.archive_batch as usize,
+            )
+            .await
+        {
+            Ok(taken) => taken,
+            // Redis is away: the store's own counters and the saver say so.
+            Err(_) => return self.backoff.next_delay(),
+        };
+        if taken.is_empty() {
+            return IDLE;
+        }
+        match write(archive, &taken).await {
+            Ok(n) => {
+                // Not acknowledged (Redis away): the same rows come back, and writing them again
+                // changes nothing.
+                if store.archived(&self.args.node).await.is_err() {
+                    return self.backoff.next_delay();
+                }
+                self.args.metrics.wrote(n);
+                if let Some(since) = self.failing.take() {
+                    tracing::info!(
+                        "the archive is written again after {:.1}s",
+                        since.elapsed().as_secs_f64()
+                    );
+                }
+                self.backoff = fresh_backoff();
+                Duration::ZERO
+            }
+            Err(e) => {
+                if matches!(e, ArchiveError::Db(_)) {
+                    self.archive = None;
+                }
+                self.failed(&e)
+            }
+        }
+    }
+
+    /// Logs the first failure of a streak; returns the pause before the next try.
+    fn failed(&mut self, e: &ArchiveError) -> Duration {
+        self.args.metrics.failed();
+        if self.failing.is_none() {
+            self.failing = Some(Instant::now());
+            tracing::warn!(
+                archive = %redact_url(&self.args.settings.saver.archive),
+                "cannot write the archive ({e}); finished tasks wait in Redis's outbox and tasks keep running; retrying"
+            );
+        }
+        self.backoff.next_delay()
+    }
+}
+
+/// Connects and brings the schema up to date.
+async fn open(settings: &Settings) -> Result<Archive, ArchiveError> {
+    let mut archive = Archive::connect(settings).await?;
+    let applied = archive.migrate().await?;
+    if !applied.is_empty() {
+        tracing::info!(?applied, "the archive's schema was brought up to date");
+    }
+    Ok(archive)
+}
+
+/// Writes the rows of `entries`; returns how many rows were written.
+async fn write(archive: &Archive, entries: &[String]) -> Result<usize, ArchiveError> {
+    let mut rows = Vec::with_capacity(entries.len());
+    for entry in entries {
+        match Row::read(entry) {
+            Some(row) => rows.push(row),
+            None => tracing::error!(
+                entry = %crate::model::names::shorten(entry, 200),
+                "an entry of the archive's outbox is not a finished task; it is left out"
+            ),
+        }
+    }
+    let rows = latest_per_id(rows);
+    match archive.insert(&rows).await {
+        Ok(_) => Ok(rows.len()),
+        Err(ArchiveError::RowRefused(_)) => {
+            let mut written = 0;
+            for row in &rows {
+                match archive.insert(std::slice::from_ref(row)).await {
+                    Ok(_) => written += 1,
+                    Err(ArchiveError::RowRefused(why)) => tracing::error!(
+                        task = %row.id,
+                        "the archive refused this task's row ({why}); it is left out"
+                    ),
+                    Err(e) => return Err(e),
+                }
+            }
+            Ok(written)
+        }
+        Err(e) => Err(e),
+    }
+}
