@@ -92,8 +92,19 @@ fn dev_test_installs_what_is_missing_then_runs_the_tests() {
         driver.display()
     );
     let sudo = "#!/bin/sh\necho \"sudo $*\" >> \"$DEV_LOG\"\nexec \"$@\"\n".to_owned();
+    // postgresql is installed when initdb is where Debian puts it, even off the PATH: where it
+    // is there, the PATH hides initdb too, and postgresql is still not installed again.
+    let mut hidden = vec!["redis-server", "redis-cli", "chromedriver"];
+    let debian_initdb = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .any(|e| e.path().join("bin/initdb").is_file());
+    if debian_initdb {
+        hidden.push("initdb");
+    }
     let bin = bin_dir(
-        &["redis-server", "redis-cli", "chromedriver"],
+        &hidden,
         &[cargo_stub(), ("apt-get", apt_get), ("sudo", sudo)],
     );
     let (out, calls) = dev(bin.path(), &[], &["test", "--lib", "tidy"]);

@@ -1,5 +1,6 @@
-//! Shared test helpers: a real `redis-server` on a free port in a temporary folder, real `bgnode`
-//! processes, polling under a deadline, and a tiny HTTP client (`http.rs`). Everything started here is killed on drop.
+//! Shared test helpers: a real `redis-server` on a free port in a temporary folder, a real
+//! PostgreSQL likewise (`postgres.rs`), real `bgnode` processes, polling under a deadline, and a
+//! tiny HTTP client (`http.rs`). Everything started here is killed on drop.
 
 #![allow(dead_code, unreachable_pub, missing_docs)]
 
@@ -16,8 +17,11 @@ pub fn bgnode_bin() -> &'static str {
 }
 
 pub mod http;
+mod postgres;
 mod redis;
 
+#[allow(unused_imports)]
+pub use postgres::Postgres;
 #[allow(unused_imports)]
 pub use redis::{Events, Redis, free_port};
 
