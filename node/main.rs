@@ -10,9 +10,9 @@ use std::process::ExitCode;
 use anyhow::{Context, anyhow};
 use background::time::{format_duration, format_timestamp, parse_duration, parse_time};
 use background::{
-    Accepted, CancelResult, Client, ClientError, ControlOp, Cron, MemberInfo, Node, Outcome,
-    Overview, Recurrence, RetryResult, Settings, Sources, Target, TaskResult, TaskRow, TaskSpec,
-    TaskStatus,
+    Accepted, Archive, ArchiveError, CancelResult, Client, ClientError, ControlOp, Cron,
+    HistoryQuery, MemberInfo, Node, Outcome, Overview, Recurrence, RetryResult, Settings, Sources,
+    Target, TaskResult, TaskRow, TaskSpec, TaskStatus,
 };
 use clap::{Args, Parser, Subcommand};
 use serde_json::{Value, json};
@@ -86,6 +86,9 @@ enum Command {
         /// HTTP API address (overrides http.listen; empty: no HTTP server).
         #[arg(long, value_name = "ADDR")]
         http: Option<String>,
+        /// Archive every finished task to this PostgreSQL URL (overrides saver.archive).
+        #[arg(long, value_name = "URL")]
+        save: Option<String>,
     },
     /// Enqueue a task; prints its id (with --wait, its result).
     Do {
@@ -163,6 +166,30 @@ enum Command {
         #[arg(long, default_value_t = 50)]
         limit: usize,
         /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List finished tasks from the PostgreSQL archive (saver.archive), latest end first.
+    History {
+        /// Only this worker type.
+        #[arg(long, value_name = "W")]
+        worker: Option<String>,
+        /// Only this final state: done, failed, dead, cancelled or expired.
+        #[arg(long, value_name = "S")]
+        state: Option<String>,
+        /// Only tasks that ended at or after this time (or this long ago, e.g. 1h).
+        #[arg(long, value_name = "D")]
+        since: Option<String>,
+        /// Only tasks that ended before this time (or this long ago).
+        #[arg(long, value_name = "D")]
+        until: Option<String>,
+        /// Only this task.
+        #[arg(long, value_name = "ID")]
+        id: Option<String>,
+        /// Most tasks listed.
+        #[arg(long, value_name = "N", default_value_t = 50)]
+        limit: usize,
+        /// Print one JSON object per task, one per line.
         #[arg(long)]
         json: bool,
     },
@@ -396,6 +423,7 @@ async fn dispatch(cli: Cli) -> Result<u8, Exit> {
             workers,
             concurrency,
             http,
+            save,
         } => {
             let settings = settings(
                 &cli,
@@ -406,6 +434,7 @@ async fn dispatch(cli: Cli) -> Result<u8, Exit> {
                     ("workers.dir", workers.as_ref(), "--workers"),
                     ("workers.concurrency", concurrency.as_ref(), "--concurrency"),
                     ("http.listen", http.as_ref(), "--http"),
+                    ("saver.archive", save.as_ref(), "--save"),
                 ],
             )?;
             start(settings).await
@@ -450,9 +479,10 @@ async fn dispatch(cli: Cli) -> Result<u8, Exit> {
             report_wait(&id, client.wait(&id, wait_for).await, *json)
         }
         Command::Status { id, json } => {
-            let client = connect(&settings(&cli, &[])?).await?;
+            let settings = settings(&cli, &[])?;
+            let client = connect(&settings).await?;
             match client.status(id).await? {
-                None => Err(not_found(id)),
+                None => archived_status(&settings, id, *json).await,
                 Some(status) if *json => print_json(&status).map(|()| 0),
                 Some(status) => {
                     print_status(&status);
@@ -548,6 +578,26 @@ async fn dispatch(cli: Cli) -> Result<u8, Exit> {
             }
             Ok(0)
         }
+        Command::History {
+            worker,
+            state,
+            since,
+            until,
+            id,
+            limit,
+            json,
+        } => {
+            let query = HistoryQuery {
+                worker: worker.clone(),
+                state: state.clone(),
+                since: since.as_deref().map(|t| when(t, "--since")).transpose()?,
+                until: until.as_deref().map(|t| when(t, "--until")).transpose()?,
+                id: id.clone(),
+                limit: *limit,
+                cursor: None,
+            };
+            history(&settings(&cli, &[])?, &query, *json).await
+        }
         Command::Eval { worker, args, json } => {
             let settings = settings(&cli, &[])?;
             eval(
@@ -559,6 +609,118 @@ async fn dispatch(cli: Cli) -> Result<u8, Exit> {
             .await
         }
     }
+}
+
+/// A time given to `history`: a time (`parse_time`), or a duration meaning that long ago.
+fn when(text: &str, flag: &str) -> Result<u64, Exit> {
+    if let Ok(ago) = parse_duration(text) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        return Ok(now.saturating_sub(ago.as_millis() as u64));
+    }
+    parse_time(text).map_err(|e| usage(format!("{flag}: {e} (or a duration ago, e.g. 2h)")))
+}
+
+/// Connects to the archive, with an error that says what to set.
+async fn archive(settings: &Settings) -> Result<Archive, Exit> {
+    Archive::connect(settings).await.map_err(|e| match e {
+        ArchiveError::Off | ArchiveError::Settings(_) => usage(e.to_string()),
+        e => Exit(EXIT_FAILED, e.into()),
+    })
+}
+
+/// `bgnode history`.
+async fn history(settings: &Settings, query: &HistoryQuery, json: bool) -> Result<u8, Exit> {
+    let archive = archive(settings).await?;
+    let page = archive.history(query).await.map_err(|e| match e {
+        ArchiveError::Query(_) => usage(e.to_string()),
+        e => Exit(EXIT_FAILED, e.into()),
+    })?;
+    if json {
+        for row in &page.rows {
+            print_json(row)?;
+        }
+        return Ok(0);
+    }
+    if page.rows.is_empty() {
+        eprintln!("no finished task in the archive matches");
+        return Ok(0);
+    }
+    out!(
+        "{:<38} {:<16} {:<9} {:>3} {:<12} {:<24} {:>9}",
+        "ID",
+        "WORKER",
+        "STATE",
+        "TRY",
+        "NODE",
+        "FINISHED",
+        "RUN"
+    );
+    for r in &page.rows {
+        out!(
+            "{:<38} {:<16} {:<9} {:>3} {:<12} {:<24} {:>9}",
+            r.id,
+            r.worker,
+            r.state,
+            r.attempts,
+            r.node.as_deref().unwrap_or("-"),
+            format_timestamp(r.finished.max(0) as u64),
+            r.run_ms.map_or_else(
+                || "-".to_owned(),
+                |ms| format_duration(std::time::Duration::from_millis(ms.max(0) as u64))
+            ),
+        );
+    }
+    if page.next.is_some() {
+        eprintln!("(more: raise --limit, or narrow with --until)");
+    }
+    Ok(0)
+}
+
+/// `bgnode status` of a task Redis no longer holds: its row in the archive, when there is one.
+async fn archived_status(settings: &Settings, id: &str, json: bool) -> Result<u8, Exit> {
+    if !settings.saver.archives() {
+        return Err(not_found(id));
+    }
+    let row = archive(settings)
+        .await?
+        .find(id)
+        .await
+        .map_err(|e| Exit(EXIT_FAILED, e.into()))?;
+    let Some(r) = row else {
+        return Err(not_found(id));
+    };
+    if json {
+        let mut value = serde_json::to_value(&r).map_err(anyhow::Error::from)?;
+        value["archived"] = serde_json::Value::Bool(true);
+        print_json(&value)?;
+        return Ok(0);
+    }
+    let time =
+        |ms: Option<i64>| ms.map_or_else(|| "-".to_owned(), |t| format_timestamp(t.max(0) as u64));
+    out!("id:       {}", r.id);
+    out!("worker:   {}", r.worker);
+    out!("state:    {} (archived: no longer in Redis)", r.state);
+    out!("node:     {}", r.node.as_deref().unwrap_or("-"));
+    out!("attempt:  {}", r.attempts);
+    out!("priority: {}", r.priority);
+    out!("created:  {}", time(r.created));
+    if let Some(k) = &r.key {
+        out!("key:      {k}");
+    }
+    if let Some(t) = &r.template {
+        out!("template: {t}");
+    }
+    out!("started:  {}", time(r.started));
+    out!("finished: {}", time(Some(r.finished)));
+    if let Some(v) = &r.result {
+        out!("result:   {v}");
+    }
+    if let Some(e) = &r.error {
+        out!("error:    {e}");
+    }
+    Ok(0)
 }
 
 /// Says on stderr when no live node can run the task just enqueued, why, and what becomes of

@@ -149,9 +149,7 @@ impl Archive {
     /// Finished tasks, latest end first, filtered by `query`.
     pub async fn history(&self, query: &HistoryQuery) -> Result<HistoryPage, ArchiveError> {
         let limit = query.limit();
-        if let Some(state) = &query.state
-            && !FINAL_STATES.contains(&state.as_str())
-        {
+        if let Some(state) = query.state.as_deref().filter(|s| !FINAL_STATES.contains(s)) {
             return Err(ArchiveError::Query(format!(
                 "state `{}` is not a final state; use one of {}",
                 crate::model::names::shorten(state, 32),
