@@ -177,38 +177,37 @@ pub(crate) async fn insert(
     let run_ms = col!(|r| r.run_ms());
     let templates = col!(|r| r.template.as_deref());
     let parents = col!(|r| r.parent.as_deref());
-    Ok(db
-        .execute(
-            INSERT,
-            &[
-                &cluster,
-                &ids,
-                &workers,
-                &states,
-                &args,
-                &results,
-                &errors,
-                &attempts,
-                &nodes,
-                &priorities,
-                &keys,
-                &created,
-                &started,
-                &finished,
-                &run_ms,
-                &templates,
-                &parents,
-            ],
-        )
-        .await
-        .map_err(|e| match e.as_db_error().map(|db| db.code().code()) {
-            // Data exceptions and integrity violations: a row is at fault, not the database.
-            Some(code) if code.starts_with("22") || code.starts_with("23") => {
-                ArchiveError::RowRefused(db_text(&e))
-            }
-            Some(_) => ArchiveError::Refused(db_text(&e)),
-            None => ArchiveError::Db(e),
-        })?)
+    db.execute(
+        INSERT,
+        &[
+            &cluster,
+            &ids,
+            &workers,
+            &states,
+            &args,
+            &results,
+            &errors,
+            &attempts,
+            &nodes,
+            &priorities,
+            &keys,
+            &created,
+            &started,
+            &finished,
+            &run_ms,
+            &templates,
+            &parents,
+        ],
+    )
+    .await
+    .map_err(|e| match e.as_db_error().map(|db| db.code().code()) {
+        // Data exceptions and integrity violations: a row is at fault, not the database.
+        Some(code) if code.starts_with("22") || code.starts_with("23") => {
+            ArchiveError::RowRefused(db_text(&e))
+        }
+        Some(_) => ArchiveError::Refused(db_text(&e)),
+        None => ArchiveError::Db(e),
+    })
 }
 
 #[cfg(test)]

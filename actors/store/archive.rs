@@ -78,13 +78,13 @@ impl Store {
                     .arg("PX")
                     .arg(hold.as_millis() as u64)
                     .query_async::<()>(&mut con)
-                    .await?
+                    .await?;
             }
             None => {
                 redis::cmd("DEL")
                     .arg(self.keys.archive_full())
                     .query_async::<()>(&mut con)
-                    .await?
+                    .await?;
             }
         }
         Ok(())
