@@ -118,6 +118,10 @@ struct Options {
     /// Also print redis-server's busiest commands per mode.
     #[arg(long)]
     redis_stats: bool,
+    /// Archive every finished task to a private PostgreSQL (`[saver] archive`), and report how
+    /// fast the archive keeps up after the drain.
+    #[arg(long)]
+    archive: bool,
     /// `cargo bench` passes `--bench` to every bench binary.
     #[arg(long = "bench", hide = true)]
     _bench: bool,
@@ -1029,6 +1033,59 @@ fn node_cpu() -> BTreeMap<String, f64> {
     cpu
 }
 
+/// Waits (polling, under `--deadline`) until the archive holds `expect` rows, then prints how
+/// far behind the drain it was and the rate it wrote at.
+async fn archive_catch_up(
+    pg: &common::Postgres,
+    rig: &mut Rig,
+    expect: u64,
+    began: Instant,
+    drained: Instant,
+    opts: &Options,
+) -> anyhow::Result<Value> {
+    let rows = || async {
+        pg.query_async("SELECT count(*) FROM bgnode_tasks")
+            .await
+            .first()
+            .and_then(|r| r[0].as_deref().and_then(|n| n.parse::<u64>().ok()))
+            .unwrap_or(0)
+    };
+    let behind_at_end: u64 = redis::cmd("LLEN")
+        .arg(format!("{}:archive:outbox", rig.prefix))
+        .query_async(&mut rig.admin)
+        .await
+        .unwrap_or(0);
+    let rows_at_end = rows().await;
+    let deadline = Instant::now() + opts.deadline;
+    let mut written = rows_at_end;
+    while written < expect {
+        if Instant::now() > deadline {
+            bail!("the archive holds {written} of {expect} rows at the deadline");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        written = rows().await;
+    }
+    let done = Instant::now();
+    let drain_rows = opts.tasks as f64;
+    let whole = done.duration_since(began).as_secs_f64();
+    let lag = done.duration_since(drained).as_secs_f64();
+    let after = expect.saturating_sub(rows_at_end);
+    println!(
+        "archive: {expect} rows in PostgreSQL (warm-up included); the drain's {drain_rows:.0} \
+         written {whole:.2} s after its first enqueue = {:.0} rows/s; {lag:.2} s behind the last \
+         done event ({behind_at_end} rows waited in the outbox then, {after} rows written after, \
+         at {:.0} rows/s)",
+        drain_rows / whole,
+        if lag > 0.0 { after as f64 / lag } else { 0.0 },
+    );
+    Ok(json!({
+        "rows": expect,
+        "rows_per_s": drain_rows / whole,
+        "lag_s": lag,
+        "outbox_at_end": behind_at_end,
+    }))
+}
+
 /// Starts `n` nodes on `redis`, each with `concurrency` slots. One node is started as the tests
 /// start one and is ready once it holds the ingress subscription. Several are `bench-1` ..
 /// `bench-n`, each listening on its own free port and seeded with the others; they are ready
@@ -1040,15 +1097,14 @@ async fn start_nodes(
     n: usize,
     concurrency: u32,
     channel: &str,
+    archive: Option<&str>,
 ) -> anyhow::Result<Vec<common::NodeProc>> {
     let concurrency = concurrency.to_string();
+    let archive_env = archive.map(|url| ("BGNODE_SAVER__ARCHIVE", url));
     if n == 1 {
-        let node = common::NodeProc::start(
-            redis,
-            "bench-1",
-            workers,
-            &[("BGNODE_WORKERS__CONCURRENCY", concurrency.as_str())],
-        );
+        let mut env = vec![("BGNODE_WORKERS__CONCURRENCY", concurrency.as_str())];
+        env.extend(archive_env);
+        let node = common::NodeProc::start(redis, "bench-1", workers, &env);
         node.ready().await;
         return Ok(vec![node]);
     }
@@ -1066,16 +1122,13 @@ async fn start_nodes(
             .map(|(_, addr)| addr.as_str())
             .collect();
         let seeds = seeds.join(",");
-        nodes.push(common::NodeProc::start(
-            redis,
-            id,
-            workers,
-            &[
-                ("BGNODE_NODE__LISTEN", listen[i].as_str()),
-                ("BGNODE_NODE__SEEDS", seeds.as_str()),
-                ("BGNODE_WORKERS__CONCURRENCY", concurrency.as_str()),
-            ],
-        ));
+        let mut env = vec![
+            ("BGNODE_NODE__LISTEN", listen[i].as_str()),
+            ("BGNODE_NODE__SEEDS", seeds.as_str()),
+            ("BGNODE_WORKERS__CONCURRENCY", concurrency.as_str()),
+        ];
+        env.extend(archive_env);
+        nodes.push(common::NodeProc::start(redis, id, workers, &env));
     }
     let client = Client::connect(&redis.url)
         .await
@@ -1266,6 +1319,13 @@ async fn run(opts: &Options) -> anyhow::Result<bool> {
         redis.port
     );
 
+    let postgres = opts.archive.then(common::Postgres::start);
+    if let Some(pg) = &postgres {
+        println!(
+            "bench: archive on: every node writes finished tasks to a private PostgreSQL on port {}",
+            pg.port
+        );
+    }
     let workers = tempfile::tempdir().context("cannot create the empty workers folder")?;
     let nodes = start_nodes(
         &redis,
@@ -1273,6 +1333,7 @@ async fn run(opts: &Options) -> anyhow::Result<bool> {
         opts.nodes,
         opts.concurrency,
         &settings.redis.channel,
+        postgres.as_ref().map(|pg| pg.url.as_str()),
     )
     .await?;
     if opts.nodes == 1 {
@@ -1331,7 +1392,9 @@ async fn run(opts: &Options) -> anyhow::Result<bool> {
 
     let mut drain_rate = None;
     if matches!(opts.mode, Mode::Drain | Mode::Both) {
+        let began = Instant::now();
         let report = rig.drain(opts.tasks, opts).await?;
+        let drained = Instant::now();
         let tput = report.throughput();
         println!(
             "drain: {} no-op tasks in {:.2} s = {:.0} tasks/s (enqueue alone {:.0}/s: {} calls \
@@ -1358,6 +1421,11 @@ async fn run(opts: &Options) -> anyhow::Result<bool> {
         out["drain"] = report.json();
         out["drain"]["chunk"] = json!(opts.chunk);
         out["drain"]["in_flight"] = json!(opts.in_flight);
+        if let Some(pg) = &postgres {
+            let expect = (opts.warmup + opts.tasks) as u64;
+            let archive = archive_catch_up(pg, &mut rig, expect, began, drained, opts).await?;
+            out["drain"]["archive"] = archive;
+        }
     }
 
     if matches!(opts.mode, Mode::Paced | Mode::Both) {
