@@ -10,7 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::http::{Answer, api_up, request};
-use common::{NodeProc, Redis, WAIT, free_port, test_workers, wait_state, write_script};
+use common::{NodeProc, Postgres, Redis, WAIT, free_port, test_workers, wait_state, write_script};
 use rustix::process::{Pid, Signal, kill_process_group};
 use serde_json::{Value, json};
 
@@ -476,6 +476,104 @@ async fn the_dashboard_follows_tasks_live_retries_the_dead_and_shows_data_as_tex
     let path = shot.path().join("dashboard.png");
     std::fs::write(&path, &png).unwrap();
     eprintln!("screenshot: {} ({} bytes)", path.display(), png.len());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_history_page_lists_the_archive_filters_it_by_state_and_opens_a_row() {
+    let pg = Postgres::start();
+    let redis = Redis::start();
+    let workers = test_workers();
+    let node = NodeProc::start(
+        &redis,
+        "n1",
+        workers.path(),
+        &[
+            ("BGNODE_HTTP__TOKEN", TOKEN),
+            ("BGNODE_SAVER__ARCHIVE", &pg.url),
+        ],
+    );
+    node.ready().await;
+    api_up(&node).await;
+    let a = api(
+        &node,
+        "POST",
+        "/tasks",
+        Some(json!([
+            {"worker": "echo", "id": "arch-ok-1", "args": {"n": 1}},
+            {"worker": "echo", "id": "arch-ok-2", "args": {"n": 2}},
+            {"worker": "fail", "id": "arch-dead", "attempts": 1, "args": {"n": 3}},
+        ])),
+    )
+    .await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    common::eventually(WAIT, "the archive to hold the three tasks", || async {
+        let page = api(&node, "GET", "/history", None).await.json();
+        (page["rows"].as_array()?.len() == 3).then_some(())
+    })
+    .await;
+
+    let b = Browser::start().await;
+    b.goto(&format!("http://{}/#/history", node.http)).await;
+    b.type_into("#token", TOKEN).await;
+    b.click("#login-form button").await;
+    b.wait_text("#node", "n1").await;
+
+    // Every archived row is listed, with how it ended.
+    b.click("#nav a[data-route=history]").await;
+    for (id, state) in [
+        ("arch-ok-1", "done"),
+        ("arch-ok-2", "done"),
+        ("arch-dead", "dead"),
+    ] {
+        b.wait_text(&format!("tr[data-id={id}] .badge"), state)
+            .await;
+    }
+    assert_eq!(
+        b.js("return document.title;", json!([])).await,
+        json!("History · bgnode")
+    );
+
+    // A filter by state narrows the rows to the dead one.
+    b.click("#history-state option[value=dead]").await;
+    b.until("only the dead row", || async {
+        let ids = b
+            .js(
+                "return [...document.querySelectorAll('main tbody tr')].map((r) => r.dataset.id);",
+                json!([]),
+            )
+            .await;
+        (ids == json!(["arch-dead"])).then_some(())
+    })
+    .await;
+    let url = b.js("return location.hash;", json!([])).await;
+    assert_eq!(url, json!("#/history?state=dead"));
+
+    // A click on the row shows its detail: state, error and arguments as the archive keeps them.
+    b.click("tr[data-id=arch-dead] td.num").await;
+    b.wait_text("#task-state", "dead").await;
+    let error = b.until("the error", || b.text("pre.error")).await;
+    assert!(error.contains("the disk is on fire"), "{error}");
+    let args = b.text("pre.args").await.unwrap_or_default();
+    assert!(args.contains("\"n\": 3"), "{args}");
+    let url = b.js("return location.hash;", json!([])).await;
+    assert_eq!(url, json!("#/history/arch-dead"));
+
+    // The task page of a task Redis no longer holds shows its archived row.
+    let mut con = redis.con().await;
+    let removed: i64 = ::redis::cmd("DEL")
+        .arg("bg:task:arch-ok-2")
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    assert_eq!(removed, 1);
+    b.type_into("#find-id", "arch-ok-2\u{E007}").await;
+    b.wait_text("#task-state", "done").await;
+    let note = b
+        .until("the archive's note", || b.text(".task-head .archived"))
+        .await;
+    assert!(note.contains("archive"), "{note}");
+    let result = b.text("pre.result").await.unwrap_or_default();
+    assert!(result.contains("\"n\": 2"), "{result}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -6,7 +6,9 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::http::{Answer, api_up, request};
-use common::{NodeProc, Redis, cli, eventually, free_port, runs, test_workers, wait_state};
+use common::{
+    NodeProc, Postgres, Redis, cli, eventually, free_port, runs, test_workers, wait_state,
+};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -168,6 +170,16 @@ async fn enqueue_and_wait_through_http_and_read_the_timeline() {
     assert_eq!(get(&node, "/tasks/nope").await.status, 404);
     assert_eq!(get(&node, "/tasks/a%20b").await.json()["field"], "id");
     assert_eq!(get(&node, "/nope").await.status, 404);
+    // Without `[saver] archive` there is no history, and the answer says what to set.
+    for path in ["/history", "/history/f1"] {
+        let a = get(&node, path).await;
+        assert_eq!(a.status, 404, "{path}: {}", a.body);
+        let error = a.json()["error"].as_str().unwrap_or_default().to_owned();
+        assert!(
+            error.starts_with("no archive") && error.contains("saver.archive"),
+            "{path}: {error}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -897,4 +909,236 @@ async fn metrics_are_served_and_count_exactly_the_tasks_run() {
         .map(|(_, v)| v)
         .sum();
     assert_eq!(started, 0.0, "n2 started tasks");
+}
+
+/// The `id`s of a page of history, in order.
+fn history_ids(page: &Value) -> Vec<String> {
+    page["rows"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no rows in {page}"))
+        .iter()
+        .map(|r| r["id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_archive_answers_history_with_filters_and_pages_and_tasks_that_left_redis() {
+    let mut pg = Postgres::start();
+    let started = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let (redis, _workers, node) = one_node(&[("BGNODE_SAVER__ARCHIVE", &pg.url)]).await;
+
+    // Two tasks done, one dead, one cancelled while it waited for its time.
+    for (id, body) in [
+        (
+            "h-done-1",
+            json!({"worker": "echo", "id": "h-done-1", "args": {"n": 1}}),
+        ),
+        (
+            "h-done-2",
+            json!({"worker": "echo", "id": "h-done-2", "args": {"n": 2}}),
+        ),
+        (
+            "h-dead",
+            json!({"worker": "fail", "id": "h-dead", "attempts": 1}),
+        ),
+        (
+            "h-later",
+            json!({"worker": "echo", "id": "h-later", "in": "1h"}),
+        ),
+    ] {
+        let a = post(&node, "/tasks", body).await;
+        assert_eq!(a.status, 201, "{id}: {}", a.body);
+    }
+    let a = call(&node, "POST", "/tasks/h-later/cancel").await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    let all = ["h-done-1", "h-done-2", "h-dead", "h-later"];
+    let page = eventually(T, "the history to list the four tasks", || async {
+        let a = get(&node, "/history").await;
+        assert_eq!(a.status, 200, "{}", a.body);
+        let page = a.json();
+        let mut listed = history_ids(&page);
+        listed.sort();
+        (listed == ["h-dead", "h-done-1", "h-done-2", "h-later"]).then_some(page)
+    })
+    .await;
+    assert_eq!(page["next"], Value::Null);
+    let rows = page["rows"].as_array().unwrap();
+    let ends: Vec<i64> = rows
+        .iter()
+        .map(|r| r["finished"].as_i64().unwrap())
+        .collect();
+    assert!(
+        ends.windows(2).all(|w| w[0] >= w[1]),
+        "latest end first: {ends:?}"
+    );
+    let row = |id: &str| rows.iter().find(|r| r["id"] == id).unwrap().clone();
+    assert_eq!(
+        (
+            row("h-done-1")["state"].clone(),
+            row("h-done-1")["result"].clone()
+        ),
+        (json!("done"), json!({"n": 1}))
+    );
+    assert_eq!(row("h-done-1")["node"], "n1");
+    let dead = row("h-dead");
+    assert_eq!(
+        (dead["state"].clone(), dead["attempts"].clone()),
+        (json!("dead"), json!(1))
+    );
+    assert!(
+        dead["error"]
+            .as_str()
+            .unwrap()
+            .contains("the disk is on fire"),
+        "{dead}"
+    );
+    let later = row("h-later");
+    assert_eq!(
+        (
+            later["state"].clone(),
+            later["started"].clone(),
+            later["run_ms"].clone()
+        ),
+        (json!("cancelled"), Value::Null, Value::Null),
+        "it never ran: {later}"
+    );
+
+    // Filters: by worker, by state, by the time of the end (ms or a time parse_time reads).
+    let mut echo = history_ids(&get(&node, "/history?worker=echo").await.json());
+    echo.sort();
+    assert_eq!(echo, ["h-done-1", "h-done-2", "h-later"]);
+    assert_eq!(
+        history_ids(&get(&node, "/history?state=dead").await.json()),
+        ["h-dead"]
+    );
+    assert_eq!(
+        history_ids(
+            &get(&node, "/history?worker=echo&state=cancelled")
+                .await
+                .json()
+        ),
+        ["h-later"]
+    );
+    assert_eq!(
+        history_ids(
+            &get(&node, &format!("/history?since={started}"))
+                .await
+                .json()
+        )
+        .len(),
+        4
+    );
+    let an_hour_on = started + 3_600_000;
+    assert!(
+        history_ids(
+            &get(&node, &format!("/history?since={an_hour_on}"))
+                .await
+                .json()
+        )
+        .is_empty()
+    );
+    assert!(
+        history_ids(
+            &get(&node, "/history?until=2000-01-01T00:00:00Z")
+                .await
+                .json()
+        )
+        .is_empty()
+    );
+    assert_eq!(
+        history_ids(&get(&node, "/history?id=h-dead").await.json()),
+        ["h-dead"]
+    );
+
+    // Pages of one row, through the cursor, visit every row once, in the order of the whole.
+    let mut visited = Vec::new();
+    let mut cursor: Option<String> = None;
+    for _ in 0..10 {
+        let path = match &cursor {
+            Some(c) => format!("/history?limit=1&cursor={c}"),
+            None => "/history?limit=1".to_owned(),
+        };
+        let a = get(&node, &path).await;
+        assert_eq!(a.status, 200, "{path}: {}", a.body);
+        let page = a.json();
+        let ids = history_ids(&page);
+        assert_eq!(ids.len(), 1, "{page}");
+        visited.extend(ids);
+        match page["next"].as_str() {
+            Some(next) => cursor = Some(next.replace('@', "%40")),
+            None => break,
+        }
+    }
+    assert_eq!(visited, history_ids(&page), "pages of one");
+    assert_eq!(visited.len(), all.len());
+
+    // Bad parameters are refused, naming the one at fault.
+    for (path, field) in [
+        ("/history?state=running", "state"),
+        ("/history?state=nope", "state"),
+        ("/history?since=last%20tuesday%3F", "since"),
+        ("/history?until=99999999999999999999", "until"),
+        ("/history?cursor=not-a-cursor", "cursor"),
+        ("/history?limit=0", "limit"),
+        ("/history?colour=red", "colour"),
+    ] {
+        let a = get(&node, path).await;
+        assert_eq!(
+            (a.status, a.json()["field"].clone()),
+            (400, json!(field)),
+            "{path}: {}",
+            a.body
+        );
+    }
+
+    // One row by its id; an id the archive does not have is 404.
+    let a = get(&node, "/history/h-done-2").await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(
+        (a.json()["id"].clone(), a.json()["result"].clone()),
+        (json!("h-done-2"), json!({"n": 2}))
+    );
+    assert_eq!(get(&node, "/history/ghost").await.status, 404);
+
+    // Once Redis no longer holds a task, its detail is the archived row.
+    let live = get(&node, "/tasks/h-done-1").await.json();
+    assert_eq!(live.get("archived"), None, "{live}");
+    let mut con = redis.con().await;
+    let removed: i64 = redis::cmd("DEL")
+        .arg("bg:task:h-done-1")
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    assert_eq!(removed, 1);
+    let a = get(&node, "/tasks/h-done-1").await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    let d = a.json();
+    assert_eq!(
+        (
+            d["archived"].clone(),
+            d["state"].clone(),
+            d["result"].clone(),
+            d["worker"].clone()
+        ),
+        (json!(true), json!("done"), json!({"n": 1}), json!("echo"))
+    );
+    assert_eq!(get(&node, "/tasks/ghost").await.status, 404);
+
+    // PostgreSQL away: 503, while the rest of the API answers; back: the history answers again
+    // on a new connection.
+    pg.stop();
+    let a = get(&node, "/history").await;
+    assert_eq!(a.status, 503, "{}", a.body);
+    assert_eq!(get(&node, "/tasks/h-done-1").await.status, 503);
+    assert_eq!(get(&node, "/tasks/h-done-2").await.status, 200);
+    assert_eq!(get(&node, "/overview").await.status, 200);
+    pg.start_again();
+    eventually(T, "the history to answer again", || async {
+        let a = get(&node, "/history?state=dead").await;
+        (a.status == 200 && history_ids(&a.json()) == ["h-dead"]).then_some(())
+    })
+    .await;
 }

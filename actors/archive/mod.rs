@@ -221,7 +221,7 @@ impl Archive {
 }
 
 /// The next page's position, `{finished ms}:{id}`.
-fn read_cursor(cursor: &str) -> Result<(i64, String), ArchiveError> {
+pub(crate) fn read_cursor(cursor: &str) -> Result<(i64, String), ArchiveError> {
     cursor
         .split_once(':')
         .and_then(|(at, id)| Some((at.parse::<i64>().ok()?, id.to_owned())))

@@ -62,14 +62,14 @@ pub(super) fn params(
 }
 
 /// A worker name from the path or the query, through the allowlist.
-fn worker_name(field: &str, name: &str) -> Result<String, ApiError> {
+pub(super) fn worker_name(field: &str, name: &str) -> Result<String, ApiError> {
     validate_worker_name(name).map_err(|e| ApiError::bad(field, e.to_string()))?;
     Ok(name.to_owned())
 }
 
 /// A task id from the path: a client's, or one the cluster made (an occurrence's
 /// `{template}@{due}`, a node's copy `{parent}@{node}`).
-fn task_id(id: &str) -> Result<(), ApiError> {
+pub(super) fn task_id(id: &str) -> Result<(), ApiError> {
     validate_stored_id(id).map_err(|e| ApiError::bad("id", e.to_string()))
 }
 
@@ -197,14 +197,18 @@ pub(super) async fn list(
     Ok(Json(json!(page)))
 }
 
-/// `GET /tasks/{id}`: the record, its attempts and its timeline.
+/// `GET /tasks/{id}`: the record, its attempts and its timeline; once Redis no longer holds
+/// it, its row in the archive (when the node has one), marked `"archived": true`.
 pub(super) async fn detail(
     State(s): State<Shared>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     task_id(&id)?;
-    match s.client.detail(&id).await? {
-        Some(d) => Ok(Json(json!(d))),
+    if let Some(d) = s.client.detail(&id).await? {
+        return Ok(Json(json!(d)));
+    }
+    match super::history::archived(&s, &id).await? {
+        Some(row) => Ok(Json(row)),
         None => Err(no_task(&id)),
     }
 }

@@ -7,8 +7,9 @@
 //!   serves on a listener bound once at start (so a bind error fails the start with a clear
 //!   message, and a restart of the actor takes up the same socket), and fails when its server
 //!   ends, so the supervisor restarts it.
-//! - `api.rs` has the handlers, `sse.rs` the event stream, `dashboard.rs` the dashboard's files
-//!   (served at `/`).
+//! - `api.rs` has the handlers, `history.rs` those of the archive (and the one connection to
+//!   it they share), `sse.rs` the event stream, `dashboard.rs` the dashboard's files (served at
+//!   `/`).
 //!
 //! Every request passes [`guard`]: with `[http] token` set it must carry
 //! `Authorization: Bearer <token>` (compared in constant time), reads included, since task
@@ -24,6 +25,7 @@
 
 mod api;
 mod dashboard;
+mod history;
 mod sse;
 
 use std::net::SocketAddr;
@@ -81,6 +83,8 @@ pub(crate) struct ApiState {
     pub(crate) stop: CancellationToken,
     /// This node's metrics, rendered at `/metrics`.
     pub(crate) metrics: Metrics,
+    /// The archive (`[saver] archive`), connected on first use.
+    pub(crate) archive: history::ArchiveLink,
 }
 
 /// The shared state, as handlers receive it.
@@ -98,6 +102,8 @@ pub(crate) fn router(state: Shared) -> Router {
         .route("/dead", delete(api::delete_dead))
         .route("/workers/{name}/pause", post(api::pause))
         .route("/workers/{name}/resume", post(api::resume))
+        .route("/history", get(history::list))
+        .route("/history/{id}", get(history::one))
         .route("/nodes", get(api::nodes))
         .route("/events", get(sse::events));
     let mut app = Router::new()
@@ -333,7 +339,7 @@ pub(crate) struct HttpArgs {
     pub(crate) client: Client,
     /// The members this node sees.
     pub(crate) cluster: Arc<ClusterHandle>,
-    /// `[http]` and `[limits]`.
+    /// `[http]`, `[limits]` and `[saver] archive`.
     pub(crate) settings: Settings,
     /// This node's id.
     pub(crate) node: String,
@@ -378,6 +384,7 @@ impl Actor for Http {
             streams: Arc::new(Semaphore::new(MAX_STREAMS)),
             stop: stop.clone(),
             metrics: args.metrics,
+            archive: history::ArchiveLink::new(&args.settings),
         });
         let app = router(state);
         let ended = stop.clone();

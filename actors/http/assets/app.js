@@ -182,7 +182,12 @@ async function api(method, path, body) {
   return data;
 }
 
-const tasksPath = (params) => `/tasks?${new URLSearchParams(Object.entries(params).filter(([, v]) => v))}`;
+const query = (params) => new URLSearchParams(Object.entries(params).filter(([, v]) => v));
+const tasksPath = (params) => `/tasks?${query(params)}`;
+const historyPath = (params) => `/history?${query(params)}`;
+
+/** True when the node answered that it has no archive (404 `no archive…`). */
+const noArchive = (e) => e instanceof Refused && e.status === 404 && /^no archive/.test(e.message);
 
 /** Runs an action of a button; says how it went in a toast and refreshes the page. */
 async function act(button, call, done) {
@@ -603,7 +608,11 @@ PAGES.task = (id) => {
       if (e instanceof Refused && e.status === 404) return null;
       throw e;
     }
-  }, (t) => (t ? taskDetail(t) : empty(`There is no task ${id}: never enqueued, deleted, or expired.`)));
+  }, (t) => {
+    if (!t) return empty(`There is no task ${id}: never enqueued, deleted, or expired.`);
+    if (t.archived) return archivedDetail(t, 'Redis no longer holds this task (saver.result_ttl): this is its row in the archive.');
+    return taskDetail(t);
+  });
   view.onEvent = (ev) => {
     if (ev.id === id && AFTER[ev.event] && $('#task-state')) $('#task-state').replaceChildren(badge(AFTER[ev.event]));
   };
@@ -613,6 +622,9 @@ PAGES.task = (id) => {
 function json(value) {
   return value === null || value === undefined ? null : JSON.stringify(value, null, 2);
 }
+
+/** Keeps the `[label, value]` pairs of a card of fields that have a value. */
+const present = ([, v]) => v !== null && v !== undefined && v !== '' && v !== false;
 
 function taskDetail(t) {
   const actions = [];
@@ -639,10 +651,8 @@ function taskDetail(t) {
     ['Deadline', t.deadline && absolute(t.deadline)],
     ['Repeats', t.every ? every(t.every) : t.cron && `cron ${t.cron}`], ['Key', t.key], ['Result key', t.result_key],
     ['Target', t.target], ['Occurrence of', t.template && taskLink(t.template)], ['Part of', t.parent && taskLink(t.parent)],
-  ].filter(([, v]) => v !== null && v !== undefined && v !== '' && v !== false);
-  const blocks = [['Arguments', json(t.args), 'args'], ['Result', json(t.result), 'result'], ['Error', t.error, 'error']]
-    .filter(([, text]) => text !== null && text !== undefined)
-    .map(([title, text, cls]) => section(title, null, h(`pre.${cls}`, {}, text)));
+  ].filter(present);
+  const blocks = dataBlocks(t);
   const attempts = (t.attempts || []).map((a) => h('tr', {},
     h('td.num', {}, a.attempt), h('td', {}, badge(OUTCOME[a.outcome] || a.outcome, a.outcome)),
     h('td', {}, a.node || '—'), h('td', {}, a.started ? absolute(a.started) : '—'),
@@ -659,6 +669,113 @@ function taskDetail(t) {
     section('Attempts', null, table(['#Attempt', 'Outcome', 'Node', 'Started', 'Took', 'Error'], attempts, 'No attempt yet.')),
   ];
 }
+
+/** A task's arguments, result and error, each in a card of its own when it has one. */
+function dataBlocks(t) {
+  return [['Arguments', json(t.args), 'args'], ['Result', json(t.result), 'result'], ['Error', t.error, 'error']]
+    .filter(([, text]) => text !== null && text !== undefined)
+    .map(([title, text, cls]) => section(title, null, h(`pre.${cls}`, {}, text)));
+}
+
+/** A row of the archive (`GET /history/ID`, or `GET /tasks/ID` once Redis no longer holds the
+ *  task): how it ended, its times, its data. */
+function archivedDetail(r, note) {
+  const fields = [
+    ['Worker', h('a', { href: link('history', { worker: r.worker }) }, r.worker)],
+    ['Node', r.node], ['Attempts', r.attempts], ['Priority', r.priority], ['Key', r.key],
+    ['Created', r.created && absolute(r.created)], ['Started', r.started && absolute(r.started)],
+    ['Finished', r.finished && absolute(r.finished)],
+    ['Run time', r.run_ms !== null && r.run_ms !== undefined && span(r.run_ms)],
+    ['Occurrence of', r.template && taskLink(r.template)], ['Part of', r.parent && taskLink(r.parent)],
+  ].filter(present);
+  return [
+    h('div.task-head', {}, h('span', { id: 'task-state' }, badge(r.state)), h('span.muted.archived', {}, note)),
+    section('Details', null, h('dl.fields', {}, fields.map(([k, v]) => [h('dt', {}, k), h('dd', {}, v)]))),
+    dataBlocks(r),
+  ];
+}
+
+/** What the history pages show when the node keeps no archive: how to turn it on. */
+function archiveOff() {
+  return h('section.card.archive-off', {}, h('div.card-head', {}, h('h2', {}, 'The archive is off')),
+    h('p', {}, 'This node keeps no history: a finished task stays in Redis only until ', h('code', {}, 'saver.result_ttl'),
+      '. To keep every finished task in PostgreSQL, set ', h('code', {}, '[saver] archive'), ' to a PostgreSQL URL (',
+      h('code', {}, 'archive = "postgres://user@host/db"'), ', or the environment variable ', h('code', {}, 'BGNODE_SAVER__ARCHIVE'),
+      ', or start the node with ', h('code', {}, 'bgnode start --save URL'), ') and restart the node.'));
+}
+
+/** A time in ms as the value of a `datetime-local` field, in this browser's time zone. */
+function localInput(ms) {
+  if (!ms) return '';
+  const d = new Date(Number(ms));
+  const p = (n) => String(n).padStart(2, '0');
+  return `${d.getFullYear()}-${p(d.getMonth() + 1)}-${p(d.getDate())}T${p(d.getHours())}:${p(d.getMinutes())}`;
+}
+
+/** The value of a `datetime-local` field as Unix ms ('' when empty or unreadable). */
+function fromInput(value) {
+  const ms = value ? new Date(value).getTime() : NaN;
+  return Number.isNaN(ms) ? '' : String(ms);
+}
+
+const historyLink = (id) => `#/history/${encodeURIComponent(id)}`;
+
+/** Rows of the archive; a click anywhere on one opens it. */
+function historyRows(rows) {
+  return rows.map((r) => h('tr.open', { 'data-id': r.id, click: (e) => { if (!e.target.closest('a')) location.hash = historyLink(r.id); } },
+    h('td', {}, h('a.mono', { href: historyLink(r.id) }, r.id)), h('td', {}, r.worker), h('td', {}, badge(r.state)),
+    h('td.num', {}, r.attempts), h('td', {}, r.node || h('span.muted', {}, '—')), h('td', {}, time(r.finished)),
+    h('td.num', {}, r.run_ms === null || r.run_ms === undefined ? h('span.muted', {}, '—') : span(r.run_ms))));
+}
+
+const HISTORY_HEAD = ['Id', 'Worker', 'State', '#Attempts', 'Node', 'Finished', '#Run time'];
+
+/** Finished tasks from the archive (`#/history?worker=&state=&since=&until=`), or one of them
+ *  (`#/history/ID`). The rows are records: no live event changes them. */
+PAGES.history = (id, q) => {
+  if (id) {
+    return page(h('span.mono', {}, id), [h('a.btn', { href: `#/task/${encodeURIComponent(id)}` }, 'Task page'), h('a.btn', { href: '#/history' }, 'History')],
+      async () => {
+        try {
+          return await api('GET', `/history/${encodeURIComponent(id)}`);
+        } catch (e) {
+          if (noArchive(e)) return { off: true };
+          if (e instanceof Refused && e.status === 404) return null;
+          throw e;
+        }
+      },
+      (r) => {
+        if (!r) return empty(`The archive has no task ${id}.`);
+        if (r.off) return archiveOff();
+        return archivedDetail(r, 'From the archive');
+      }, { onEvent: null });
+  }
+  const params = { worker: q.get('worker') || '', state: q.get('state') || '', since: q.get('since') || '', until: q.get('until') || '' };
+  const cursor = q.get('cursor') || '';
+  if (!cursor) app.trail = [];
+  const go = (change) => { location.hash = link('history', { ...params, ...change }); };
+  const names = Object.keys((app.overview && app.overview.workers) || {});
+  const worker = h('input', { type: 'search', id: 'history-worker', 'aria-label': 'Worker', placeholder: 'every worker', list: 'history-workers',
+    value: params.worker, autocomplete: 'off', spellcheck: 'false', change: () => go({ worker: worker.value.trim() }) });
+  const state = h('select', { id: 'history-state', 'aria-label': 'State', change: () => go({ state: state.value }) },
+    h('option', { value: '' }, 'every end'), [...FINISHED].map((st) => h('option', { value: st, selected: st === params.state }, st)));
+  const since = h('input', { type: 'datetime-local', id: 'history-since', value: localInput(params.since), change: () => go({ since: fromInput(since.value) }) });
+  const until = h('input', { type: 'datetime-local', id: 'history-until', value: localInput(params.until), change: () => go({ until: fromInput(until.value) }) });
+  const filtered = Object.values(params).some(Boolean);
+  return page('History', [worker, h('datalist', { id: 'history-workers' }, names.map((n) => h('option', { value: n }))), state,
+    h('label.range', {}, 'ended from', since), h('label.range', {}, 'to', until), filtered ? h('a.btn', { href: '#/history' }, 'Clear') : null],
+  async () => {
+    try {
+      return await api('GET', historyPath({ ...params, limit: PAGE, cursor }));
+    } catch (e) {
+      if (noArchive(e)) return { off: true };
+      throw e;
+    }
+  },
+  (p) => (p.off ? archiveOff()
+    : [table(HISTORY_HEAD, historyRows(p.rows), 'No finished task in the archive matches.'), pager('history', params, cursor, p.next)]),
+  { onEvent: null });
+};
 
 PAGES.scheduled = () => page('Scheduled', [], async () => {
   const [scheduled, retrying] = await Promise.all([
@@ -749,8 +866,9 @@ async function route() {
   const [name, ...rest] = path.split('/');
   const open = PAGES[name] ? name : 'overview';
   for (const a of document.querySelectorAll('#nav a')) a.classList.toggle('on', a.dataset.route === (open === 'task' ? 'tasks' : open));
-  app.view = PAGES[open](decodeURIComponent(rest.join('/')), new URLSearchParams(query || ''));
-  document.title = `${open === 'task' ? decodeURIComponent(rest.join('/')) : $('#nav a.on').firstChild.textContent.trim()} · bgnode`;
+  const arg = decodeURIComponent(rest.join('/'));
+  app.view = PAGES[open](arg, new URLSearchParams(query || ''));
+  document.title = `${open === 'task' || (open === 'history' && arg) ? arg : $('#nav a.on').firstChild.textContent.trim()} · bgnode`;
   app.view.refresh().catch(failed);
 }
 
