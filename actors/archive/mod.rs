@@ -149,13 +149,7 @@ impl Archive {
     /// Finished tasks, latest end first, filtered by `query`.
     pub async fn history(&self, query: &HistoryQuery) -> Result<HistoryPage, ArchiveError> {
         let limit = query.limit();
-        if let Some(state) = query.state.as_deref().filter(|s| !FINAL_STATES.contains(s)) {
-            return Err(ArchiveError::Query(format!(
-                "state `{}` is not a final state; use one of {}",
-                crate::model::names::shorten(state, 32),
-                FINAL_STATES.join(", ")
-            )));
-        }
+        query.check()?;
         let mut sql = String::from(
             "SELECT id, worker, state, args::text, result::text, error, attempts, node, priority,
                 key, (extract(epoch FROM created_at) * 1000)::int8,
@@ -258,6 +252,23 @@ impl HistoryQuery {
     pub const DEFAULT_LIMIT: usize = 50;
     /// Most rows per page.
     pub const MAX_LIMIT: usize = 10_000;
+
+    /// Fails with [`ArchiveError::Query`] when the query cannot be answered whatever the
+    /// archive holds (a state that is not final, a cursor the archive never gave), so a caller
+    /// can say so before it connects.
+    pub fn check(&self) -> Result<(), ArchiveError> {
+        if let Some(state) = self.state.as_deref().filter(|s| !FINAL_STATES.contains(s)) {
+            return Err(ArchiveError::Query(format!(
+                "state `{}` is not a final state; use one of {}",
+                crate::model::names::shorten(state, 32),
+                FINAL_STATES.join(", ")
+            )));
+        }
+        if let Some(cursor) = &self.cursor {
+            read_cursor(cursor)?;
+        }
+        Ok(())
+    }
 
     fn limit(&self) -> usize {
         match self.limit {
