@@ -30,7 +30,7 @@ pub enum ArchiveError {
     #[error("archive settings: {0}")]
     Settings(String),
     /// PostgreSQL is unreachable or the connection failed.
-    #[error("archive: {0}")]
+    #[error("archive: {}", with_causes(.0))]
     Db(#[from] tokio_postgres::Error),
     /// PostgreSQL refused a statement.
     #[error("archive: postgresql refused it: {0}")]
@@ -54,6 +54,19 @@ pub enum ArchiveError {
     /// A history query that cannot be answered.
     #[error("{0}")]
     Query(String),
+}
+
+/// A PostgreSQL client error with its causes: its own text names only its kind ("error
+/// connecting to server", "error performing TLS handshake"), so a log line or a message built
+/// from it alone would not say why.
+fn with_causes(e: &tokio_postgres::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = std::error::Error::source(e);
+    while let Some(c) = cause {
+        text.push_str(&format!(": {c}"));
+        cause = c.source();
+    }
+    text
 }
 
 /// A connection to the archive of one cluster (its key prefix names it in the table, so
