@@ -880,20 +880,62 @@ pub fn host_name() -> String {
 
 /// `url` with the password of its user part (`redis://user:secret@host`,
 /// `redis://:secret@host`) replaced by `***`; a user part without a colon is taken as a password
-/// and replaced whole. Anything that is not such a URL comes back unchanged.
+/// and replaced whole. The value of a `password` parameter, in a URL's query
+/// (`postgres://app@db/x?password=secret`) or in a PostgreSQL `key=value` connection string
+/// (`host=db password=secret`), is replaced too. Anything else comes back unchanged.
 pub(crate) fn redact_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
+        return redact_password_param(url);
     };
     let authority_end = rest.find('/').unwrap_or(rest.len());
     let Some(at) = rest[..authority_end].rfind('@') else {
-        return url.to_owned();
+        return redact_password_param(url);
     };
     let user = match rest[..at].split_once(':') {
         Some((name, _)) => format!("{name}:***"),
         None => "***".to_owned(),
     };
-    format!("{scheme}://{user}{}", &rest[at..])
+    redact_password_param(&format!("{scheme}://{user}{}", &rest[at..]))
+}
+
+/// `text` with the value of every `password` parameter replaced by `***`: `password=secret`
+/// after the start, a space, `?` or `&`, its value running to the next space or `&`, or quoted
+/// (`password='a secret'`, with `\'` inside).
+fn redact_password_param(text: &str) -> String {
+    const KEY: &str = "password";
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(found) = rest.find(KEY) {
+        let starts_key = rest[..found]
+            .chars()
+            .next_back()
+            .is_none_or(|c| c.is_whitespace() || c == '?' || c == '&');
+        let after = &rest[found + KEY.len()..];
+        let value = after.trim_start().strip_prefix('=').map(str::trim_start);
+        let (Some(value), true) = (value, starts_key) else {
+            out.push_str(&rest[..found + KEY.len()]);
+            rest = after;
+            continue;
+        };
+        out.push_str(&rest[..rest.len() - value.len()]);
+        out.push_str("***");
+        let end = if let Some(quoted) = value.strip_prefix('\'') {
+            let mut escaped = false;
+            let close = quoted.char_indices().find(|&(_, c)| {
+                let closes = c == '\'' && !escaped;
+                escaped = c == '\\' && !escaped;
+                closes
+            });
+            close.map_or(value.len(), |(i, _)| i + 2)
+        } else {
+            value
+                .find(|c: char| c.is_whitespace() || c == '&')
+                .unwrap_or(value.len())
+        };
+        rest = &value[end..];
+    }
+    out.push_str(rest);
+    out
 }
 
 #[cfg(test)]

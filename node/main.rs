@@ -632,6 +632,8 @@ async fn archive(settings: &Settings) -> Result<Archive, Exit> {
 
 /// `bgnode history`.
 async fn history(settings: &Settings, query: &HistoryQuery, json: bool) -> Result<u8, Exit> {
+    // A query no archive can answer is bad usage, said before connecting.
+    query.check().map_err(|e| usage(e.to_string()))?;
     let archive = archive(settings).await?;
     let page = archive.history(query).await.map_err(|e| match e {
         ArchiveError::Query(_) => usage(e.to_string()),

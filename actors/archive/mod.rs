@@ -30,7 +30,7 @@ pub enum ArchiveError {
     #[error("archive settings: {0}")]
     Settings(String),
     /// PostgreSQL is unreachable or the connection failed.
-    #[error("archive: {0}")]
+    #[error("archive: {}", with_causes(.0))]
     Db(#[from] tokio_postgres::Error),
     /// PostgreSQL refused a statement.
     #[error("archive: postgresql refused it: {0}")]
@@ -54,6 +54,19 @@ pub enum ArchiveError {
     /// A history query that cannot be answered.
     #[error("{0}")]
     Query(String),
+}
+
+/// A PostgreSQL client error with its causes: its own text names only its kind ("error
+/// connecting to server", "error performing TLS handshake"), so a log line or a message built
+/// from it alone would not say why.
+fn with_causes(e: &tokio_postgres::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = std::error::Error::source(e);
+    while let Some(c) = cause {
+        text.push_str(&format!(": {c}"));
+        cause = c.source();
+    }
+    text
 }
 
 /// A connection to the archive of one cluster (its key prefix names it in the table, so
@@ -149,13 +162,7 @@ impl Archive {
     /// Finished tasks, latest end first, filtered by `query`.
     pub async fn history(&self, query: &HistoryQuery) -> Result<HistoryPage, ArchiveError> {
         let limit = query.limit();
-        if let Some(state) = query.state.as_deref().filter(|s| !FINAL_STATES.contains(s)) {
-            return Err(ArchiveError::Query(format!(
-                "state `{}` is not a final state; use one of {}",
-                crate::model::names::shorten(state, 32),
-                FINAL_STATES.join(", ")
-            )));
-        }
+        query.check()?;
         let mut sql = String::from(
             "SELECT id, worker, state, args::text, result::text, error, attempts, node, priority,
                 key, (extract(epoch FROM created_at) * 1000)::int8,
@@ -258,6 +265,23 @@ impl HistoryQuery {
     pub const DEFAULT_LIMIT: usize = 50;
     /// Most rows per page.
     pub const MAX_LIMIT: usize = 10_000;
+
+    /// Fails with [`ArchiveError::Query`] when the query cannot be answered whatever the
+    /// archive holds (a state that is not final, a cursor the archive never gave), so a caller
+    /// can say so before it connects.
+    pub fn check(&self) -> Result<(), ArchiveError> {
+        if let Some(state) = self.state.as_deref().filter(|s| !FINAL_STATES.contains(s)) {
+            return Err(ArchiveError::Query(format!(
+                "state `{}` is not a final state; use one of {}",
+                crate::model::names::shorten(state, 32),
+                FINAL_STATES.join(", ")
+            )));
+        }
+        if let Some(cursor) = &self.cursor {
+            read_cursor(cursor)?;
+        }
+        Ok(())
+    }
 
     fn limit(&self) -> usize {
         match self.limit {

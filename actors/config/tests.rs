@@ -185,6 +185,42 @@ fn a_password_in_the_redis_url_is_never_shown() {
 }
 
 #[test]
+fn a_password_parameter_in_an_archive_url_is_never_shown() {
+    for (url, shown) in [
+        (
+            "postgres://app@db:5432/x?password=s3cret",
+            "postgres://***@db:5432/x?password=***",
+        ),
+        (
+            "postgres://db/x?sslmode=require&password=s3cret&application_name=a",
+            "postgres://db/x?sslmode=require&password=***&application_name=a",
+        ),
+        (
+            "host=db password=s3cret port=x",
+            "host=db password=*** port=x",
+        ),
+        (
+            r"host=db password = 'a \' s3cret' user=app",
+            "host=db password = *** user=app",
+        ),
+        ("password='s3cret", "password=***"),
+        ("host=db mypassword=x", "host=db mypassword=x"),
+        ("postgres://db/password", "postgres://db/password"),
+    ] {
+        assert_eq!(redact_url(url), shown, "{url}");
+    }
+    let mut sources = Sources::default();
+    sources.flag(
+        "saver.archive",
+        "host=db password=s3cret port=nope",
+        "--save",
+    );
+    let err = Settings::load(&sources).unwrap_err().to_string();
+    assert!(err.contains("saver.archive"), "{err}");
+    assert!(!err.contains("s3cret"), "{err}");
+}
+
+#[test]
 fn the_http_api_is_on_loopback_by_default_and_needs_a_token_elsewhere() {
     let s = Settings::defaults();
     assert_eq!(s.http_addr(), Some("127.0.0.1:7780".parse().unwrap()));

@@ -23,7 +23,7 @@ mod redis;
 #[allow(unused_imports)]
 pub use postgres::Postgres;
 #[allow(unused_imports)]
-pub use redis::{Events, Redis, free_port};
+pub use redis::{Events, Redis, TlsFiles, free_port};
 
 impl Redis {
     /// Settings pointing at this server (defaults otherwise).

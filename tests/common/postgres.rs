@@ -32,6 +32,8 @@ pub struct Postgres {
     /// The uid and gid the server runs as, when the tests run as root.
     owner: Option<(u32, u32)>,
     dir: tempfile::TempDir,
+    /// Server settings of every start beyond the defaults (`-c` values: TLS).
+    options: Vec<String>,
     child: Option<Child>,
 }
 
@@ -39,6 +41,38 @@ impl Postgres {
     /// Makes a database cluster in a temporary folder and starts a server on a free port;
     /// panics with the tools' output when it cannot.
     pub fn start() -> Postgres {
+        Postgres::init().launch()
+    }
+
+    /// [`Postgres::start`] with TLS on (`ssl=on`) with the PEM certificate `cert` and its key
+    /// `key` (copied into the server's folder, the key owned by the server's user with mode
+    /// 0600 as PostgreSQL demands). Clients may still connect without TLS.
+    pub fn start_tls(cert: &Path, key: &Path) -> Postgres {
+        use std::os::unix::fs::PermissionsExt;
+        let mut pg = Postgres::init();
+        let (cert_copy, key_copy) = (
+            pg.dir.path().join("server.crt"),
+            pg.dir.path().join("server.key"),
+        );
+        std::fs::copy(cert, &cert_copy).expect("copy the server certificate");
+        std::fs::copy(key, &key_copy).expect("copy the server key");
+        for file in [&cert_copy, &key_copy] {
+            if let Some((uid, gid)) = pg.owner {
+                std::os::unix::fs::chown(file, Some(uid), Some(gid)).expect("chown a TLS file");
+            }
+            std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o600))
+                .expect("chmod a TLS file");
+        }
+        pg.options = vec![
+            "ssl=on".into(),
+            format!("ssl_cert_file={}", cert_copy.display()),
+            format!("ssl_key_file={}", key_copy.display()),
+        ];
+        pg.launch()
+    }
+
+    /// `initdb` into a new temporary folder; nothing runs yet.
+    fn init() -> Postgres {
         let (initdb, server) = binaries();
         let owner = owner();
         let dir = tempfile::tempdir().expect("tempdir");
@@ -61,23 +95,28 @@ impl Postgres {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
-        let mut pg = Postgres {
+        Postgres {
             port: 0,
             url: String::new(),
             server,
             owner,
             dir,
+            options: Vec::new(),
             child: None,
-        };
+        }
+    }
+
+    /// Starts the server of [`Postgres::init`] on a free port.
+    fn launch(mut self) -> Postgres {
         // Another process may take the free port before the server binds it: try another.
         for _ in 0..10 {
-            pg.port = free_port();
-            pg.url = format!("postgres://postgres@127.0.0.1:{}/postgres", pg.port);
-            if pg.spawn(Instant::now() + DEADLINE) {
-                return pg;
+            self.port = free_port();
+            self.url = format!("postgres://postgres@127.0.0.1:{}/postgres", self.port);
+            if self.spawn(Instant::now() + DEADLINE) {
+                return self;
             }
         }
-        panic!("could not start postgres; its log:\n{}", pg.log());
+        panic!("could not start postgres; its log:\n{}", self.log());
     }
 
     /// Starts the server process and waits until it accepts connections; false (the process
@@ -99,6 +138,7 @@ impl Postgres {
             .arg(self.dir.path())
             .args(["-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"])
             .args(["-c", "synchronous_commit=off", "-c", "full_page_writes=off"])
+            .args(self.options.iter().flat_map(|o| ["-c", o.as_str()]))
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
             .stderr(log);
@@ -193,17 +233,38 @@ impl Postgres {
         }
     }
 
+    /// The URL of database `db` of this server (`url` is that of `postgres`).
+    pub fn url_of(&self, db: &str) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/{db}", self.port)
+    }
+
     /// A new connection, its driver spawned on the current runtime.
     pub async fn client(&self) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+        self.client_in("postgres").await
+    }
+
+    /// A new connection to database `db`, its driver spawned on the current runtime.
+    pub async fn client_in(
+        &self,
+        db: &str,
+    ) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
         let (client, connection) =
-            tokio_postgres::connect(&self.url, tokio_postgres::NoTls).await?;
+            tokio_postgres::connect(&self.url_of(db), tokio_postgres::NoTls).await?;
         tokio::spawn(connection);
         Ok(client)
     }
 
     /// The rows `sql` returns, each value as text (None for NULL), on a fresh connection.
     pub async fn query_async(&self, sql: &str) -> Vec<Vec<Option<String>>> {
-        let client = self.client().await.expect("connect to the test postgres");
+        self.query_in_async("postgres", sql).await
+    }
+
+    /// [`Postgres::query_async`] in database `db`.
+    pub async fn query_in_async(&self, db: &str, sql: &str) -> Vec<Vec<Option<String>>> {
+        let client = self
+            .client_in(db)
+            .await
+            .expect("connect to the test postgres");
         let messages = client
             .simple_query(sql)
             .await
@@ -223,7 +284,15 @@ impl Postgres {
 
     /// Runs the statements in `sql` on a fresh connection.
     pub async fn execute_async(&self, sql: &str) {
-        let client = self.client().await.expect("connect to the test postgres");
+        self.execute_in_async("postgres", sql).await;
+    }
+
+    /// [`Postgres::execute_async`] in database `db`.
+    pub async fn execute_in_async(&self, db: &str, sql: &str) {
+        let client = self
+            .client_in(db)
+            .await
+            .expect("connect to the test postgres");
         client
             .batch_execute(sql)
             .await
@@ -235,9 +304,19 @@ impl Postgres {
         blocking(self.query_async(sql))
     }
 
+    /// [`Postgres::query_in_async`] for any test, async or not.
+    pub fn query_in(&self, db: &str, sql: &str) -> Vec<Vec<Option<String>>> {
+        blocking(self.query_in_async(db, sql))
+    }
+
     /// [`Postgres::execute_async`] for any test, async or not.
     pub fn execute(&self, sql: &str) {
         blocking(self.execute_async(sql));
+    }
+
+    /// [`Postgres::execute_in_async`] for any test, async or not.
+    pub fn execute_in(&self, db: &str, sql: &str) {
+        blocking(self.execute_in_async(db, sql));
     }
 }
 
