@@ -7,9 +7,10 @@
 //! acknowledge, else rows from the cluster's outbox, moved into this node's own), write it in
 //! one statement (idempotent by id), acknowledge it (`Store::archived`). While PostgreSQL is
 //! away or slow the rows wait in Redis and tasks run on; the batch is retried with backoff and
-//! the outage is logged once. Every second the outbox's length is read for the metrics and
-//! judged by `decide::outbox`: a warning from 80% of the bound, and at the bound every node's
-//! claims are held until the archive catches up.
+//! the outage is logged once. Beside that loop, never waiting on it, the mark is renewed and
+//! every second the outbox's length is read for the metrics and judged by `decide::outbox`: a
+//! warning from 80% of the bound, and at the bound every node's claims are held until the
+//! archive catches up, even while a call to PostgreSQL hangs.
 //!
 //! A row PostgreSQL refuses for its data (class 22 or 23) is found by writing the batch row by
 //! row, logged with its id and left out, so one bad row never stalls the archive. Any other
@@ -104,58 +105,61 @@ impl Actor for Archiver {
     }
 }
 
-/// The loop's memory between rounds.
-struct Round {
-    args: ArchiverArgs,
-    archive: Option<Archive>,
+/// The outbox's watch: the mark's renewal and the outbox's length, every `CHECK`.
+struct Watch {
     outbox: Outbox,
     renewed: Instant,
-    checked: Option<Instant>,
+}
+
+/// The writing loop's memory between batches.
+struct Writer {
+    archive: Option<Archive>,
     backoff: Backoff,
     /// Since when writing has failed, and why it was logged.
     failing: Option<Instant>,
 }
 
 async fn run(args: ArchiverArgs) {
-    let bound = args.settings.saver.archive_outbox;
-    let mut r = Round {
-        args,
-        archive: None,
-        outbox: Outbox::new(bound),
+    let mut watch = Watch {
+        outbox: Outbox::new(args.settings.saver.archive_outbox),
         renewed: Instant::now(),
-        checked: None,
+    };
+    let mut writer = Writer {
+        archive: None,
         backoff: fresh_backoff(),
         failing: None,
     };
-    loop {
-        r.duties().await;
-        let pause = r.step().await;
-        if !pause.is_zero() {
-            tokio::time::sleep(pause).await;
-        }
-    }
+    // The watch runs beside the writing, not between its batches: a PostgreSQL that is slow or
+    // does not answer at all (a connect or an insert that hangs) must hold up neither the
+    // mark's renewal nor the claims' hold.
+    tokio::join!(watch.run(&args), writer.run(&args));
 }
 
 fn fresh_backoff() -> Backoff {
     Backoff::new(Duration::from_millis(200), Duration::from_secs(5))
 }
 
-impl Round {
-    /// The mark's renewal and the outbox's check, when due.
-    async fn duties(&mut self) {
-        let store = &self.args.store;
+impl Watch {
+    async fn run(&mut self, args: &ArchiverArgs) {
+        let mut tick = tokio::time::interval(CHECK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            self.duties(args).await;
+        }
+    }
+
+    /// The mark's renewal when due, and the outbox's check.
+    async fn duties(&mut self, args: &ArchiverArgs) {
+        let store = &args.store;
         if self.renewed.elapsed() >= RENEW && store.archive_on(MARK).await.is_ok() {
             self.renewed = Instant::now();
         }
-        if self.checked.is_some_and(|at| at.elapsed() < CHECK) {
-            return;
-        }
-        self.checked = Some(Instant::now());
-        let Ok(len) = store.outbox_len(&self.args.node).await else {
+        let Ok(len) = store.outbox_len(&args.node).await else {
             return;
         };
-        let bound = self.args.settings.saver.archive_outbox;
-        self.args.metrics.outbox(len.waiting, bound);
+        let bound = args.settings.saver.archive_outbox;
+        args.metrics.outbox(len.waiting, bound);
         match self.outbox.observe(len.waiting, Instant::now()) {
             Act::Nothing => {}
             Act::Warn => tracing::warn!(
@@ -182,24 +186,32 @@ impl Round {
             }
         }
     }
+}
+
+impl Writer {
+    async fn run(&mut self, args: &ArchiverArgs) {
+        loop {
+            let pause = self.step(args).await;
+            if !pause.is_zero() {
+                tokio::time::sleep(pause).await;
+            }
+        }
+    }
 
     /// One batch: connect if need be, take, write, acknowledge. Returns how long to pause.
-    async fn step(&mut self) -> Duration {
+    async fn step(&mut self, args: &ArchiverArgs) -> Duration {
         if self.archive.as_ref().is_none_or(Archive::is_closed) {
-            match open(&self.args.settings).await {
+            match open(&args.settings).await {
                 Ok(archive) => self.archive = Some(archive),
-                Err(e) => return self.failed(&e),
+                Err(e) => return self.failed(args, &e),
             }
         }
         let Some(archive) = &self.archive else {
             return IDLE;
         };
-        let store = &self.args.store;
+        let store = &args.store;
         let taken = match store
-            .take_archive(
-                &self.args.node,
-                self.args.settings.saver.archive_batch as usize,
-            )
+            .take_archive(&args.node, args.settings.saver.archive_batch as usize)
             .await
         {
             Ok(taken) => taken,
@@ -213,10 +225,10 @@ impl Round {
             Ok(n) => {
                 // Not acknowledged (Redis away): the same rows come back, and writing them again
                 // changes nothing.
-                if store.archived(&self.args.node).await.is_err() {
+                if store.archived(&args.node).await.is_err() {
                     return self.backoff.next_delay();
                 }
-                self.args.metrics.wrote(n);
+                args.metrics.wrote(n);
                 if let Some(since) = self.failing.take() {
                     tracing::info!(
                         "the archive is written again after {:.1}s",
@@ -230,18 +242,18 @@ impl Round {
                 if matches!(e, ArchiveError::Db(_)) {
                     self.archive = None;
                 }
-                self.failed(&e)
+                self.failed(args, &e)
             }
         }
     }
 
     /// Logs the first failure of a streak; returns the pause before the next try.
-    fn failed(&mut self, e: &ArchiveError) -> Duration {
-        self.args.metrics.failed();
+    fn failed(&mut self, args: &ArchiverArgs, e: &ArchiveError) -> Duration {
+        args.metrics.failed();
         if self.failing.is_none() {
             self.failing = Some(Instant::now());
             tracing::warn!(
-                archive = %redact_url(&self.args.settings.saver.archive),
+                archive = %redact_url(&args.settings.saver.archive),
                 "cannot write the archive ({e}); finished tasks wait in Redis's outbox and tasks keep running; retrying"
             );
         }
