@@ -981,6 +981,36 @@ async fn command_stats(
     Ok(stats)
 }
 
+/// CPU time (user + system) PostgreSQL's processes have used so far, seconds: the postmaster's
+/// own and its finished children's, plus each live child's (the backends). 0 without /proc.
+fn postgres_cpu(postmaster: u32) -> f64 {
+    const USER_HZ: f64 = 100.0;
+    let read = |pid: &str| -> Option<(String, Vec<f64>)> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        let (_, rest) = stat.rsplit_once(')')?;
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let times = fields
+            .get(11..15)?
+            .iter()
+            .map(|f| f.parse::<f64>().unwrap_or(0.0))
+            .collect();
+        Some(((*fields.get(1)?).to_owned(), times))
+    };
+    let me = postmaster.to_string();
+    let mut ticks = read(&me).map_or(0.0, |(_, t)| t.iter().sum());
+    if let Ok(dir) = std::fs::read_dir("/proc") {
+        for entry in dir.flatten() {
+            let name = entry.file_name();
+            let Some(pid) = name.to_str() else { continue };
+            if let Some((parent, t)) = read(pid).filter(|(parent, _)| *parent == me) {
+                let _ = parent;
+                ticks += t[0] + t[1];
+            }
+        }
+    }
+    ticks / USER_HZ
+}
+
 /// CPU time (user + system, all threads) each `bgnode` child of this process has used so far,
 /// seconds, by node id. The test helper does not expose the child's pid, so the children are
 /// found in /proc by parent pid and told apart by their `BGNODE_NODE__ID`. Empty where /proc
@@ -1056,6 +1086,7 @@ async fn archive_catch_up(
         .await
         .unwrap_or(0);
     let rows_at_end = rows().await;
+    let cpu_before = pg.pid().map(postgres_cpu);
     let deadline = Instant::now() + opts.deadline;
     let mut written = rows_at_end;
     while written < expect {
@@ -1066,6 +1097,10 @@ async fn archive_catch_up(
         written = rows().await;
     }
     let done = Instant::now();
+    let pg_cpu = match (pg.pid().map(postgres_cpu), cpu_before) {
+        (Some(after), Some(_)) => Some(after),
+        _ => None,
+    };
     let drain_rows = opts.tasks as f64;
     let whole = done.duration_since(began).as_secs_f64();
     let lag = done.duration_since(drained).as_secs_f64();
@@ -1078,7 +1113,14 @@ async fn archive_catch_up(
         drain_rows / whole,
         if lag > 0.0 { after as f64 / lag } else { 0.0 },
     );
+    if let Some(cpu) = pg_cpu {
+        println!(
+            "archive: postgresql used {cpu:.2} s of CPU since it started ({:.1} µs per row written)",
+            cpu * 1e6 / expect as f64
+        );
+    }
     Ok(json!({
+        "postgres_cpu_s": pg_cpu,
         "rows": expect,
         "rows_per_s": drain_rows / whole,
         "lag_s": lag,

@@ -1004,13 +1004,13 @@ async fn enqueue_naps(redis: &Redis) -> Vec<String> {
     ids
 }
 
-/// Asserts that the outbox fills to its bound of 1000 and that the claims are then held: the
+/// Asserts that the outbox (the cluster's and the node's own) fills to its bound of 1000 and that the claims are then held: the
 /// node logs it, and once what ran has ended nothing more finishes or starts for a while.
 async fn claims_held_at_the_bound(redis: &Redis, node: &NodeProc, ids: &[String]) {
     eventually(
         Duration::from_secs(60),
         "1000 rows in the outbox",
-        || async { (llen(redis, "bg:archive:outbox").await >= 1000).then_some(()) },
+        || async { (waiting(redis, &["n1"]).await >= 1000).then_some(()) },
     )
     .await;
     eventually(Duration::from_secs(5), "the claims to be held", || async {
@@ -1027,14 +1027,14 @@ async fn claims_held_at_the_bound(redis: &Redis, node: &NodeProc, ids: &[String]
     // past the bound. From then on what runs finishes and what was claimed but not started
     // goes back (or starts in a slot freed before the node learns of the hold): the outbox
     // grows by at most the slots and the node-local queue, and nothing new starts.
-    let at_hold = llen(redis, "bg:archive:outbox").await;
+    let at_hold = waiting(redis, &["n1"]).await;
     eventually(
         Duration::from_secs(10),
         "the running tasks to end",
         || async { (count_in(redis, ids, "running").await == 0).then_some(()) },
     )
     .await;
-    let plateau = llen(redis, "bg:archive:outbox").await;
+    let plateau = waiting(redis, &["n1"]).await;
     let done = count_in(redis, ids, "done").await;
     println!(
         "outbox: {at_hold} rows when the hold was seen, {plateau} once running tasks ended; {done} of {} tasks done",
@@ -1047,7 +1047,7 @@ async fn claims_held_at_the_bound(redis: &Redis, node: &NodeProc, ids: &[String]
     assert!(done < ids.len(), "every task ran despite the hold");
     holds_for(Duration::from_secs(2), "the hold", || async {
         let now = (
-            llen(redis, "bg:archive:outbox").await,
+            waiting(redis, &["n1"]).await,
             count_in(redis, ids, "done").await,
             count_in(redis, ids, "running").await,
         );

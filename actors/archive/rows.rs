@@ -61,12 +61,14 @@ impl Row {
         let int = |v: &Option<String>| v.as_deref().and_then(|v| v.parse::<i64>().ok());
         let text = |v: Option<String>| v.filter(|v| !v.is_empty()).map(|v| clean(&v));
         let finished = int(&s.finished)?;
+        let done = s.state.as_deref() == Some("done");
         Some(Row {
             worker: s.worker.filter(|w| !w.is_empty())?,
             state: s.state.filter(|w| !w.is_empty())?,
             args: s.args.as_deref().map(json),
             result: s.result.as_deref().map(json),
-            error: text(s.error),
+            // A done task's record may keep the error of an earlier attempt; its row does not.
+            error: text(s.error).filter(|_| !done),
             attempts: int(&s.attempt).unwrap_or(0).clamp(0, i32::MAX as i64) as i32,
             node: text(s.node),
             priority: int(&s.priority)

@@ -58,6 +58,9 @@ fn finish_op(task: &Task, node: &str, settle: &Settle, started: u64, now: u64) -
         event: events::transition(task, node, settle, now),
         started_event: None,
         error_event,
+        args: task.args.clone(),
+        priority: task.priority,
+        created: task.created,
     }
 }
 

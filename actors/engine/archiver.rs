@@ -3,9 +3,10 @@
 //!
 //! At start it marks the cluster as archiving (`{prefix}:archive`, renewed every minute with a
 //! 10-minute expiry), so every script that ends a task also stages its row, in the same step.
-//! Then, in a loop: take a batch (`Store::take_archive`: what this node took before and did not
-//! acknowledge, else rows from the cluster's outbox, moved into this node's own), write it in
-//! one statement (idempotent by id), acknowledge it (`Store::archived`). While PostgreSQL is
+//! Then, in a loop: take a batch (`Store::take_archive`: the head of this node's own outbox,
+//! where its final writes stage their rows, topped up from the cluster's outbox), write it in
+//! one statement (idempotent by id), acknowledge it (`Store::archived`, fenced by the node's
+//! incarnation). While PostgreSQL is
 //! away or slow the rows wait in Redis and tasks run on; the batch is retried with backoff and
 //! the outage is logged once. Beside that loop, never waiting on it, the mark is renewed and
 //! every second the outbox's length is read for the metrics and judged by `decide::outbox`: a
@@ -27,7 +28,7 @@ use crate::config::{Settings, redact_url};
 use crate::decide::backoff::Backoff;
 use crate::decide::outbox::{Act, Outbox};
 use crate::metrics::ArchiveMetrics;
-use crate::store::Store;
+use crate::store::{Incarnation, Store};
 
 /// How long the cluster stays marked as archiving without a renewal.
 const MARK: Duration = Duration::from_secs(600);
@@ -49,6 +50,8 @@ pub(crate) struct ArchiverArgs {
     pub store: Store,
     /// This node's id (its own outbox).
     pub node: String,
+    /// This incarnation (acknowledgements are fenced by it).
+    pub me: Incarnation,
     /// The settings (`[saver] archive*`, the key prefix).
     pub settings: Settings,
     /// Rows written, failures, the outbox's length.
@@ -155,22 +158,22 @@ impl Watch {
         if self.renewed.elapsed() >= RENEW && store.archive_on(MARK).await.is_ok() {
             self.renewed = Instant::now();
         }
-        let Ok(len) = store.outbox_len(&args.node).await else {
+        let Ok(len) = store.outbox_len().await else {
             return;
         };
         let bound = args.settings.saver.archive_outbox;
-        args.metrics.outbox(len.waiting, bound);
-        match self.outbox.observe(len.waiting, Instant::now()) {
+        args.metrics.outbox(len, bound);
+        match self.outbox.observe(len, Instant::now()) {
             Act::Nothing => {}
             Act::Warn => tracing::warn!(
-                waiting = len.waiting,
+                waiting = len,
                 bound,
                 "the archive's outbox is over 80% of saver.archive_outbox; at the bound no node claims new tasks until PostgreSQL catches up"
             ),
             Act::Hold { first } => {
                 if first {
                     tracing::error!(
-                        waiting = len.waiting,
+                        waiting = len,
                         bound,
                         "the archive's outbox is full: no node claims new tasks until PostgreSQL catches up (nothing is dropped; enqueues are still accepted)"
                     );
@@ -179,7 +182,7 @@ impl Watch {
             }
             Act::Release => {
                 tracing::info!(
-                    waiting = len.waiting,
+                    waiting = len,
                     "the archive's outbox has room again: claims resume"
                 );
                 let _ = store.hold_claims(None).await;
@@ -225,7 +228,7 @@ impl Writer {
             Ok(n) => {
                 // Not acknowledged (Redis away): the same rows come back, and writing them again
                 // changes nothing.
-                if store.archived(&args.node).await.is_err() {
+                if store.archived(&args.me, taken.len()).await.is_err() {
                     return self.backoff.next_delay();
                 }
                 args.metrics.wrote(n);

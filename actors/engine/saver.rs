@@ -332,6 +332,9 @@ mod tests {
             event: format!("done {id}"),
             started_event: None,
             error_event: None,
+            args: "null".into(),
+            priority: 0,
+            created: 1,
         }
     }
 

@@ -242,6 +242,7 @@ impl SupervisorState {
                 let args = ArchiverArgs {
                     store: p.store.clone(),
                     node: p.node.clone(),
+                    me: p.incarnation(),
                     settings: p.settings.clone(),
                     metrics: p.metrics.archive(),
                 };

@@ -1,20 +1,13 @@
-//! The archive's outbox in Redis. The scripts stage every finished task's row on the cluster's
-//! outbox (`stage_row` in `common.lua`) while `{prefix}:archive` exists; an archiver takes rows
-//! into its node's own outbox, writes them to PostgreSQL, then acknowledges them. A node that
-//! leaves or dies gives what it took back to the cluster's outbox (`leave.lua`).
+//! The archive's outbox in Redis. A node that archives stages the rows of the tasks it ends on
+//! its own outbox (`write.lua`, from the row the saver sends); the other ends are staged on the
+//! cluster's outbox from the record (`stage_row` in `common.lua`) while `{prefix}:archive`
+//! exists. An archiver reads its node's outbox (topped up from the cluster's), writes the rows
+//! to PostgreSQL, then acknowledges them. A node that leaves or dies gives its outbox back to
+//! the cluster's (`leave.lua`).
 
 use std::time::Duration;
 
-use super::{Store, StoreResult};
-
-/// How full the outbox is.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub(crate) struct OutboxLen {
-    /// Rows waiting for any archiver.
-    pub(crate) waiting: u64,
-    /// Rows that nodes took and have not acknowledged yet.
-    pub(crate) taken: u64,
-}
+use super::{Incarnation, Store, StoreResult};
 
 impl Store {
     /// Says the cluster archives, for `hold`: until then every finished task's row is staged.
@@ -30,8 +23,8 @@ impl Store {
         Ok(())
     }
 
-    /// Rows for `node`'s archiver: what its own outbox holds, else up to `n` rows moved there
-    /// from the cluster's outbox.
+    /// Up to `n` rows for `node`'s archiver from the head of its own outbox, topped up from
+    /// the cluster's outbox when it holds fewer.
     pub(crate) async fn take_archive(&self, node: &str, n: usize) -> StoreResult<Vec<String>> {
         let mut con = self.con.clone();
         Ok(self
@@ -44,27 +37,37 @@ impl Store {
             .await?)
     }
 
-    /// The rows `node` took are in the archive: its own outbox is emptied.
-    pub(crate) async fn archived(&self, node: &str) -> StoreResult<()> {
+    /// The first `n` rows of `me`'s outbox are in the archive: they go, unless another
+    /// incarnation of the node holds its lease (then false, and nothing changes).
+    pub(crate) async fn archived(&self, me: &Incarnation, n: usize) -> StoreResult<bool> {
         let mut con = self.con.clone();
-        redis::cmd("DEL")
-            .arg(self.keys.node_outbox(node))
-            .query_async::<()>(&mut con)
+        let done: i64 = self
+            .scripts
+            .archive_ack
+            .key(self.keys.node_outbox(&me.node))
+            .key(self.keys.alive(&me.node))
+            .arg(n)
+            .arg(&me.holder)
+            .invoke_async(&mut con)
             .await?;
-        Ok(())
+        Ok(done == 1)
     }
 
-    /// How many rows wait in the cluster's outbox, and in `node`'s.
-    pub(crate) async fn outbox_len(&self, node: &str) -> StoreResult<OutboxLen> {
+    /// How many rows wait for the archive, cluster-wide: in the cluster's outbox and in every
+    /// member's own.
+    pub(crate) async fn outbox_len(&self) -> StoreResult<u64> {
         let mut con = self.con.clone();
-        let (waiting, taken): (u64, u64) = redis::pipe()
-            .cmd("LLEN")
-            .arg(self.keys.outbox())
-            .cmd("LLEN")
-            .arg(self.keys.node_outbox(node))
+        let members: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(self.keys.members())
             .query_async(&mut con)
             .await?;
-        Ok(OutboxLen { waiting, taken })
+        let mut pipe = redis::pipe();
+        pipe.cmd("LLEN").arg(self.keys.outbox());
+        for m in &members {
+            pipe.cmd("LLEN").arg(self.keys.node_outbox(m));
+        }
+        let lens: Vec<u64> = pipe.query_async(&mut con).await?;
+        Ok(lens.iter().sum())
     }
 
     /// Holds every node's claims for `hold` (the outbox is over its bound), or lets them go.

@@ -111,6 +111,7 @@ struct Scripts {
     take: Script,
     settle: Script,
     archive_take: Script,
+    archive_ack: Script,
 }
 
 impl Scripts {
@@ -139,10 +140,11 @@ impl Scripts {
             take: lua!("take.lua"),
             settle: lua!("settle.lua"),
             archive_take: lua!("archive_take.lua"),
+            archive_ack: lua!("archive_ack.lua"),
         }
     }
 
-    fn all(&self) -> [&Script; 23] {
+    fn all(&self) -> [&Script; 24] {
         [
             &self.enqueue,
             &self.claim,
@@ -167,6 +169,7 @@ impl Scripts {
             &self.take,
             &self.settle,
             &self.archive_take,
+            &self.archive_ack,
         ]
     }
 }
@@ -180,6 +183,8 @@ struct Names {
     dead_ttl: Duration,
     key_limit: u32,
     key_policy: KeyPolicy,
+    /// This node archives (`[saver] archive`): its final writes carry their rows.
+    archives: bool,
 }
 
 /// The store's connection: one multiplexed, self-reconnecting connection, whose failed calls
@@ -325,6 +330,7 @@ impl Store {
                 dead_ttl: settings.saver.dead_ttl,
                 key_limit: settings.keys.limit,
                 key_policy: settings.keys.policy,
+                archives: settings.saver.archives(),
             }),
             scripts: Arc::new(Scripts::new()),
         })

@@ -66,6 +66,9 @@ async fn finish_script_applies_the_fencing_table() {
             event: "{}".into(),
             started_event: None,
             error_event: None,
+            args: "null".into(),
+            priority: 0,
+            created: 1,
         };
         let got = store.write(&[op]).await.unwrap()[0];
         let want = match verdict {
@@ -360,6 +363,9 @@ fn finish_op(id: &str, node: &str, epoch: u64, state: TaskState, retry_at: u64) 
         event: "{}".into(),
         started_event: None,
         error_event: None,
+        args: "null".into(),
+        priority: 0,
+        created: 1,
     }
 }
 

@@ -49,6 +49,12 @@ pub(crate) enum WriteOp {
         started_event: Option<String>,
         /// The `error` event of a failed attempt, published before `retry` or `dead`.
         error_event: Option<String>,
+        /// The task's arguments (JSON text), for the archive's row.
+        args: String,
+        /// Its priority, for the archive's row.
+        priority: i32,
+        /// Its creation time (Unix ms), for the archive's row.
+        created: u64,
     },
     /// Publish an event that belongs to no task write (`rejected`).
     Event {
@@ -136,7 +142,30 @@ impl Store {
                     event,
                     started_event,
                     error_event,
+                    args,
+                    priority,
+                    created,
                 } => {
+                    // On a node that archives, a final end carries its row, which `write.lua`
+                    // stages on this node's outbox when it applies the end (else '': the row,
+                    // if the cluster archives, is staged from the record).
+                    let row = if self.names.archives && state.is_finished() {
+                        archive_row(&ArchiveRow {
+                            id,
+                            worker: op_worker(op),
+                            state: state.as_str(),
+                            attempt,
+                            node,
+                            priority: *priority,
+                            created: *created,
+                            started: *started,
+                            finished: *finished,
+                            args,
+                            value,
+                        })
+                    } else {
+                        String::new()
+                    };
                     cmd.arg("F")
                         .arg(id)
                         .arg(node)
@@ -149,7 +178,8 @@ impl Store {
                         .arg(retry_at)
                         .arg(event)
                         .arg(started_event.as_deref().unwrap_or(""))
-                        .arg(error_event.as_deref().unwrap_or(""));
+                        .arg(error_event.as_deref().unwrap_or(""))
+                        .arg(row);
                 }
                 WriteOp::Event { event } => {
                     cmd.arg("E").arg(event);
@@ -158,4 +188,52 @@ impl Store {
         }
         cmd
     }
+}
+
+/// The worker type of a finish.
+fn op_worker(op: &WriteOp) -> &str {
+    match op {
+        WriteOp::Finish { worker, .. } => worker,
+        _ => "",
+    }
+}
+
+/// What a node knows of a task it ends, for the archive.
+struct ArchiveRow<'a> {
+    id: &'a str,
+    worker: &'a str,
+    state: &'a str,
+    attempt: &'a u32,
+    node: &'a str,
+    priority: i32,
+    created: u64,
+    started: u64,
+    finished: u64,
+    args: &'a str,
+    value: &'a str,
+}
+
+/// The row `write.lua` stages for the archive, in the outbox's format (the record's fields as
+/// text, as `stage_row` in `common.lua` writes them); the script adds `key`, `parent` and
+/// `template` from the record.
+fn archive_row(r: &ArchiveRow<'_>) -> String {
+    let mut row = serde_json::Map::new();
+    let mut put = |k: &str, v: String| {
+        row.insert(k.to_owned(), serde_json::Value::String(v));
+    };
+    put("id", r.id.to_owned());
+    put("worker", r.worker.to_owned());
+    put("state", r.state.to_owned());
+    put("attempt", r.attempt.to_string());
+    put("node", r.node.to_owned());
+    put("priority", r.priority.to_string());
+    put("created", r.created.to_string());
+    put("started", r.started.to_string());
+    put("finished", r.finished.to_string());
+    put("args", r.args.to_owned());
+    put(
+        if r.state == "done" { "result" } else { "error" },
+        r.value.to_owned(),
+    );
+    serde_json::Value::Object(row).to_string()
 }

@@ -159,6 +159,11 @@ impl Postgres {
     }
 
     /// The server's log (every start appends to it).
+    /// The server's (postmaster's) process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.log_path()).unwrap_or_default()
     }

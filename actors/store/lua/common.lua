@@ -263,10 +263,15 @@ local FINISHED_TRIMMED = false
 -- noted below also stages the task's final row, as JSON, on `{prefix}:archive:outbox`, in
 -- the same step as the end itself; the archivers take it from there. Read once per call.
 local ARCHIVING = nil
+-- The id whose row its caller staged already (write.lua, from the row a node sent).
+local STAGED = nil
 local ARCHIVE_FIELDS = {'worker', 'state', 'attempt', 'node', 'priority', 'key', 'created',
   'started', 'finished', 'args', 'result', 'error', 'template', 'parent'}
 
 local function stage_row(prefix, id)
+  if id == STAGED then
+    return
+  end
   if ARCHIVING == nil then
     ARCHIVING = redis.call('EXISTS', prefix .. ':archive') == 1
   end

@@ -4,7 +4,8 @@
 -- ARGV[5] dead ttl (ms); then one write after another:
 --   'S', id, epoch, attempt, start time, `started` event                    (an attempt began)
 --   'F', id, node, epoch, new state, result JSON or error, attempt, start time (0: it never
---        began), end time, retry time, transition event, `started` event (''), `error` event ('')
+--        began), end time, retry time, transition event, `started` event (''), `error` event (''),
+--        the archive's row ('': none; else staged on the node's own outbox, see below)
 --   'E', event                                              (an event of no task: `rejected`)
 -- Returns one code per write: S 1 written, 0 fenced out; F 1 written, 0 stale (fenced out and
 -- counted), 2 already finished, 3 record gone; E 1; -2 the write failed.
@@ -32,7 +33,7 @@ end
 
 -- An attempt ended: done, failed, dead, cancelled, expired, or retrying at `retry_at`.
 local function finish(id, node, epoch, state, value, attempt, started, now, retry_at, event,
-    started_event, error_event)
+    started_event, error_event, row)
   local tk = prefix .. ':task:' .. id
   local owned = prefix .. ':node:' .. node .. ':owned'
   local cur = redis.call('HMGET', tk, 'epoch', 'state', 'reply', 'key', 'result_key', 'parent',
@@ -98,6 +99,21 @@ local function finish(id, node, epoch, state, value, attempt, started, now, retr
   end
   redis.call('PEXPIRE', tk, keep)
   count(state)
+  if row ~= '' then
+    -- The node archives and sent the row of what it knows; the record adds the rest. Staged on
+    -- its own outbox, which its archiver reads (and a survivor gets back if it dies); the
+    -- record is not read again for it (see stage_row).
+    local template = redis.call('HGET', tk, 'template')
+    local extra = {key = cur[4], parent = cur[6], template = template}
+    row = string.sub(row, 1, -2)
+    for name, v in pairs(extra) do
+      if v and v ~= '' then
+        row = row .. ',"' .. name .. '":' .. cjson.encode(v)
+      end
+    end
+    redis.call('RPUSH', prefix .. ':archive:outbox:' .. node, row .. '}')
+    STAGED = id
+  end
   announce_end(prefix, id, event, cur[3], cur[6], keep, ttl, now, channel, events)
   return 1
 end
@@ -112,8 +128,9 @@ while i <= #ARGV do
     i = i + 6
   elseif kind == 'F' then
     ok, code = pcall(finish, ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4], ARGV[i + 5],
-      ARGV[i + 6], ARGV[i + 7], ARGV[i + 8], ARGV[i + 9], ARGV[i + 10], ARGV[i + 11], ARGV[i + 12])
-    i = i + 13
+      ARGV[i + 6], ARGV[i + 7], ARGV[i + 8], ARGV[i + 9], ARGV[i + 10], ARGV[i + 11], ARGV[i + 12],
+      ARGV[i + 13])
+    i = i + 14
   else
     ok, code = pcall(redis.call, 'PUBLISH', events, ARGV[i + 1])
     code = 1
