@@ -29,6 +29,26 @@ const MAX_LIMIT: usize = 500;
 const DEFAULT_LIMIT: usize = 50;
 
 /// The query parameters of a request, each at most once and each one of `allowed`.
+/// The `limit` parameter: `default` when absent, else a number in `1..=max` (400 otherwise).
+pub(super) fn limit_param(
+    p: &HashMap<String, String>,
+    default: usize,
+    max: usize,
+) -> Result<usize, ApiError> {
+    let Some(text) = p.get("limit") else {
+        return Ok(default);
+    };
+    text.parse::<usize>()
+        .ok()
+        .filter(|n| (1..=max).contains(n))
+        .ok_or_else(|| {
+            ApiError::bad(
+                "limit",
+                format!("`{}` is not a number in 1..={max}", shorten(text, 40)),
+            )
+        })
+}
+
 pub(super) fn params(
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
     allowed: &[&str],
@@ -162,19 +182,7 @@ pub(super) async fn list(
         }
         None => None,
     };
-    let limit = match p.get("limit") {
-        None => DEFAULT_LIMIT,
-        Some(text) => text
-            .parse::<usize>()
-            .ok()
-            .filter(|n| (1..=MAX_LIMIT).contains(n))
-            .ok_or_else(|| {
-                ApiError::bad(
-                    "limit",
-                    format!("`{}` is not a number in 1..={MAX_LIMIT}", shorten(text, 40)),
-                )
-            })?,
-    };
+    let limit = limit_param(&p, DEFAULT_LIMIT, MAX_LIMIT)?;
     let after = match p.get("cursor") {
         None => None,
         Some(text) => Some(Cursor::parse(text).ok_or_else(|| {

@@ -18,7 +18,7 @@ use axum::http::StatusCode;
 use serde_json::{Value, json};
 use tokio::sync::Mutex;
 
-use super::api::{params, task_id, worker_name};
+use super::api::{limit_param, params, task_id, worker_name};
 use super::{ApiError, Shared};
 use crate::archive::{
     Archive, ArchiveError, FINAL_STATES, HistoryPage, HistoryQuery, HistoryRow, read_cursor,
@@ -225,19 +225,7 @@ fn history_query(
     };
     let since = p.get("since").map(|t| moment("since", t)).transpose()?;
     let until = p.get("until").map(|t| moment("until", t)).transpose()?;
-    let limit = match p.get("limit") {
-        None => DEFAULT_LIMIT,
-        Some(text) => text
-            .parse::<usize>()
-            .ok()
-            .filter(|n| (1..=MAX_LIMIT).contains(n))
-            .ok_or_else(|| {
-                ApiError::bad(
-                    "limit",
-                    format!("`{}` is not a number in 1..={MAX_LIMIT}", shorten(text, 40)),
-                )
-            })?,
-    };
+    let limit = limit_param(&p, DEFAULT_LIMIT, MAX_LIMIT)?;
     let cursor = match p.get("cursor") {
         Some(c) => {
             read_cursor(c).map_err(|_| {
