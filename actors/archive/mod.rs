@@ -74,6 +74,9 @@ fn with_causes(e: &tokio_postgres::Error) -> String {
 pub struct Archive {
     db: tokio_postgres::Client,
     cluster: String,
+    /// The insert, prepared once the schema is up to date (parsed and planned once per
+    /// connection, not once per batch).
+    insert: Option<tokio_postgres::Statement>,
 }
 
 impl std::fmt::Debug for Archive {
@@ -124,12 +127,15 @@ impl Archive {
         Ok(Archive {
             db,
             cluster: settings.redis.prefix.clone(),
+            insert: None,
         })
     }
 
     /// Brings the schema up to date; returns the versions applied now.
     pub(crate) async fn migrate(&mut self) -> Result<Vec<i32>, ArchiveError> {
-        schema::migrate(&mut self.db).await
+        let applied = schema::migrate(&mut self.db).await?;
+        self.insert = Some(self.db.prepare(rows::INSERT).await?);
+        Ok(applied)
     }
 
     /// The schema's version (0: none yet).
@@ -139,7 +145,10 @@ impl Archive {
 
     /// Writes rows, idempotent by id.
     pub(crate) async fn insert(&self, rows: &[rows::Row]) -> Result<u64, ArchiveError> {
-        rows::insert(&self.db, &self.cluster, rows).await
+        match &self.insert {
+            Some(prepared) => rows::insert(&self.db, prepared, &self.cluster, rows).await,
+            None => rows::insert(&self.db, rows::INSERT, &self.cluster, rows).await,
+        }
     }
 
     /// True once the connection is gone (then connect again).

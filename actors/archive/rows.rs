@@ -131,7 +131,7 @@ pub(crate) fn latest_per_id(rows: Vec<Row>) -> Vec<Row> {
     out
 }
 
-const INSERT: &str = "INSERT INTO bgnode_tasks (cluster, id, worker, state, args, result, error,
+pub(crate) const INSERT: &str = "INSERT INTO bgnode_tasks (cluster, id, worker, state, args, result, error,
         attempts, node, priority, key, created_at, started_at, finished_at, run_ms, template,
         parent)
     SELECT $1, r.id, r.worker, r.state, r.args::jsonb, r.result::jsonb, r.error, r.attempts,
@@ -153,11 +153,15 @@ const INSERT: &str = "INSERT INTO bgnode_tasks (cluster, id, worker, state, args
 
 /// Writes `rows` (one id at most once) in one statement; a row already there is replaced only
 /// by a later end of the same task, so writing a batch again changes nothing.
-pub(crate) async fn insert(
+pub(crate) async fn insert<S>(
     db: &tokio_postgres::Client,
+    statement: &S,
     cluster: &str,
     rows: &[Row],
-) -> Result<u64, ArchiveError> {
+) -> Result<u64, ArchiveError>
+where
+    S: tokio_postgres::ToStatement + ?Sized,
+{
     macro_rules! col {
         ($f:expr) => {
             rows.iter().map($f).collect::<Vec<_>>()
@@ -180,7 +184,7 @@ pub(crate) async fn insert(
     let templates = col!(|r| r.template.as_deref());
     let parents = col!(|r| r.parent.as_deref());
     db.execute(
-        INSERT,
+        statement,
         &[
             &cluster,
             &ids,

@@ -48,8 +48,7 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
                 ADD COLUMN parent text,
                 ADD COLUMN archived_at timestamptz NOT NULL DEFAULT now();
             CREATE INDEX bgnode_tasks_finished ON bgnode_tasks (cluster, finished_at DESC, id DESC);
-            CREATE INDEX bgnode_tasks_worker ON bgnode_tasks (cluster, worker, finished_at DESC);
-            CREATE INDEX bgnode_tasks_state ON bgnode_tasks (cluster, state, finished_at DESC)",
+            CREATE INDEX bgnode_tasks_worker ON bgnode_tasks (cluster, worker, finished_at DESC)",
     },
 ];
 
