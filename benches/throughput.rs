@@ -122,6 +122,11 @@ struct Options {
     /// fast the archive keeps up after the drain.
     #[arg(long)]
     archive: bool,
+    /// The niceness of that PostgreSQL (0 to 19). On this bench's machine it shares the cores
+    /// with Redis and the nodes; 19 lets it run only on what they leave, standing in for a
+    /// database on a host of its own.
+    #[arg(long, value_name = "N", default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=19))]
+    archive_nice: u8,
     /// `cargo bench` passes `--bench` to every bench binary.
     #[arg(long = "bench", hide = true)]
     _bench: bool,
@@ -1364,9 +1369,19 @@ async fn run(opts: &Options) -> anyhow::Result<bool> {
     let postgres = opts.archive.then(common::Postgres::start);
     if let Some(pg) = &postgres {
         println!(
-            "bench: archive on: every node writes finished tasks to a private PostgreSQL on port {}",
-            pg.port
+            "bench: archive on: every node writes finished tasks to a private PostgreSQL on port {} (nice {})",
+            pg.port, opts.archive_nice
         );
+        if opts.archive_nice > 0 {
+            // Its backends are forked later and inherit the postmaster's niceness.
+            let pid = pg.pid().context("postgres has no pid")?;
+            let status = std::process::Command::new("renice")
+                .args(["-n", &opts.archive_nice.to_string(), "-p", &pid.to_string()])
+                .stdout(std::process::Stdio::null())
+                .status()
+                .context("cannot run renice")?;
+            anyhow::ensure!(status.success(), "renice of postgres failed: {status}");
+        }
     }
     let workers = tempfile::tempdir().context("cannot create the empty workers folder")?;
     let nodes = start_nodes(

@@ -131,7 +131,8 @@ pub(crate) fn latest_per_id(rows: Vec<Row>) -> Vec<Row> {
     out
 }
 
-pub(crate) const INSERT: &str = "INSERT INTO bgnode_tasks (cluster, id, worker, state, args, result, error,
+pub(crate) const INSERT: &str =
+    "INSERT INTO bgnode_tasks (cluster, id, worker, state, args, result, error,
         attempts, node, priority, key, created_at, started_at, finished_at, run_ms, template,
         parent)
     SELECT $1, r.id, r.worker, r.state, r.args::jsonb, r.result::jsonb, r.error, r.attempts,

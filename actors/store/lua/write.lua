@@ -37,7 +37,7 @@ local function finish(id, node, epoch, state, value, attempt, started, now, retr
   local tk = prefix .. ':task:' .. id
   local owned = prefix .. ':node:' .. node .. ':owned'
   local cur = redis.call('HMGET', tk, 'epoch', 'state', 'reply', 'key', 'result_key', 'parent',
-    'deadline', 'cancel')
+    'deadline', 'cancel', 'template')
   if not cur[1] then
     redis.call('SREM', owned, id)
     return 3
@@ -103,8 +103,7 @@ local function finish(id, node, epoch, state, value, attempt, started, now, retr
     -- The node archives and sent the row of what it knows; the record adds the rest. Staged on
     -- its own outbox, which its archiver reads (and a survivor gets back if it dies); the
     -- record is not read again for it (see stage_row).
-    local template = redis.call('HGET', tk, 'template')
-    local extra = {key = cur[4], parent = cur[6], template = template}
+    local extra = {key = cur[4], parent = cur[6], template = cur[9]}
     row = string.sub(row, 1, -2)
     for name, v in pairs(extra) do
       if v and v ~= '' then
