@@ -92,14 +92,19 @@ where
     tokio::spawn(async move {
         let why = match AssertUnwindSafe(fut).catch_unwind().await {
             Ok(()) => "ended".to_owned(),
-            Err(panic) => panic
-                .downcast_ref::<&str>()
-                .map(|s| (*s).to_owned())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "panicked".into()),
+            Err(panic) => panic_text(&*panic),
         };
         let _ = actor.cast(died(why));
     })
+}
+
+/// What a caught panic said.
+pub(crate) fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "panicked".into())
 }
 
 /// When this node last renewed its liveness lease. The lease keeper writes it; the dispatcher

@@ -914,8 +914,10 @@ async fn a_killed_node_leaves_its_outbox_to_a_survivor() {
         ("BGNODE_SAVER__ARCHIVE", pg.url.as_str()),
         ("BGNODE_SAVER__ARCHIVE_BATCH", "50"),
     ];
-    let mut n1 = NodeProc::start(&redis, "n1", workers.path(), &env);
-    let _n2 = NodeProc::start(&redis, "n2", workers.path(), &env);
+    let mut nodes = [
+        NodeProc::start(&redis, "n1", workers.path(), &env),
+        NodeProc::start(&redis, "n2", workers.path(), &env),
+    ];
     let client = Client::connect(&redis.url).await.unwrap();
     both_up(&client).await;
     let locker = pg.client().await.unwrap();
@@ -930,27 +932,40 @@ async fn a_killed_node_leaves_its_outbox_to_a_survivor() {
         .await
         .unwrap();
     let ids = enqueue_echo(&client, "k", 300).await;
-    eventually(
+    // Each node stages the rows of the tasks it ends on its own outbox; the victim is a node
+    // holding some (the load may fall mostly on one of them).
+    let victim = eventually(
         Duration::from_secs(20),
-        "n1's archiver to take rows",
-        || async { (llen(&redis, "bg:archive:outbox:n1").await > 0).then_some(()) },
+        "an archiver to hold rows",
+        || async {
+            for (i, node) in ["n1", "n2"].into_iter().enumerate() {
+                if llen(&redis, &format!("bg:archive:outbox:{node}")).await > 0 {
+                    return Some(i);
+                }
+            }
+            None
+        },
     )
     .await;
+    let (name, own) = (
+        ["n1", "n2"][victim],
+        format!("bg:archive:outbox:{}", ["n1", "n2"][victim]),
+    );
     wait_done(&redis, &ids, Duration::from_secs(30)).await;
     blocking(|| pg.stop());
     drop(locker);
-    let held = staged_ids(&redis, "bg:archive:outbox:n1").await;
+    let held = staged_ids(&redis, &own).await;
     assert!(!held.is_empty());
-    println!("n1 held {} rows when it was killed", held.len());
+    println!("{name} held {} rows when it was killed", held.len());
 
-    n1.signal(Signal::KILL);
-    n1.wait_exit(Duration::from_secs(5)).await;
-    // A survivor fails n1 over and gives its rows back to the cluster's outbox, where they
-    // wait (PostgreSQL is still down).
+    nodes[victim].signal(Signal::KILL);
+    nodes[victim].wait_exit(Duration::from_secs(5)).await;
+    // A survivor fails the victim over and gives its rows back to the cluster's outbox, where
+    // they wait (PostgreSQL is still down).
     eventually(
         Duration::from_secs(30),
-        "n1's rows to go back to the cluster's outbox",
-        || async { (llen(&redis, "bg:archive:outbox:n1").await == 0).then_some(()) },
+        "the killed node's rows to go back to the cluster's outbox",
+        || async { (llen(&redis, &own).await == 0).then_some(()) },
     )
     .await;
     let back: BTreeSet<String> = staged_ids(&redis, "bg:archive:outbox")
@@ -958,14 +973,14 @@ async fn a_killed_node_leaves_its_outbox_to_a_survivor() {
         .into_iter()
         .collect();
     let lost: Vec<&String> = held.iter().filter(|id| !back.contains(*id)).collect();
-    assert!(lost.is_empty(), "rows n1 held are not back: {lost:?}");
+    assert!(lost.is_empty(), "rows {name} held are not back: {lost:?}");
 
     blocking(|| pg.start_again());
     let db = pg.client().await.unwrap();
     let expected: BTreeSet<String> = ids.iter().cloned().collect();
     wait_archived(&db, &expected, Duration::from_secs(30)).await;
     outboxes_drained(&redis, &["n1", "n2"]).await;
-    assert_eq!(llen(&redis, "bg:archive:outbox:n1").await, 0);
+    assert_eq!(llen(&redis, &own).await, 0);
 }
 
 /// Slots and node-local queue of the node whose outbox fills.

@@ -16,7 +16,14 @@
 //! A row PostgreSQL refuses for its data (class 22 or 23) is found by writing the batch row by
 //! row, logged with its id and left out, so one bad row never stalls the archive. Any other
 //! refusal (a dropped table, a revoked grant) is retried like an outage: nothing is dropped.
+//!
+//! The writing runs on a thread of its own, at a lower CPU priority (nice +10 on Linux) with a
+//! runtime of its own: archiving is bookkeeping and yields the CPU to the task path, so a busy
+//! node runs its tasks first and the archive catches up in what is left. Under a load the
+//! machine cannot carry both, the outbox grows until the bound holds the claims and the archive
+//! gets the CPU back: the watch, which holds them, stays on the node's runtime.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
@@ -36,6 +43,8 @@ const MARK: Duration = Duration::from_secs(600);
 const RENEW: Duration = Duration::from_secs(60);
 /// How often the outbox's length is read.
 const CHECK: Duration = Duration::from_secs(1);
+/// How much the writing thread lowers its CPU priority (its nice value, on Linux).
+const NICE: i32 = 10;
 /// How long a hold of the claims lasts unless renewed (every `CHECK`).
 const HOLD: Duration = Duration::from_secs(5);
 /// The pause when the outbox is empty.
@@ -64,7 +73,10 @@ pub(crate) struct ArchiverArgs {
 
 /// The archiver's state.
 pub(crate) struct ArchiverState {
+    /// The watch, on the node's runtime.
     task: JoinHandle<()>,
+    /// Dropped to stop the writing thread.
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 /// Messages to the archiver.
@@ -87,8 +99,20 @@ impl Actor for Archiver {
     ) -> Result<ArchiverState, ActorProcessingErr> {
         // Before any task of this node can end: the rows of what ends from now on are staged.
         args.store.archive_on(MARK).await?;
+        let args = Arc::new(args);
+        let (stop, stopped) = tokio::sync::oneshot::channel();
+        spawn_writer(args.clone(), stopped, myself.clone())?;
+        let mut watch = Watch {
+            outbox: Outbox::new(args.settings.saver.archive_outbox),
+            renewed: Instant::now(),
+        };
+        // The watch runs beside the writing, not between its batches: a PostgreSQL that is slow
+        // or does not answer at all (a connect or an insert that hangs) must hold up neither the
+        // mark's renewal nor the claims' hold.
+        let watching = async move { watch.run(&args).await };
         Ok(ArchiverState {
-            task: crate::wiring::watch_task(run(args), myself, ArchiverMsg::Died),
+            task: crate::wiring::watch_task(watching, myself, ArchiverMsg::Died),
+            stop: Some(stop),
         })
     }
 
@@ -98,6 +122,7 @@ impl Actor for Archiver {
         state: &mut ArchiverState,
     ) -> Result<(), ActorProcessingErr> {
         state.task.abort();
+        state.stop.take();
         Ok(())
     }
 
@@ -126,20 +151,48 @@ struct Writer {
     failing: Option<Instant>,
 }
 
-async fn run(args: ArchiverArgs) {
-    let mut watch = Watch {
-        outbox: Outbox::new(args.settings.saver.archive_outbox),
-        renewed: Instant::now(),
-    };
-    let mut writer = Writer {
-        archive: None,
-        backoff: fresh_backoff(),
-        failing: None,
-    };
-    // The watch runs beside the writing, not between its batches: a PostgreSQL that is slow or
-    // does not answer at all (a connect or an insert that hangs) must hold up neither the
-    // mark's renewal nor the claims' hold.
-    tokio::join!(watch.run(&args), writer.run(&args));
+/// Starts the writing loop on a thread of its own at a lower priority; it ends when `stopped`
+/// fires (or its sender is dropped), and tells the actor if the loop ends by itself.
+fn spawn_writer(
+    args: Arc<ArchiverArgs>,
+    stopped: tokio::sync::oneshot::Receiver<()>,
+    actor: ActorRef<ArchiverMsg>,
+) -> Result<(), ActorProcessingErr> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    std::thread::Builder::new()
+        .name("bgnode-archive".into())
+        .spawn(move || {
+            lower_priority();
+            let mut writer = Writer {
+                archive: None,
+                backoff: fresh_backoff(),
+                failing: None,
+            };
+            let ended = runtime.block_on(async {
+                let writing = std::panic::AssertUnwindSafe(writer.run(&args));
+                tokio::select! {
+                    why = futures::FutureExt::catch_unwind(writing) => Some(match why {
+                        Err(panic) => crate::wiring::panic_text(&*panic),
+                    }),
+                    _ = stopped => None,
+                }
+            });
+            if let Some(why) = ended {
+                let _ = actor.cast(ArchiverMsg::Died(why));
+            }
+        })?;
+    Ok(())
+}
+
+/// Lowers the calling thread's CPU priority by [`NICE`]: on Linux the nice value belongs to a
+/// thread, and `setpriority` on the caller's own "process" sets the calling thread's.
+fn lower_priority() {
+    #[cfg(target_os = "linux")]
+    if let Err(e) = rustix::process::setpriority_process(None, NICE) {
+        tracing::debug!("the archive's thread keeps its priority: {e}");
+    }
 }
 
 fn fresh_backoff() -> Backoff {
@@ -196,7 +249,7 @@ impl Watch {
 }
 
 impl Writer {
-    async fn run(&mut self, args: &ArchiverArgs) {
+    async fn run(&mut self, args: &ArchiverArgs) -> std::convert::Infallible {
         loop {
             let pause = self.step(args).await;
             if !pause.is_zero() {
