@@ -145,6 +145,10 @@ struct Watch {
 
 /// The writing loop's memory between batches.
 struct Writer {
+    /// The store on a connection of the writer's own (made on its runtime): a batch of 500
+    /// rows is a large answer, and on the node's connection the task path's answers would
+    /// queue behind it.
+    store: Option<Store>,
     archive: Option<Archive>,
     backoff: Backoff,
     /// Since when writing has failed, and why it was logged.
@@ -166,6 +170,7 @@ fn spawn_writer(
         .spawn(move || {
             lower_priority();
             let mut writer = Writer {
+                store: None,
                 archive: None,
                 backoff: fresh_backoff(),
                 failing: None,
@@ -266,10 +271,15 @@ impl Writer {
                 Err(e) => return self.failed(args, &e),
             }
         }
-        let Some(archive) = &self.archive else {
+        if self.store.is_none() {
+            match args.store.on_own_connection().await {
+                Ok(store) => self.store = Some(store),
+                Err(_) => return self.backoff.next_delay(),
+            }
+        }
+        let (Some(archive), Some(store)) = (&self.archive, &self.store) else {
             return IDLE;
         };
-        let store = &args.store;
         let taken = match store
             .take_archive(&args.node, args.settings.saver.archive_batch as usize)
             .await

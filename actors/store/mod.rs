@@ -301,18 +301,22 @@ impl std::fmt::Debug for Store {
     }
 }
 
+/// How a store's connection reconnects and how long it waits.
+fn manager_config() -> ConnectionManagerConfig {
+    ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(2)))
+        .set_response_timeout(Some(Duration::from_secs(5)))
+        .set_number_of_retries(2)
+        .set_max_delay(Duration::from_secs(1))
+}
+
 impl Store {
     /// Connects to `redis.url` with the names and limits of `settings`. Fails when Redis cannot
     /// be reached now.
     pub(crate) async fn connect(settings: &Settings) -> StoreResult<Store> {
         let client = redis_client(&settings.redis)?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(2)))
-            .set_response_timeout(Some(Duration::from_secs(5)))
-            .set_number_of_retries(2)
-            .set_max_delay(Duration::from_secs(1));
         let mut con = Con {
-            manager: ConnectionManager::new_with_config(client.clone(), config)
+            manager: ConnectionManager::new_with_config(client.clone(), manager_config())
                 .await
                 .map_err(|e| tls_hint(&settings.redis, e))?,
             counters: None,
@@ -333,6 +337,21 @@ impl Store {
                 archives: settings.saver.archives(),
             }),
             scripts: Arc::new(Scripts::new()),
+        })
+    }
+
+    /// This store on a connection of its own, driven by the runtime this is called on: a user
+    /// whose large answers must not queue before the task path's (the archiver's batches).
+    pub(crate) async fn on_own_connection(&self) -> StoreResult<Store> {
+        let manager = ConnectionManager::new_with_config(self.client.clone(), manager_config())
+            .await
+            .map_err(StoreError::from)?;
+        Ok(Store {
+            con: Con {
+                manager,
+                counters: self.con.counters.clone(),
+            },
+            ..self.clone()
         })
     }
 

@@ -217,23 +217,77 @@ struct ArchiveRow<'a> {
 /// text, as `stage_row` in `common.lua` writes them); the script adds `key`, `parent` and
 /// `template` from the record.
 fn archive_row(r: &ArchiveRow<'_>) -> String {
-    let mut row = serde_json::Map::new();
-    let mut put = |k: &str, v: String| {
-        row.insert(k.to_owned(), serde_json::Value::String(v));
+    /// The staged row's fields, serialized straight into the text (no map of owned values).
+    #[derive(serde::Serialize)]
+    struct Staged<'a> {
+        id: &'a str,
+        worker: &'a str,
+        state: &'a str,
+        attempt: String,
+        node: &'a str,
+        priority: String,
+        created: String,
+        started: String,
+        finished: String,
+        args: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        result: Option<&'a str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        error: Option<&'a str>,
+    }
+    let done = r.state == "done";
+    let staged = Staged {
+        id: r.id,
+        worker: r.worker,
+        state: r.state,
+        attempt: r.attempt.to_string(),
+        node: r.node,
+        priority: r.priority.to_string(),
+        created: r.created.to_string(),
+        started: r.started.to_string(),
+        finished: r.finished.to_string(),
+        args: r.args,
+        result: done.then_some(r.value),
+        error: (!done).then_some(r.value),
     };
-    put("id", r.id.to_owned());
-    put("worker", r.worker.to_owned());
-    put("state", r.state.to_owned());
-    put("attempt", r.attempt.to_string());
-    put("node", r.node.to_owned());
-    put("priority", r.priority.to_string());
-    put("created", r.created.to_string());
-    put("started", r.started.to_string());
-    put("finished", r.finished.to_string());
-    put("args", r.args.to_owned());
-    put(
-        if r.state == "done" { "result" } else { "error" },
-        r.value.to_owned(),
-    );
-    serde_json::Value::Object(row).to_string()
+    serde_json::to_string(&staged).expect("a row of strings serializes")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(state: &str, value: &str) -> serde_json::Value {
+        let text = archive_row(&ArchiveRow {
+            id: "t1",
+            worker: "echo",
+            state,
+            attempt: &2,
+            node: "n1",
+            priority: -3,
+            created: 1000,
+            started: 2000,
+            finished: 2500,
+            args: r#"{"a":"\"q\""}"#,
+            value,
+        });
+        assert!(text.ends_with('}'), "write.lua appends fields before the brace: {text}");
+        serde_json::from_str(&text).unwrap()
+    }
+
+    #[test]
+    fn a_staged_row_holds_the_record_fields_as_text() {
+        let done = row("done", "[1,2]");
+        assert_eq!(
+            done,
+            serde_json::json!({
+                "id": "t1", "worker": "echo", "state": "done", "attempt": "2", "node": "n1",
+                "priority": "-3", "created": "1000", "started": "2000", "finished": "2500",
+                "args": r#"{"a":"\"q\""}"#, "result": "[1,2]",
+            })
+        );
+        let failed = row("failed", "boom \"x\"");
+        assert_eq!(failed["error"], "boom \"x\"");
+        assert!(failed.get("result").is_none());
+    }
 }
