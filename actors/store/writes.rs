@@ -271,7 +271,10 @@ mod tests {
             args: r#"{"a":"\"q\""}"#,
             value,
         });
-        assert!(text.ends_with('}'), "write.lua appends fields before the brace: {text}");
+        assert!(
+            text.ends_with('}'),
+            "write.lua appends fields before the brace: {text}"
+        );
         serde_json::from_str(&text).unwrap()
     }
 
