@@ -90,6 +90,8 @@ pub struct RedisSettings {
     pub channel: String,
     /// Events channel.
     pub events: String,
+    /// Which events are published: every transition, or only the final ones.
+    pub event_level: EventLevel,
     /// Key prefix.
     pub prefix: String,
     /// CA certificates (PEM) a `rediss://` server's certificate must chain to; empty: the
@@ -152,6 +154,27 @@ pub struct KeySettings {
     pub limit: u32,
     /// What happens over the limit.
     pub policy: KeyPolicy,
+}
+
+/// Which events the cluster publishes on its events channel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EventLevel {
+    /// Every transition: `available`, `started`, attempts' errors, retries and the final ones.
+    All,
+    /// All but `available` and `started`, the two every task passes through: a task costs two
+    /// messages less (the final events, retries, errors and refusals are still published).
+    Final,
+}
+
+impl EventLevel {
+    /// The configured spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventLevel::All => "all",
+            EventLevel::Final => "final",
+        }
+    }
 }
 
 /// What happens to a task whose key is at its limit.

@@ -251,6 +251,15 @@ impl NodeBuilder {
             });
         }
         take_identity(&store, &settings, &holder).await?;
+        let level = settings.redis.event_level;
+        let was = store.set_event_level(level).await.map_err(redis_error)?;
+        if was != level {
+            tracing::info!(
+                "the cluster's events are now `{}` (were `{}`): redis.event_level holds for every node and every enqueue",
+                level.as_str(),
+                was.as_str()
+            );
+        }
         if settings.uses_development_cookie() {
             tracing::warn!(
                 "!!! this node uses the built-in development cookie: anyone who can reach {} can join the cluster; set node.cookie",

@@ -67,6 +67,11 @@ impl Keys {
     pub(crate) fn inbox_taking(&self) -> String {
         format!("{}:inbox:taking", self.prefix)
     }
+    /// `{p}:events:final`: present while the cluster publishes only final events
+    /// (`redis.event_level = "final"`): no `available` from the scripts.
+    pub(crate) fn events_final(&self) -> String {
+        format!("{}:events:final", self.prefix)
+    }
     /// `{p}:archive`: present while the cluster archives finished tasks (set by the archiving
     /// nodes, with an expiry they renew): the scripts then stage each task's final row.
     pub(crate) fn archive(&self) -> String {

@@ -4,6 +4,7 @@
 use std::time::{Duration, Instant};
 
 use super::{Keys, Store, StoreResult};
+use crate::config::EventLevel;
 use crate::decide::runnable::LiveNodes;
 
 /// What the cookie check found.
@@ -222,6 +223,25 @@ impl Store {
             .invoke_async(&mut con)
             .await?;
         Ok((!owner.is_empty()).then_some(owner))
+    }
+
+    /// Makes `level` the cluster's event level (`{prefix}:events:final` present for `final`,
+    /// which every script that queues a task reads). Returns the level it replaced.
+    pub(crate) async fn set_event_level(&self, level: EventLevel) -> StoreResult<EventLevel> {
+        let mut con = self.con.clone();
+        let key = self.keys.events_final();
+        let mut pipe = redis::pipe();
+        pipe.exists(&key);
+        match level {
+            EventLevel::Final => pipe.set(&key, 1).ignore(),
+            EventLevel::All => pipe.del(&key).ignore(),
+        };
+        let (was_final,): (bool,) = pipe.query_async(&mut con).await?;
+        Ok(if was_final {
+            EventLevel::Final
+        } else {
+            EventLevel::All
+        })
     }
 
     /// Takes or renews the lease `key` for `holder`. The script's answer carries Redis's time,

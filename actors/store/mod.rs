@@ -185,6 +185,8 @@ struct Names {
     key_policy: KeyPolicy,
     /// This node archives (`[saver] archive`): its final writes carry their rows.
     archives: bool,
+    /// `redis.event_level`: with `final`, starts carry no `started` event.
+    event_level: crate::config::EventLevel,
 }
 
 /// The store's connection: one multiplexed, self-reconnecting connection, whose failed calls
@@ -335,6 +337,7 @@ impl Store {
                 key_limit: settings.keys.limit,
                 key_policy: settings.keys.policy,
                 archives: settings.saver.archives(),
+                event_level: settings.redis.event_level,
             }),
             scripts: Arc::new(Scripts::new()),
         })

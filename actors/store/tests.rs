@@ -10,7 +10,7 @@ use std::time::Duration;
 use redis::aio::MultiplexedConnection;
 use serde_json::{Value, json};
 
-use crate::config::Settings;
+use crate::config::{EventLevel, Settings};
 use crate::decide::fencing::{CASES, Verdict};
 use crate::model::task::{Target, Task, TaskSpec, TaskState, now_ms};
 use crate::store::{Accepted, Incarnation, Store, WriteOp, WriteResult};
@@ -89,6 +89,57 @@ async fn finish_script_applies_the_fencing_table() {
             want == WriteResult::Applied,
             "case {i} wrote only when applied"
         );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn at_event_level_final_a_task_publishes_only_its_end() {
+    use futures::StreamExt;
+    for (level, want) in [
+        (EventLevel::All, vec!["available", "started", "done"]),
+        (EventLevel::Final, vec!["done"]),
+    ] {
+        let redis = Redis::start();
+        let mut s = settings(&redis);
+        s.redis.event_level = level;
+        let store = Store::connect(&s).await.unwrap();
+        assert_eq!(store.set_event_level(level).await.unwrap(), EventLevel::All);
+        assert_eq!(store.set_event_level(level).await.unwrap(), level);
+        let client = redis::Client::open(redis.url.as_str()).unwrap();
+        let mut pubsub = client.get_async_pubsub().await.unwrap();
+        pubsub.subscribe("background:events").await.unwrap();
+        let mut events = pubsub.into_on_message();
+
+        // A client that knows nothing of the level enqueues: the scripts follow the cluster's.
+        let plain = Store::connect(&settings(&redis)).await.unwrap();
+        plain
+            .enqueue_many(&[TaskSpec::new("w", json!(1)).id("t")], false)
+            .await
+            .unwrap();
+        let task = store.claim("w", &me("n1"), 1).await.unwrap().remove(0);
+        let start = WriteOp::Start {
+            id: "t".into(),
+            epoch: task.epoch,
+            attempt: task.attempt,
+            at: now_ms(),
+            event: json!({"event": "started", "id": "t"}).to_string(),
+        };
+        let mut finish = finish_op("t", "n1", task.epoch, TaskState::Done, 0);
+        if let WriteOp::Finish { event, .. } = &mut finish {
+            *event = json!({"event": "done", "id": "t"}).to_string();
+        }
+        let written = store.write(&[start, finish]).await.unwrap();
+        assert_eq!(written, [WriteResult::Applied, WriteResult::Applied]);
+        let mut seen = Vec::new();
+        while seen.last().map(String::as_str) != Some("done") {
+            let msg = tokio::time::timeout(Duration::from_secs(5), events.next())
+                .await
+                .unwrap_or_else(|_| panic!("{level:?}: no done event; seen {seen:?}"))
+                .unwrap();
+            let event: Value = serde_json::from_str(&msg.get_payload::<String>().unwrap()).unwrap();
+            seen.push(event["event"].as_str().unwrap().to_owned());
+        }
+        assert_eq!(seen, want, "{level:?}");
     }
 }
 

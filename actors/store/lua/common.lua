@@ -205,6 +205,16 @@ local function take_slot(prefix, key, limit, id)
   return true
 end
 
+-- Whether `available` events are published: not while `{prefix}:events:final` exists
+-- (`redis.event_level = "final"`). Read once per script call.
+local AVAILABLE_TOLD = nil
+local function tell_available(prefix)
+  if AVAILABLE_TOLD == nil then
+    AVAILABLE_TOLD = redis.call('EXISTS', prefix .. ':events:final') == 0
+  end
+  return AVAILABLE_TOLD
+end
+
 -- A task becomes runnable: queue it, or defer it while its key is at its limit.
 -- Returns the new state.
 local function admit(prefix, id, f, channel, events, now)
@@ -221,7 +231,9 @@ local function admit(prefix, id, f, channel, events, now)
     redis.call('HSET', tk, 'state', 'queued', 'node', '')
   end
   make_pending(prefix, id, f.worker, f.priority, f.created, channel, f.target)
-  publish_json(events, {event = 'available', id = id, worker = f.worker, ts = tonumber(now)})
+  if tell_available(prefix) then
+    publish_json(events, {event = 'available', id = id, worker = f.worker, ts = tonumber(now)})
+  end
   return 'queued'
 end
 
@@ -246,7 +258,10 @@ local function free_slot(prefix, key, id, channel, events, now)
       redis.call('LPOP', list)
       redis.call('HSET', tk, 'state', 'queued', 'node', '')
       make_pending(prefix, next_id, g[2], g[3], g[4], channel)
-      publish_json(events, {event = 'available', id = next_id, worker = g[2], ts = tonumber(now)})
+      if tell_available(prefix) then
+        publish_json(events, {event = 'available', id = next_id, worker = g[2],
+          ts = tonumber(now)})
+      end
     else
       return
     end
@@ -323,7 +338,9 @@ local function spawn_occurrence(prefix, parent, member, now, channel, events)
     redis.call('ZADD', prefix .. ':deadlines', p[8], oid)
   end
   make_pending(prefix, oid, p[1], p[3], now, channel, 'node:' .. member)
-  publish_json(events, {event = 'available', id = oid, worker = p[1], ts = tonumber(now)})
+  if tell_available(prefix) then
+    publish_json(events, {event = 'available', id = oid, worker = p[1], ts = tonumber(now)})
+  end
 end
 
 -- A broadcast is done when every member's occurrence has finished: its result maps each node

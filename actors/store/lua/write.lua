@@ -2,7 +2,7 @@
 -- that fails is reported, the others are applied).
 -- ARGV[1] key prefix, ARGV[2] events channel, ARGV[3] task channel, ARGV[4] result ttl (ms),
 -- ARGV[5] dead ttl (ms); then one write after another:
---   'S', id, epoch, attempt, start time, `started` event                    (an attempt began)
+--   'S', id, epoch, attempt, start time, `started` event ('': none)         (an attempt began)
 --   'F', id, node, epoch, new state, result JSON or error, attempt, start time (0: it never
 --        began), end time, retry time, transition event, `started` event (''), `error` event (''),
 --        the archive's row ('': none; else staged on the node's own outbox, see below)
@@ -27,7 +27,9 @@ local function start(id, epoch, attempt, at, event)
   if cur[2] then
     redis.call('ZREM', prefix .. ':deadlines', id)
   end
-  redis.call('PUBLISH', events, event)
+  if event ~= '' then
+    redis.call('PUBLISH', events, event)
+  end
   return 1
 end
 
