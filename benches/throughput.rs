@@ -103,6 +103,11 @@ struct Options {
     /// pipeline of raw `PUBLISH`es, a chunk per round trip).
     #[arg(long, value_enum, default_value_t = Door::Client)]
     ingress: Door,
+    /// Tasks left pending (of a worker no node runs) before anything is measured, so the
+    /// drain and paced figures show the cost of a deep queue; Redis's memory per pending task
+    /// is printed.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    backlog: usize,
     /// Drain enqueue calls in flight, one connection each.
     #[arg(long, value_name = "N", default_value_t = 4, value_parser = at_least_one)]
     in_flight: usize,
@@ -959,6 +964,26 @@ async fn redis_cpu(con: &mut redis::aio::MultiplexedConnection) -> anyhow::Resul
         .sum())
 }
 
+/// redis-server's `used_memory` (bytes).
+async fn redis_memory(con: &mut redis::aio::MultiplexedConnection) -> anyhow::Result<i64> {
+    info(con, "memory")
+        .await?
+        .iter()
+        .find(|(k, _)| k == "used_memory")
+        .and_then(|(_, v)| v.parse::<i64>().ok())
+        .context("INFO memory has no used_memory")
+}
+
+/// The worker of the backlog's tasks: no node runs it, so they stay pending.
+const BACKLOG: &str = "bench-backlog";
+
+/// What filling the backlog took.
+struct Backlog {
+    elapsed: f64,
+    /// Redis's `used_memory` after, less before.
+    bytes: i64,
+}
+
 /// redis-server's command statistics since the last reset, busiest first. Commands run from
 /// scripts are counted under their own names as well as under the script call.
 async fn command_stats(
@@ -1259,6 +1284,35 @@ struct Rig {
 }
 
 impl Rig {
+    /// Leaves `n` tasks pending for [`BACKLOG`], enqueued in chunks of 1,000 with
+    /// `--in-flight` calls at once; measures Redis's memory before and after.
+    async fn backlog(&mut self, n: usize, opts: &Options) -> anyhow::Result<Backlog> {
+        let before = redis_memory(&mut self.admin).await?;
+        let began = Instant::now();
+        let chunks: Vec<usize> = (0..n).step_by(1000).map(|at| (n - at).min(1000)).collect();
+        let clients = self.clients.clone();
+        let mut calls = futures::stream::iter(chunks.into_iter().enumerate())
+            .map(|(i, size)| {
+                let client = clients[i % clients.len()].clone();
+                async move {
+                    let specs = (0..size)
+                        .map(|_| TaskSpec::new(BACKLOG, json!(null)))
+                        .collect();
+                    client.enqueue_all(specs).await
+                }
+            })
+            .buffer_unordered(opts.in_flight);
+        while let Some(done) = calls.next().await {
+            done.context("enqueueing the backlog failed")?;
+        }
+        let elapsed = began.elapsed().as_secs_f64();
+        let after = redis_memory(&mut self.admin).await?;
+        Ok(Backlog {
+            elapsed,
+            bytes: after - before,
+        })
+    }
+
     /// Waits for a phase and explains whatever is missing at the deadline.
     async fn finish(
         &mut self,
@@ -1439,12 +1493,32 @@ async fn run(opts: &Options) -> anyhow::Result<bool> {
         );
     }
 
+    let mut backlog_json = Value::Null;
+    if opts.backlog > 0 {
+        let backlog = rig.backlog(opts.backlog, opts).await?;
+        backlog_json = json!({
+            "tasks": opts.backlog,
+            "seconds": backlog.elapsed,
+            "bytes_per_task": backlog.bytes as f64 / opts.backlog as f64,
+        });
+        println!(
+            "backlog: {} tasks pending (worker {BACKLOG}, which no node runs), enqueued in {:.1} s \
+             = {:.0} tasks/s; redis used_memory +{:.1} MB = {:.0} bytes per pending task",
+            opts.backlog,
+            backlog.elapsed,
+            opts.backlog as f64 / backlog.elapsed,
+            backlog.bytes as f64 / 1e6,
+            backlog.bytes as f64 / opts.backlog as f64,
+        );
+    }
+
     let mut out = json!({
         "cores": cores,
         "nodes": opts.nodes,
         "concurrency": opts.concurrency,
         "worker": NOOP,
         "redis_appendonly": "no",
+        "backlog": backlog_json,
     });
 
     let mut drain_rate = None;
