@@ -43,7 +43,7 @@ const MARK: Duration = Duration::from_secs(600);
 const RENEW: Duration = Duration::from_secs(60);
 /// How often the outbox's length is read.
 const CHECK: Duration = Duration::from_secs(1);
-/// How much the writing thread lowers its CPU priority (its nice value, on Linux).
+/// The writing thread's nice value (on Linux): a lower CPU priority than the task path's.
 const NICE: i32 = 10;
 /// How long a hold of the claims lasts unless renewed (every `CHECK`).
 const HOLD: Duration = Duration::from_secs(5);
@@ -191,8 +191,9 @@ fn spawn_writer(
     Ok(())
 }
 
-/// Lowers the calling thread's CPU priority by [`NICE`]: on Linux the nice value belongs to a
-/// thread, and `setpriority` on the caller's own "process" sets the calling thread's.
+/// Sets the calling thread's nice value to [`NICE`]: on Linux the nice value belongs to a
+/// thread, and `setpriority` on the caller's own "process" sets the calling thread's. A node
+/// started at a lower priority than that keeps it (raising one is refused without privilege).
 fn lower_priority() {
     #[cfg(target_os = "linux")]
     if let Err(e) = rustix::process::setpriority_process(None, NICE) {
