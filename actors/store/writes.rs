@@ -133,7 +133,7 @@ impl Store {
                 }
                 WriteOp::Finish {
                     id,
-                    worker: _,
+                    worker,
                     node,
                     epoch,
                     attempt,
@@ -155,7 +155,7 @@ impl Store {
                     let row = if self.names.archives && state.is_finished() {
                         archive_row(&ArchiveRow {
                             id,
-                            worker: op_worker(op),
+                            worker,
                             state: state.as_str(),
                             attempt,
                             node,
@@ -195,14 +195,6 @@ impl Store {
             }
         }
         cmd
-    }
-}
-
-/// The worker type of a finish.
-fn op_worker(op: &WriteOp) -> &str {
-    match op {
-        WriteOp::Finish { worker, .. } => worker,
-        _ => "",
     }
 }
 
