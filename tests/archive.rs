@@ -148,16 +148,6 @@ async fn wait_archived(
     );
 }
 
-/// LLEN of a key.
-async fn llen(redis: &Redis, key: &str) -> u64 {
-    let mut con = redis.con().await;
-    redis::cmd("LLEN")
-        .arg(key)
-        .query_async(&mut con)
-        .await
-        .unwrap()
-}
-
 /// The task ids of the staged rows in list `key`.
 async fn staged_ids(redis: &Redis, key: &str) -> Vec<String> {
     let mut con = redis.con().await;
@@ -185,7 +175,7 @@ async fn outboxes_drained(redis: &Redis, nodes: &[&str]) {
         "every outbox to be empty",
         || async {
             for key in &keys {
-                if llen(redis, key).await > 0 {
+                if redis.llen(key).await > 0 {
                     return None;
                 }
             }
@@ -791,15 +781,6 @@ impl Stream {
     }
 }
 
-/// Rows waiting in the cluster's outbox and in the own outboxes of `nodes`.
-async fn waiting(redis: &Redis, nodes: &[&str]) -> u64 {
-    let mut n = llen(redis, "bg:archive:outbox").await;
-    for node in nodes {
-        n += llen(redis, &format!("bg:archive:outbox:{node}")).await;
-    }
-    n
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn postgres_down_mid_load_loses_nothing_and_stalls_nothing() {
     let _serial = SERIAL.lock().await;
@@ -851,7 +832,7 @@ async fn postgres_down_mid_load_loses_nothing_and_stalls_nothing() {
         last = done;
     }
     let done = stat(&redis, "done").await;
-    let rows_waiting = waiting(&redis, &["n1", "n2"]).await;
+    let rows_waiting = redis.archive_waiting(&["n1", "n2"]).await;
     println!(
         "during the outage: {} tasks done, {rows_waiting} rows waiting in Redis",
         done - done_at_stop
@@ -939,7 +920,7 @@ async fn a_killed_node_leaves_its_outbox_to_a_survivor() {
         "an archiver to hold rows",
         || async {
             for (i, node) in ["n1", "n2"].into_iter().enumerate() {
-                if llen(&redis, &format!("bg:archive:outbox:{node}")).await > 0 {
+                if redis.llen(&format!("bg:archive:outbox:{node}")).await > 0 {
                     return Some(i);
                 }
             }
@@ -965,7 +946,7 @@ async fn a_killed_node_leaves_its_outbox_to_a_survivor() {
     eventually(
         Duration::from_secs(30),
         "the killed node's rows to go back to the cluster's outbox",
-        || async { (llen(&redis, &own).await == 0).then_some(()) },
+        || async { (redis.llen(&own).await == 0).then_some(()) },
     )
     .await;
     let back: BTreeSet<String> = staged_ids(&redis, "bg:archive:outbox")
@@ -980,7 +961,7 @@ async fn a_killed_node_leaves_its_outbox_to_a_survivor() {
     let expected: BTreeSet<String> = ids.iter().cloned().collect();
     wait_archived(&db, &expected, Duration::from_secs(30)).await;
     outboxes_drained(&redis, &["n1", "n2"]).await;
-    assert_eq!(llen(&redis, &own).await, 0);
+    assert_eq!(redis.llen(&own).await, 0);
 }
 
 /// Slots and node-local queue of the node whose outbox fills.
@@ -1025,7 +1006,7 @@ async fn claims_held_at_the_bound(redis: &Redis, node: &NodeProc, ids: &[String]
     eventually(
         Duration::from_secs(60),
         "1000 rows in the outbox",
-        || async { (waiting(redis, &["n1"]).await >= 1000).then_some(()) },
+        || async { (redis.archive_waiting(&["n1"]).await >= 1000).then_some(()) },
     )
     .await;
     eventually(Duration::from_secs(5), "the claims to be held", || async {
@@ -1042,14 +1023,14 @@ async fn claims_held_at_the_bound(redis: &Redis, node: &NodeProc, ids: &[String]
     // past the bound. From then on what runs finishes and what was claimed but not started
     // goes back (or starts in a slot freed before the node learns of the hold): the outbox
     // grows by at most the slots and the node-local queue, and nothing new starts.
-    let at_hold = waiting(redis, &["n1"]).await;
+    let at_hold = redis.archive_waiting(&["n1"]).await;
     eventually(
         Duration::from_secs(10),
         "the running tasks to end",
         || async { (count_in(redis, ids, "running").await == 0).then_some(()) },
     )
     .await;
-    let plateau = waiting(redis, &["n1"]).await;
+    let plateau = redis.archive_waiting(&["n1"]).await;
     let done = count_in(redis, ids, "done").await;
     println!(
         "outbox: {at_hold} rows when the hold was seen, {plateau} once running tasks ended; {done} of {} tasks done",
@@ -1062,7 +1043,7 @@ async fn claims_held_at_the_bound(redis: &Redis, node: &NodeProc, ids: &[String]
     assert!(done < ids.len(), "every task ran despite the hold");
     holds_for(Duration::from_secs(2), "the hold", || async {
         let now = (
-            waiting(redis, &["n1"]).await,
+            redis.archive_waiting(&["n1"]).await,
             count_in(redis, ids, "done").await,
             count_in(redis, ids, "running").await,
         );

@@ -64,27 +64,6 @@ async fn wait_archived(pg: &Postgres, db: &str, n: usize) {
     .await;
 }
 
-/// How many rows wait in the cluster's outbox and in every node's own outbox.
-async fn outbox_len(redis: &Redis) -> u64 {
-    let mut con = redis.con().await;
-    let mut keys: Vec<String> = redis::cmd("KEYS")
-        .arg("bg:archive:outbox:*")
-        .query_async(&mut con)
-        .await
-        .unwrap();
-    keys.push("bg:archive:outbox".into());
-    let mut total = 0;
-    for key in keys {
-        let n: u64 = redis::cmd("LLEN")
-            .arg(&key)
-            .query_async(&mut con)
-            .await
-            .unwrap();
-        total += n;
-    }
-    total
-}
-
 /// The value of a metric without labels in a node's `/metrics`.
 async fn metric(node: &NodeProc, name: &str) -> f64 {
     let answer = common::http::request(&node.http, "GET", "/metrics", &[], None).await;
@@ -290,7 +269,11 @@ async fn an_older_schema_is_brought_up_to_date_at_start() {
     run(&redis, vec![echo("v99-1", 1), echo("v99-2", 2)]).await;
     node.wait_log("newer than this bgnode knows", T).await;
     assert!(node.log().contains("at version 99"), "{}", node.log());
-    assert_eq!(outbox_len(&redis).await, 2, "both rows wait in the outbox");
+    assert_eq!(
+        redis.archive_waiting(&["n2"]).await,
+        2,
+        "both rows wait in the outbox"
+    );
     assert_eq!(
         pg.query_in_async("newer", "SELECT count(*) FROM bgnode_tasks")
             .await,
@@ -708,9 +691,9 @@ async fn bad_archive_settings_and_queries_get_clear_errors() {
     node.ready().await;
     common::http::api_up(&node).await;
     run(&redis, vec![echo("w-1", 1), echo("w-2", 2), fail("w-3", 3)]).await;
-    assert_eq!(outbox_len(&redis).await, 3);
+    assert_eq!(redis.archive_waiting(&["n1"]).await, 3);
     run(&redis, vec![echo("w-4", 4), echo("w-5", 5)]).await;
-    assert_eq!(outbox_len(&redis).await, 5, "the outbox grows");
+    assert_eq!(redis.archive_waiting(&["n1"]).await, 5, "the outbox grows");
     eventually(T, "four failed tries to write the archive", || async {
         (metric(&node, "bgnode_archive_failures_total").await >= 4.0).then_some(())
     })
@@ -723,7 +706,7 @@ async fn bad_archive_settings_and_queries_get_clear_errors() {
     );
     assert!(log.contains("postgres://bob:***@127.0.0.1:"), "{log}");
     assert!(!log.contains("hunter2"), "{log}");
-    assert_eq!(outbox_len(&redis).await, 5);
+    assert_eq!(redis.archive_waiting(&["n1"]).await, 5);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -785,7 +768,11 @@ async fn the_archive_can_be_reached_over_tls() {
         .unwrap();
     assert!(warning.contains("WARN"), "{warning}");
     assert!(warning.contains("certificate"), "{warning}");
-    assert_eq!(outbox_len(&redis).await, 1, "its row waits in the outbox");
+    assert_eq!(
+        redis.archive_waiting(&["n2"]).await,
+        1,
+        "its row waits in the outbox"
+    );
     assert_eq!(
         pg.query_async("SELECT id FROM bgnode_tasks ORDER BY id")
             .await,

@@ -36,6 +36,26 @@ impl Redis {
         s.http.listen = String::new();
         s
     }
+
+    /// The length of list `key`.
+    pub async fn llen(&self, key: &str) -> u64 {
+        let mut con = self.con().await;
+        ::redis::cmd("LLEN")
+            .arg(key)
+            .query_async(&mut con)
+            .await
+            .expect("LLEN")
+    }
+
+    /// Rows waiting for the archive: in the cluster's outbox and in the own outboxes of
+    /// `nodes` (key prefix `bg`).
+    pub async fn archive_waiting(&self, nodes: &[&str]) -> u64 {
+        let mut n = self.llen("bg:archive:outbox").await;
+        for node in nodes {
+            n += self.llen(&format!("bg:archive:outbox:{node}")).await;
+        }
+        n
+    }
 }
 
 /// A `bgnode start` process; killed on drop. Its stderr goes to a log file.
