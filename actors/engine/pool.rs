@@ -83,6 +83,9 @@ pub(crate) struct PoolArgs {
     pub(crate) metrics: Arc<WorkerMetrics>,
     /// Told when a slot frees up or crashes.
     pub(crate) report: Report,
+    /// Whether a start publishes its `started` event (`redis.event_level = "all"`); else the
+    /// event is not even built.
+    pub(crate) started_events: bool,
 }
 
 /// The pool's state: each slot and the id of the task it runs.
@@ -214,6 +217,7 @@ async fn spawn_slot(
             clock: args.clock.clone(),
             metrics: args.metrics.clone(),
             pool: pool.clone(),
+            started_events: args.started_events,
         },
         pool.get_cell(),
     )
@@ -234,6 +238,7 @@ pub(crate) struct SlotArgs {
     clock: Clock,
     metrics: Arc<WorkerMetrics>,
     pool: ActorRef<PoolMsg>,
+    started_events: bool,
 }
 
 /// Messages to a slot.
@@ -282,7 +287,12 @@ impl Actor for Slot {
                 epoch: task.epoch,
                 attempt: task.attempt,
                 at: now,
-                event: events::started(&task, node, now),
+                // '': nothing to publish (write.lua skips it).
+                event: if state.started_events {
+                    events::started(&task, node, now)
+                } else {
+                    String::new()
+                },
             });
             let waited = Duration::from_millis(now.saturating_sub(task.created));
             let attempt = state.metrics.start(waited);

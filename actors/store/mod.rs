@@ -358,6 +358,11 @@ impl Store {
         })
     }
 
+    /// Whether starts publish their `started` event (`redis.event_level = "all"`).
+    pub(crate) fn tells_starts(&self) -> bool {
+        self.names.event_level == crate::config::EventLevel::All
+    }
+
     /// This store, its connection's failed calls and reconnections counted in `counters`
     /// (clones made before keep counting nothing).
     pub(crate) fn counted(mut self, counters: RedisCounters) -> Store {

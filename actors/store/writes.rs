@@ -2,7 +2,6 @@
 //! the task under, applied in order by `write.lua`, [`SCRIPT_CHUNK`] per call.
 
 use super::{SCRIPT_CHUNK, Store, StoreResult};
-use crate::config::EventLevel;
 use crate::model::task::TaskState;
 
 /// A durable write made by the saver. Each is one fenced script call.
@@ -105,8 +104,6 @@ impl Store {
     }
 
     fn write_cmd(&self, ops: &[WriteOp]) -> redis::Cmd {
-        // At `event_level = "final"` a start publishes nothing ('' tells write.lua so).
-        let starts_told = self.names.event_level == EventLevel::All;
         let mut cmd = redis::cmd("EVALSHA");
         cmd.arg(self.scripts.write.get_hash())
             .arg(0)
@@ -129,7 +126,7 @@ impl Store {
                         .arg(epoch)
                         .arg(attempt)
                         .arg(at)
-                        .arg(if starts_told { event.as_str() } else { "" });
+                        .arg(event);
                 }
                 WriteOp::Finish {
                     id,
@@ -180,12 +177,7 @@ impl Store {
                         .arg(finished)
                         .arg(retry_at)
                         .arg(event)
-                        .arg(
-                            started_event
-                                .as_deref()
-                                .filter(|_| starts_told)
-                                .unwrap_or(""),
-                        )
+                        .arg(started_event.as_deref().unwrap_or(""))
                         .arg(error_event.as_deref().unwrap_or(""))
                         .arg(row);
                 }

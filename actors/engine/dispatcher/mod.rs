@@ -538,6 +538,7 @@ impl DispatcherState {
             report: Arc::new(move |event| {
                 let _ = me.cast(Internal::Pool(event).into());
             }),
+            started_events: self.args.store.tells_starts(),
         };
         let (pool, _) = Actor::spawn_linked(None, Pool, args, myself.get_cell()).await?;
         self.pools.insert(pool.get_id(), entry.name.clone());
