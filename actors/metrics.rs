@@ -508,10 +508,11 @@ impl RedisCounters {
         }
     }
 
-    /// Redis answered a command with `error`. NOSCRIPT (Redis does not have a script yet, or
-    /// forgot it on a restart; it is loaded and the call made again) is no failure.
+    /// Redis answered a command with `error`. `Function not found` (Redis does not have the
+    /// script library yet, or forgot it on a restart; it is loaded and the call made again) is
+    /// no failure.
     pub(crate) fn refused(&self, error: &redis::ServerError) {
-        if error.kind() != Some(redis::ServerErrorKind::NoScript) {
+        if !crate::store::is_missing_function(error) {
             self.errors.inc();
         }
     }
@@ -846,7 +847,7 @@ mod tests {
             other => panic!("not an error reply: {other:?}"),
         };
         redis.answered();
-        redis.refused(&reply(b"-NOSCRIPT No matching script.\r\n"));
+        redis.refused(&reply(b"-ERR Function not found\r\n"));
         redis.refused(&reply(
             b"-WRONGTYPE Operation against a key holding the wrong kind\r\n",
         ));
@@ -858,7 +859,7 @@ mod tests {
         assert_eq!(
             s.get("bgnode_redis_errors_total"),
             3.0,
-            "an error reply and two failed calls; NOSCRIPT is none"
+            "an error reply and two failed calls; a library not loaded yet is none"
         );
         assert_eq!(s.get("bgnode_redis_reconnects_total"), 1.0);
     }

@@ -525,8 +525,8 @@ async fn the_metrics_count_exactly_what_the_node_did() {
         ("bgnode_running_tasks{worker=\"fine\"}", 0),
         ("bgnode_running_tasks{worker=\"broken\"}", 0),
         ("bgnode_cluster_sessions", 0),
-        // The scripts are sent by hash: the first call of each is answered NOSCRIPT, which is
-        // no error.
+        // The scripts are a function library loaded when Redis first answers that it has not
+        // got it, which is no error.
         ("bgnode_redis_errors_total", 0),
         ("bgnode_redis_reconnects_total", 0),
     ];

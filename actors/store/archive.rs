@@ -27,14 +27,14 @@ impl Store {
     /// the cluster's outbox when it holds fewer.
     pub(crate) async fn take_archive(&self, node: &str, n: usize) -> StoreResult<Vec<String>> {
         let mut con = self.con.clone();
-        Ok(self
+        self
             .scripts
             .archive_take
             .key(self.keys.outbox())
             .key(self.keys.node_outbox(node))
             .arg(n)
             .invoke_async(&mut con)
-            .await?)
+            .await
     }
 
     /// The first `n` rows of `me`'s outbox are in the archive: they go, unless another

@@ -84,7 +84,7 @@ impl Store {
             return Ok(Vec::new());
         }
         let mut con = self.con.clone();
-        let mut call = self.scripts.settle.prepare_invoke();
+        let mut call = self.scripts.settle.call();
         call.arg(self.keys.prefix()).arg(REJECTED_KEPT);
         for (entry, rejection) in settled {
             call.arg(&entry.raw).arg(rejection.as_deref().unwrap_or(""));

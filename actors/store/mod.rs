@@ -1,12 +1,13 @@
 //! The Redis store: key names, the atomic scripts, and every round trip the cluster makes.
 //!
 //! Each write that decides ownership, fires a schedule or finishes a task is one Lua script, so
-//! it is atomic in Redis; writes from the saver are pipelined in batches. Scripts are sent by
-//! hash and reloaded when Redis answers NOSCRIPT (a restarted Redis has forgotten them).
+//! it is atomic in Redis; writes from the saver are pipelined in batches. The scripts are one
+//! Redis function library, loaded when Redis answers that it has not got it (see `library.rs`).
 //!
 //! [`Store`] is one struct; its methods are spread over one file per concern:
 //!
-//! - `mod.rs`: connecting, errors, the script registry, running scripts, publishing.
+//! - `mod.rs`: connecting, errors, the script registry, running pipelines, publishing.
+//! - `library.rs`: the scripts as one function library: loading it, calling its functions.
 //! - `archive.rs`: the archive's outbox: taking rows, acknowledging them, holding claims.
 //! - `clock.rs`: [`Clock`], Redis's time as read here (the one clock, see there).
 //! - `keys.rs`: [`Keys`], the name of every key.
@@ -20,13 +21,13 @@
 //! - `views.rs`: the listing behind `bgnode bg` and the HTTP API ([`TaskQuery`], [`Overview`]),
 //!   the counts and the throughput.
 //! - `gauges.rs`: the cluster-wide counts a node exports as metrics ([`ClusterCounts`]).
-//! - `lua/`: the scripts; `common.lua` is prepended to each.
+//! - `lua/`: the scripts; `common.lua` is shared by all of them.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
-use redis::{Cmd, Pipeline, RedisFuture, Script, Value};
+use redis::{Cmd, Pipeline, RedisFuture, Value};
 
 use crate::config::{KeyPolicy, RedisSettings, Settings};
 use crate::metrics::RedisCounters;
@@ -36,6 +37,7 @@ mod clock;
 mod gauges;
 mod inbox;
 mod keys;
+mod library;
 mod members;
 mod ownership;
 mod subscription;
@@ -48,6 +50,8 @@ pub(crate) use clock::Clock;
 pub(crate) use gauges::ClusterCounts;
 pub(crate) use inbox::InboxEntry;
 pub(crate) use keys::Keys;
+use library::Function;
+pub(crate) use library::is_missing_function;
 pub(crate) use members::{CookieCheck, Guard, Incarnation, Lease};
 pub use tasks::{Accepted, CancelResult, DeleteResult, RetryResult, TaskDetail};
 pub(crate) use timers::DueTemplate;
@@ -77,100 +81,62 @@ pub(crate) type StoreResult<T> = Result<T, StoreError>;
 /// each, and one call for a whole batch would hold Redis up for every other client meanwhile.
 pub(crate) const SCRIPT_CHUNK: usize = 32;
 
-macro_rules! lua {
-    ($file:literal) => {
-        Script::new(concat!(
-            include_str!("lua/common.lua"),
-            include_str!(concat!("lua/", $file))
-        ))
-    };
-}
-
-/// Every script, each with `common.lua` prepended.
+/// Every script, each a function of the library.
 struct Scripts {
-    enqueue: Script,
-    claim: Script,
-    write: Script,
-    release: Script,
-    lease: Script,
-    unlease: Script,
-    fire: Script,
-    occur: Script,
-    expire: Script,
-    unrunnable: Script,
-    cancel: Script,
-    retry: Script,
-    adopt: Script,
-    join: Script,
-    leave: Script,
-    channel: Script,
-    cookie: Script,
-    pause: Script,
-    delete: Script,
-    tally: Script,
-    take: Script,
-    settle: Script,
-    archive_take: Script,
-    archive_ack: Script,
+    enqueue: Function,
+    claim: Function,
+    write: Function,
+    release: Function,
+    lease: Function,
+    unlease: Function,
+    fire: Function,
+    occur: Function,
+    expire: Function,
+    unrunnable: Function,
+    cancel: Function,
+    retry: Function,
+    adopt: Function,
+    join: Function,
+    leave: Function,
+    channel: Function,
+    cookie: Function,
+    pause: Function,
+    delete: Function,
+    tally: Function,
+    take: Function,
+    settle: Function,
+    archive_take: Function,
+    archive_ack: Function,
 }
 
 impl Scripts {
     fn new() -> Scripts {
         Scripts {
-            enqueue: lua!("enqueue.lua"),
-            claim: lua!("claim.lua"),
-            write: lua!("write.lua"),
-            release: lua!("release.lua"),
-            lease: lua!("lease.lua"),
-            unlease: lua!("unlease.lua"),
-            fire: lua!("fire.lua"),
-            occur: lua!("occur.lua"),
-            expire: lua!("expire.lua"),
-            unrunnable: lua!("unrunnable.lua"),
-            cancel: lua!("cancel.lua"),
-            retry: lua!("retry.lua"),
-            adopt: lua!("adopt.lua"),
-            join: lua!("join.lua"),
-            leave: lua!("leave.lua"),
-            channel: lua!("channel.lua"),
-            cookie: lua!("cookie.lua"),
-            pause: lua!("pause.lua"),
-            delete: lua!("delete.lua"),
-            tally: lua!("tally.lua"),
-            take: lua!("take.lua"),
-            settle: lua!("settle.lua"),
-            archive_take: lua!("archive_take.lua"),
-            archive_ack: lua!("archive_ack.lua"),
+            enqueue: Function::new("enqueue"),
+            claim: Function::new("claim"),
+            write: Function::new("write"),
+            release: Function::new("release"),
+            lease: Function::new("lease"),
+            unlease: Function::new("unlease"),
+            fire: Function::new("fire"),
+            occur: Function::new("occur"),
+            expire: Function::new("expire"),
+            unrunnable: Function::new("unrunnable"),
+            cancel: Function::new("cancel"),
+            retry: Function::new("retry"),
+            adopt: Function::new("adopt"),
+            join: Function::new("join"),
+            leave: Function::new("leave"),
+            channel: Function::new("channel"),
+            cookie: Function::new("cookie"),
+            pause: Function::new("pause"),
+            delete: Function::new("delete"),
+            tally: Function::new("tally"),
+            take: Function::new("take"),
+            settle: Function::new("settle"),
+            archive_take: Function::new("archive_take"),
+            archive_ack: Function::new("archive_ack"),
         }
-    }
-
-    fn all(&self) -> [&Script; 24] {
-        [
-            &self.enqueue,
-            &self.claim,
-            &self.write,
-            &self.release,
-            &self.lease,
-            &self.unlease,
-            &self.fire,
-            &self.occur,
-            &self.expire,
-            &self.unrunnable,
-            &self.cancel,
-            &self.retry,
-            &self.adopt,
-            &self.join,
-            &self.leave,
-            &self.channel,
-            &self.cookie,
-            &self.pause,
-            &self.delete,
-            &self.tally,
-            &self.take,
-            &self.settle,
-            &self.archive_take,
-            &self.archive_ack,
-        ]
     }
 }
 
@@ -418,28 +384,19 @@ impl Store {
             .await?)
     }
 
-    /// Runs a pipeline of script calls, loading the scripts once if Redis has forgotten them.
+    /// Runs a pipeline of function calls, loading the library first if Redis has not got it.
     async fn run_pipeline<T: redis::FromRedisValue>(
         &self,
         pipe: &redis::Pipeline,
     ) -> StoreResult<T> {
         let mut con = self.con.clone();
         match pipe.query_async(&mut con).await {
-            Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
-                self.load_scripts().await?;
+            Err(e) if library::missing_library(&e) => {
+                library::load(&mut con).await?;
                 Ok(pipe.query_async(&mut con).await?)
             }
             other => Ok(other?),
         }
-    }
-
-    /// Loads every script into Redis's script cache.
-    pub(crate) async fn load_scripts(&self) -> StoreResult<()> {
-        let mut con = self.con.clone();
-        for script in self.scripts.all() {
-            script.load_async(&mut con).await?;
-        }
-        Ok(())
     }
 }
 

@@ -180,10 +180,8 @@ impl Store {
         let mut pipe = redis::pipe();
         let all: Vec<((&String, &TaskSpec), bool)> = ids.iter().zip(specs).zip(wakes).collect();
         for chunk in all.chunks(SCRIPT_CHUNK) {
-            let mut cmd = redis::cmd("EVALSHA");
-            cmd.arg(self.scripts.enqueue.get_hash())
-                .arg(0)
-                .arg(self.keys.prefix())
+            let mut cmd = self.scripts.enqueue.bare();
+            cmd.arg(self.keys.prefix())
                 .arg(&self.names.channel)
                 .arg(&self.names.events)
                 .arg(limit)
@@ -436,13 +434,14 @@ impl Store {
         for chunk in self.dead_ids(worker).await?.chunks(SCRIPT_CHUNK) {
             let mut pipe = redis::pipe();
             for id in chunk {
-                pipe.invoke_script(
+                pipe.add_command(
                     self.scripts
                         .delete
                         .key(self.keys.task(id))
                         .arg(self.keys.prefix())
                         .arg(id)
-                        .arg(worker.unwrap_or("")),
+                        .arg(worker.unwrap_or(""))
+                        .cmd(),
                 );
             }
             let codes: Vec<i64> = self.run_pipeline(&pipe).await?;

@@ -184,7 +184,7 @@ async fn claims_take_the_highest_priority_then_the_oldest_and_ids_are_unique() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn scripts_are_reloaded_after_redis_forgets_them() {
+async fn the_library_is_loaded_again_after_redis_forgets_it() {
     let redis = Redis::start();
     let store = Store::connect(&settings(&redis)).await.unwrap();
     store
@@ -192,7 +192,7 @@ async fn scripts_are_reloaded_after_redis_forgets_them() {
         .await
         .unwrap();
     let mut con = redis.con().await;
-    redis::cmd("SCRIPT")
+    redis::cmd("FUNCTION")
         .arg("FLUSH")
         .query_async::<()>(&mut con)
         .await
@@ -202,6 +202,42 @@ async fn scripts_are_reloaded_after_redis_forgets_them() {
         .await
         .unwrap();
     assert_eq!(stored[0].1, Accepted::Queued);
+    // A single call (not a pipeline) loads it too.
+    redis::cmd("FUNCTION")
+        .arg("FLUSH")
+        .query_async::<()>(&mut con)
+        .await
+        .unwrap();
+    let claimed = store.claim("w", &me("n1"), 10).await.unwrap();
+    assert_eq!(claimed.len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn what_a_call_remembers_is_forgotten_before_the_next() {
+    // The library keeps per-call values (the workers already listed, the event level) between
+    // calls; each call must start from nothing, or a second call would trust the first's.
+    let redis = Redis::start();
+    let store = Store::connect(&settings(&redis)).await.unwrap();
+    let mut con = redis.con().await;
+    store
+        .enqueue_many(&[TaskSpec::new("w", json!(1))], false)
+        .await
+        .unwrap();
+    redis::cmd("DEL")
+        .arg("bg:workers")
+        .query_async::<()>(&mut con)
+        .await
+        .unwrap();
+    store
+        .enqueue_many(&[TaskSpec::new("w", json!(2))], false)
+        .await
+        .unwrap();
+    let workers: Vec<String> = redis::cmd("SMEMBERS")
+        .arg("bg:workers")
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    assert_eq!(workers, ["w"], "the second call listed its worker again");
 }
 
 #[tokio::test(flavor = "multi_thread")]

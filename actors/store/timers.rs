@@ -76,7 +76,7 @@ impl Store {
     /// worker type of each task expired.
     pub(crate) async fn expire_due(&self, max: usize) -> StoreResult<Vec<String>> {
         let mut con = self.con.clone();
-        Ok(self
+        self
             .scripts
             .expire
             .key(self.keys.deadlines())
@@ -87,7 +87,7 @@ impl Store {
             .arg(&self.names.events)
             .arg(DEADLINE_GRACE.as_millis() as u64)
             .invoke_async(&mut con)
-            .await?)
+            .await
     }
 
     /// Expires waiting tasks that no live node has been able to run for `limit` (see

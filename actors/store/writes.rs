@@ -104,10 +104,8 @@ impl Store {
     }
 
     fn write_cmd(&self, ops: &[WriteOp]) -> redis::Cmd {
-        let mut cmd = redis::cmd("EVALSHA");
-        cmd.arg(self.scripts.write.get_hash())
-            .arg(0)
-            .arg(self.keys.prefix())
+        let mut cmd = self.scripts.write.bare();
+        cmd.arg(self.keys.prefix())
             .arg(&self.names.events)
             .arg(&self.names.channel)
             .arg(self.names.result_ttl.as_millis() as u64)

@@ -1,4 +1,6 @@
--- Shared by every script (prepended at build time).
+-- Shared by every script: the start of the function library whose functions are the scripts
+-- (library.rs). Its top level runs once, when the library is loaded, where Redis offers no
+-- standard library (no `ipairs`, `string`, ...): only the functions below may use them.
 
 -- Redis's time in ms, as an integer string. Every time a script records or compares is this
 -- one: a node's own clock decides nothing (times computed by nodes come from a clock anchored
@@ -77,8 +79,8 @@ end
 local RUN_FIELDS = {'worker', 'args', 'priority', 'attempt', 'attempts', 'timeout', 'created',
   'deadline', 'backoff', 'backoff_cap'}
 local ROW = {'id', 'epoch', 'pinned'}
-for _, name in ipairs(RUN_FIELDS) do
-  ROW[#ROW + 1] = name
+for i = 1, #RUN_FIELDS do
+  ROW[#ROW + 1] = RUN_FIELDS[i]
 end
 
 -- The answer of a claim for a paused worker (`{prefix}:paused`): this one row instead of the
@@ -96,8 +98,8 @@ end
 -- records a second, and each table costs the interpreter.)
 local STATE, CANCEL, EPOCH, TARGET = 1, 2, 3, 4
 local CLAIM_READ = {'state', 'cancel', 'epoch', 'target'}
-for _, name in ipairs(RUN_FIELDS) do
-  CLAIM_READ[#CLAIM_READ + 1] = name
+for i = 1, #RUN_FIELDS do
+  CLAIM_READ[#CLAIM_READ + 1] = RUN_FIELDS[i]
 end
 
 -- The fields of CLAIM_READ of task `id`, in that order (false where the record has none), or
@@ -108,8 +110,8 @@ end
 
 -- Where `attempt` sits in CLAIM_READ.
 local ATTEMPT
-for i, name in ipairs(CLAIM_READ) do
-  if name == 'attempt' then
+for i = 1, #CLAIM_READ do
+  if CLAIM_READ[i] == 'attempt' then
     ATTEMPT = i
   end
 end
@@ -433,4 +435,14 @@ local function close_unrun(prefix, id, state, message, now, ttl, channel, events
     attempt = tonumber(f[5]) or 0, ts = tonumber(now)})
   announce_end(prefix, id, event, f[4], f[7], ttl, ttl, now, channel, events)
   return f[1] or ''
+end
+
+-- What the shared values above remember for the length of one call is forgotten before the
+-- next: every function of the library calls this first.
+local function begin_call()
+  KNOWN_WORKERS = {}
+  AVAILABLE_TOLD = nil
+  FINISHED_TRIMMED = false
+  ARCHIVING = nil
+  STAGED = nil
 end
