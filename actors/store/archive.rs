@@ -27,8 +27,7 @@ impl Store {
     /// the cluster's outbox when it holds fewer.
     pub(crate) async fn take_archive(&self, node: &str, n: usize) -> StoreResult<Vec<String>> {
         let mut con = self.con.clone();
-        self
-            .scripts
+        self.scripts
             .archive_take
             .key(self.keys.outbox())
             .key(self.keys.node_outbox(node))

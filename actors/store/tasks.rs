@@ -85,21 +85,35 @@ pub enum RetryResult {
 impl Store {
     /// The record fields of a new task (the script adds `created`, `run_at` and `deadline`), and
     /// when it first comes due (script arguments). `now` is Redis's time, for a cron's first match.
-    fn record(id: &str, spec: &TaskSpec, now: u64) -> (Vec<(&'static str, String)>, FirstRun) {
+    ///
+    /// A field at its default is left out: no `priority` 0, `attempts` 0 (the worker's
+    /// default), `timeout` 0, `reply` 0, `attempt` 0 or `epoch` 0, and no `id` (the key names
+    /// the task). Every reader takes a missing field as its default, and a record half the size
+    /// lets a deep queue cost Redis half the memory.
+    fn record(spec: &TaskSpec, now: u64) -> (Vec<(&'static str, String)>, FirstRun) {
         let ms = |d: Duration| (d.as_millis() as u64).to_string();
         let mut fields = vec![
-            (field::ID, id.to_owned()),
             (field::WORKER, spec.worker.clone()),
             (field::ARGS, spec.args.to_string()),
-            (field::PRIORITY, spec.priority.to_string()),
-            (field::ATTEMPTS, spec.attempts.unwrap_or(0).to_string()),
-            (field::ATTEMPT, "0".into()),
-            (field::TIMEOUT, spec.timeout.map_or("0".into(), ms)),
-            (field::REPLY, if spec.reply { "1" } else { "0" }.into()),
             (field::STATE, TaskState::Queued.as_str().into()),
             (field::NODE, String::new()),
-            (field::EPOCH, "0".into()),
         ];
+        let defaulted = [
+            (
+                field::PRIORITY,
+                (spec.priority != 0).then(|| spec.priority.to_string()),
+            ),
+            (
+                field::ATTEMPTS,
+                spec.attempts.filter(|a| *a > 0).map(|a| a.to_string()),
+            ),
+            (
+                field::TIMEOUT,
+                spec.timeout.filter(|t| !t.is_zero()).map(ms),
+            ),
+            (field::REPLY, spec.reply.then(|| "1".to_owned())),
+        ];
+        fields.extend(defaulted.into_iter().filter_map(|(k, v)| v.map(|v| (k, v))));
         let optional = [
             (field::BACKOFF, spec.backoff.map(ms)),
             (field::BACKOFF_CAP, spec.backoff_cap.map(ms)),
@@ -128,7 +142,7 @@ impl Store {
         now: u64,
         limit: u32,
     ) {
-        let (mut fields, when) = Self::record(id, spec, now);
+        let (mut fields, when) = Self::record(spec, now);
         if spec.key.is_some() {
             fields.push((field::KEY_LIMIT, limit.to_string()));
         }

@@ -76,8 +76,7 @@ impl Store {
     /// worker type of each task expired.
     pub(crate) async fn expire_due(&self, max: usize) -> StoreResult<Vec<String>> {
         let mut con = self.con.clone();
-        self
-            .scripts
+        self.scripts
             .expire
             .key(self.keys.deadlines())
             .arg(self.keys.prefix())

@@ -138,9 +138,11 @@ impl Rig {
         self.redis.task_field(id, name).await
     }
 
-    /// The epoch of task `id`.
+    /// The epoch of task `id` (0 while the record has none, as a new one).
     async fn epoch(&self, id: &str) -> u64 {
-        self.field(id, "epoch").await.unwrap().parse().unwrap()
+        self.field(id, "epoch")
+            .await
+            .map_or(0, |e| e.parse().unwrap())
     }
 
     /// The ids of the runs so far, in order.

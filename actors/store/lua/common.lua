@@ -328,7 +328,7 @@ local function spawn_occurrence(prefix, parent, member, now, channel, events)
   if not p[1] then
     return
   end
-  redis.call('HSET', ok, 'id', oid, 'worker', p[1], 'args', p[2] or 'null', 'priority', p[3] or '0',
+  redis.call('HSET', ok, 'worker', p[1], 'args', p[2] or 'null', 'priority', p[3] or '0',
     'attempts', p[4] or '0', 'attempt', '0', 'timeout', p[5] or '0', 'reply', '0', 'state', 'queued',
     'node', '', 'epoch', '0', 'created', now, 'target', 'node:' .. member, 'parent', parent)
   for i, name in ipairs({'backoff', 'backoff_cap', 'deadline'}) do

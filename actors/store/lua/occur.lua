@@ -19,7 +19,7 @@ end
 local oid = tid .. '@' .. due
 local ok = prefix .. ':task:' .. oid
 if redis.call('EXISTS', ok) == 0 then
-  redis.call('HSET', ok, 'id', oid, 'worker', t[2], 'args', t[3] or 'null', 'priority', t[4] or '0',
+  redis.call('HSET', ok, 'worker', t[2], 'args', t[3] or 'null', 'priority', t[4] or '0',
     'attempts', t[5] or '0', 'attempt', '0', 'timeout', t[6] or '0', 'reply', '0', 'state', 'queued',
     'node', '', 'epoch', '0', 'created', now, 'template', tid)
   for i, name in ipairs({'key', 'klimit', 'result_key', 'backoff', 'backoff_cap'}) do

@@ -89,6 +89,82 @@ async fn an_enqueue_stores_the_whole_task_once_and_announces_it() {
 
 /// Enqueues `specs` in one call on a fresh Redis and returns the first `n` notices published on
 /// the task channel (failing when fewer come within two seconds each).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_record_holds_no_field_at_its_default_and_reads_back_whole() {
+    let redis = Redis::start();
+    let store = Store::connect(&settings(&redis)).await.unwrap();
+    let mut con = redis.con().await;
+    let mut full = TaskSpec::new("w", json!(2))
+        .id("full")
+        .priority(3)
+        .attempts(4)
+        .timeout(Duration::from_secs(5));
+    full.reply = true;
+    store
+        .enqueue_many(
+            &[TaskSpec::new("w", json!({"n": 1})).id("plain"), full],
+            false,
+        )
+        .await
+        .unwrap();
+    let fields = |id: &'static str| {
+        let mut con = con.clone();
+        async move {
+            let mut names: Vec<String> = ::redis::cmd("HKEYS")
+                .arg(format!("bg:task:{id}"))
+                .query_async(&mut con)
+                .await
+                .unwrap();
+            names.sort();
+            names
+        }
+    };
+    assert_eq!(
+        fields("plain").await,
+        ["args", "created", "node", "state", "worker"]
+    );
+    assert_eq!(
+        fields("full").await,
+        [
+            "args", "attempts", "created", "node", "priority", "reply", "state", "timeout",
+            "worker"
+        ]
+    );
+    let memory: i64 = ::redis::cmd("MEMORY")
+        .arg("USAGE")
+        .arg("bg:task:plain")
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    assert!(memory < 200, "a plain record takes {memory} bytes");
+
+    // Whatever is left out reads as its default: in the status, and in the claimed task.
+    let status = store.status("plain").await.unwrap().unwrap();
+    assert_eq!(
+        (
+            status.id.as_str(),
+            status.priority,
+            status.attempt,
+            status.attempts
+        ),
+        ("plain", 0, 0, None)
+    );
+    assert_eq!((status.epoch, status.node), (0, None));
+    let claimed = store.claim("w", &me("n1"), 10).await.unwrap();
+    let plain = claimed.iter().find(|t| t.id == "plain").unwrap();
+    assert_eq!(
+        (plain.priority, plain.attempt, plain.attempts, plain.timeout),
+        (0, 1, None, None)
+    );
+    assert_eq!(plain.epoch, 1);
+    let full = claimed.iter().find(|t| t.id == "full").unwrap();
+    assert_eq!(
+        (full.priority, full.attempts, full.timeout),
+        (3, Some(4), Some(Duration::from_secs(5)))
+    );
+    assert_eq!(hget(&mut con, "full", "reply").await.as_deref(), Some("1"));
+}
+
 async fn notices_of(specs: &[TaskSpec], n: usize) -> Vec<Value> {
     let redis = Redis::start();
     let store = Store::connect(&settings(&redis)).await.unwrap();
