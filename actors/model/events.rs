@@ -5,65 +5,90 @@
 //! transitions made inside Lua scripts (`available`, `cancelled` and `expired` of waiting tasks)
 //! are built there with the same fields.
 
+use serde::Serialize;
 use serde_json::{Value, json};
 
 use crate::decide::policy::Settle;
 use crate::model::envelope::Rejection;
 use crate::model::task::Task;
 
-fn base(kind: &str, task: &Task, node: &str, at: u64) -> Value {
-    json!({
-        "event": kind, "id": task.id, "worker": task.worker, "node": node,
-        "attempt": task.attempt, "ts": at,
-    })
+/// A task event, serialized straight from borrowed fields: every attempt of every task builds
+/// two or three, so no map of owned values is built for them. The fields are in alphabetical
+/// order, the order the events have always had.
+#[derive(Serialize)]
+struct TaskEvent<'a> {
+    attempt: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<&'a str>,
+    event: &'a str,
+    id: &'a str,
+    node: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    result: Option<&'a Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    retry_at: Option<u64>,
+    ts: u64,
+    worker: &'a str,
+}
+
+impl<'a> TaskEvent<'a> {
+    fn new(event: &'a str, task: &'a Task, node: &'a str, ts: u64) -> TaskEvent<'a> {
+        TaskEvent {
+            attempt: task.attempt,
+            error: None,
+            event,
+            id: &task.id,
+            node,
+            result: None,
+            retry_at: None,
+            ts,
+            worker: &task.worker,
+        }
+    }
+
+    fn error(mut self, error: &'a str) -> TaskEvent<'a> {
+        self.error = Some(error);
+        self
+    }
+
+    fn text(&self) -> String {
+        serde_json::to_string(self).expect("an event of strings and numbers serializes")
+    }
 }
 
 /// `started`: an attempt began.
 pub(crate) fn started(task: &Task, node: &str, at: u64) -> String {
-    base("started", task, node, at).to_string()
+    TaskEvent::new("started", task, node, at).text()
 }
 
 /// `error`: an attempt failed (followed by `retry` or `dead`, or final as state `failed`).
 pub(crate) fn error(task: &Task, node: &str, error: &str, at: u64) -> String {
-    let mut e = base("error", task, node, at);
-    e["error"] = json!(error);
-    e.to_string()
+    TaskEvent::new("error", task, node, at).error(error).text()
 }
 
 /// The event of a transition: `done`, `retry`, `dead`, `error` (failed without retry),
 /// `cancelled` or `expired`. For a final state it is also the reply a waiting caller receives.
 pub(crate) fn transition(task: &Task, node: &str, settle: &Settle, at: u64) -> String {
-    let mut e = match settle {
-        Settle::Done(result) => {
-            let mut e = base("done", task, node, at);
-            e["result"] = result.clone();
-            e
-        }
+    let event = match settle {
+        Settle::Done(result) => TaskEvent {
+            result: Some(result),
+            ..TaskEvent::new("done", task, node, at)
+        },
         Settle::Retry {
             error,
             at: retry_at,
-        } => {
-            let mut e = base("retry", task, node, at);
-            e["error"] = json!(error);
-            e["retry_at"] = json!(retry_at);
-            e
-        }
-        Settle::Dead { error } => {
-            let mut e = base("dead", task, node, at);
-            e["error"] = json!(error);
-            e
-        }
+        } => TaskEvent {
+            retry_at: Some(*retry_at),
+            ..TaskEvent::new("retry", task, node, at).error(error)
+        },
+        Settle::Dead { error } => TaskEvent::new("dead", task, node, at).error(error),
         Settle::Failed { error: message } => return error(task, node, message, at),
-        Settle::Cancelled => base("cancelled", task, node, at),
-        Settle::Expired => base("expired", task, node, at),
+        Settle::Cancelled => TaskEvent::new("cancelled", task, node, at).error("cancelled"),
+        Settle::Expired => {
+            TaskEvent::new("expired", task, node, at).error(crate::model::task::EXPIRED_ERROR)
+        }
     };
-    if matches!(settle, Settle::Cancelled) {
-        e["error"] = json!("cancelled");
-    }
-    if matches!(settle, Settle::Expired) {
-        e["error"] = json!(crate::model::task::EXPIRED_ERROR);
-    }
-    e.to_string()
+    event.text()
 }
 
 /// `rejected`: a channel message was refused.
@@ -104,4 +129,88 @@ pub(crate) fn ending_of(event: &str) -> Option<Ending> {
                 .to_owned(),
         },
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The events as they were built before, from a map (`json!`), for comparison.
+    fn as_map(kind: &str, task: &Task, node: &str, at: u64, extra: Value) -> String {
+        let mut e = json!({
+            "event": kind, "id": task.id, "worker": task.worker, "node": node,
+            "attempt": task.attempt, "ts": at,
+        });
+        for (k, v) in extra.as_object().unwrap() {
+            e[k] = v.clone();
+        }
+        e.to_string()
+    }
+
+    #[test]
+    fn every_task_event_has_its_fields_in_the_same_order() {
+        let mut task = Task::sample("t\"1");
+        task.attempt = 2;
+        let cases = [
+            (
+                started(&task, "n1", 5),
+                as_map("started", &task, "n1", 5, json!({})),
+            ),
+            (
+                error(&task, "n1", "bo\nom", 6),
+                as_map("error", &task, "n1", 6, json!({"error": "bo\nom"})),
+            ),
+            (
+                transition(&task, "n1", &Settle::Done(json!({"x": [1, null]})), 7),
+                as_map("done", &task, "n1", 7, json!({"result": {"x": [1, null]}})),
+            ),
+            (
+                transition(&task, "n1", &Settle::Done(Value::Null), 7),
+                as_map("done", &task, "n1", 7, json!({"result": null})),
+            ),
+            (
+                transition(
+                    &task,
+                    "n1",
+                    &Settle::Retry {
+                        error: "e".into(),
+                        at: 99,
+                    },
+                    8,
+                ),
+                as_map(
+                    "retry",
+                    &task,
+                    "n1",
+                    8,
+                    json!({"error": "e", "retry_at": 99}),
+                ),
+            ),
+            (
+                transition(&task, "n1", &Settle::Dead { error: "d".into() }, 9),
+                as_map("dead", &task, "n1", 9, json!({"error": "d"})),
+            ),
+            (
+                transition(&task, "n1", &Settle::Failed { error: "f".into() }, 9),
+                as_map("error", &task, "n1", 9, json!({"error": "f"})),
+            ),
+            (
+                transition(&task, "n1", &Settle::Cancelled, 10),
+                as_map("cancelled", &task, "n1", 10, json!({"error": "cancelled"})),
+            ),
+            (
+                transition(&task, "n1", &Settle::Expired, 11),
+                as_map(
+                    "expired",
+                    &task,
+                    "n1",
+                    11,
+                    json!({"error": crate::model::task::EXPIRED_ERROR}),
+                ),
+            ),
+        ];
+        for (built, expected) in cases {
+            assert_eq!(built, expected);
+        }
+    }
 }
