@@ -2,7 +2,7 @@
 //! built-in `bg-noop` worker on a private `redis-server`. Run it (release mode) with
 //! `cargo bench --bench throughput -- [--mode drain|paced|both] [--ingress client|inbox|publish]
 //! [--tasks N] [--nodes N]
-//! [--concurrency N] [--rate R] [--seconds S] [--json] [--redis-stats]`; `--help` lists every
+//! [--concurrency N] [--rate R] [--seconds S] [--json] [--redis-stats] [--unix]`; `--help` lists every
 //! option.
 //!
 //! With `--nodes N` above 1 the bench starts `bench-1` .. `bench-N` on the same Redis, each on its
@@ -132,6 +132,11 @@ struct Options {
     /// database on a host of its own.
     #[arg(long, value_name = "N", default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=19))]
     archive_nice: u8,
+    /// Reach Redis through its Unix socket (`redis+unix://`) instead of TCP on 127.0.0.1, the
+    /// nodes and the bench's clients alike: what a node on Redis's own host can save on every
+    /// round trip and every event delivered.
+    #[arg(long)]
+    unix: bool,
     /// `cargo bench` passes `--bench` to every bench binary.
     #[arg(long = "bench", hide = true)]
     _bench: bool,
@@ -1405,7 +1410,14 @@ async fn run(opts: &Options) -> anyhow::Result<bool> {
     let settings = Settings::defaults();
     let prefix = settings.redis.prefix.clone();
 
-    let redis = common::Redis::start();
+    let mut redis = common::Redis::start();
+    if opts.unix {
+        redis.url = redis.socket_url();
+        println!(
+            "bench: nodes and clients reach redis-server at {}",
+            redis.url
+        );
+    }
     let mut admin = redis.con().await;
     redis::cmd("CONFIG")
         .arg("SET")
