@@ -145,12 +145,14 @@ class Client:
         raise Timeout(task_id, timeout)
 
     def status(self, task_id):
-        """The task record (``HGETALL bg:task:{id}``) with `args` and `result` read as JSON,
-        or None when there is no such task (or it expired)."""
+        """The task record (``HGETALL bg:task:{id}``) with `args` and `result` read as JSON and
+        `id` filled in, or None when there is no such task (or it expired). Fields at their
+        defaults may be absent (PROTOCOL.md, "Task record")."""
         raw = self.redis.hgetall(self._key("task", task_id))
         if not raw:
             return None
         record = {k.decode(): v.decode() for k, v in raw.items()}
+        record.setdefault("id", task_id)
         for field in ("args", "result"):
             if field in record:
                 try:

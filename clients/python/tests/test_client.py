@@ -34,6 +34,7 @@ def test_status_shows_the_record(cluster):
     assert status["args"] == [1, 2]
     assert status["result"] == [1, 2]
     assert status["attempts"] == "2"
+    assert status["id"] == task
     assert cluster.status("no-such-task") is None
 
 
