@@ -141,8 +141,11 @@ mod tests {
             "event": kind, "id": task.id, "worker": task.worker, "node": node,
             "attempt": task.attempt, "ts": at,
         });
-        for (k, v) in extra.as_object().unwrap() {
-            e[k] = v.clone();
+        let Value::Object(extra) = extra else {
+            panic!("extra fields are an object")
+        };
+        for (k, v) in extra {
+            e[k.as_str()] = v;
         }
         e.to_string()
     }

@@ -101,20 +101,25 @@ pub(super) fn missing_library(error: &RedisError) -> bool {
 }
 
 /// Loads this build's library into Redis (replacing a copy of the same text, which changes
-/// nothing). Fails with Redis's answer when it cannot, for one when it is older than 7.0.
+/// nothing). A refusal (for one, from a Redis older than 7.0, which has no functions) says what
+/// is needed; a lost connection stays a Redis error.
 pub(super) async fn load(con: &mut Con) -> StoreResult<()> {
-    redis::cmd("FUNCTION")
+    let loaded = redis::cmd("FUNCTION")
         .arg("LOAD")
         .arg("REPLACE")
         .arg(&LIBRARY.source)
         .query_async::<String>(con)
-        .await
-        .map_err(|e| {
-            super::StoreError::Corrupt(format!(
-                "cannot load the bgnode function library (Redis 7.0 or newer is needed): {e}"
-            ))
-        })?;
-    Ok(())
+        .await;
+    match loaded {
+        Ok(_) => Ok(()),
+        Err(e) if e.clone().into_server_errors().is_some() => {
+            Err(super::StoreError::Corrupt(format!(
+                "Redis refused the bgnode function library `{}` (Redis 7.0 or newer is needed): {e}",
+                LIBRARY.name
+            )))
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// One function of the library.

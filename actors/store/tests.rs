@@ -213,6 +213,45 @@ async fn the_library_is_loaded_again_after_redis_forgets_it() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_redis_that_refuses_the_library_says_so_and_stores_nothing() {
+    let redis = Redis::start();
+    let mut con = redis.con().await;
+    // A user who may call functions but not load them, as a Redis without functions (older
+    // than 7.0) refuses `FUNCTION LOAD`.
+    redis::cmd("ACL")
+        .arg("SETUSER")
+        .arg("caller")
+        .arg("on")
+        .arg(">secret")
+        .arg("~*")
+        .arg("&*")
+        .arg("+@all")
+        .arg("-function")
+        .query_async::<()>(&mut con)
+        .await
+        .unwrap();
+    let mut s = settings(&redis);
+    s.redis.url = format!("redis://caller:secret@127.0.0.1:{}", redis.port);
+    let store = Store::connect(&s).await.unwrap();
+    let error = store
+        .enqueue_many(&[TaskSpec::new("w", json!(1)).id("t")], false)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("Redis refused the bgnode function library")
+            && error.contains("Redis 7.0 or newer"),
+        "{error}"
+    );
+    let stored: bool = redis::cmd("EXISTS")
+        .arg("bg:task:t")
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    assert!(!stored);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn what_a_call_remembers_is_forgotten_before_the_next() {
     // The library keeps per-call values (the workers already listed, the event level) between
     // calls; each call must start from nothing, or a second call would trust the first's.
