@@ -2,10 +2,10 @@
 //! once with `FUNCTION LOAD` and called by name with `FCALL`.
 //!
 //! A script sent with `EVALSHA` runs its whole text on every call, so the shared definitions
-//! of `common.lua` (25 functions and 14 tables and values) were built again on each one: 7 µs of Redis
-//! CPU per call before the script did any work. In a library they are built once, when it is
-//! loaded; each call only resets the few values `common.lua` keeps for the length of one call
-//! (`begin_call`).
+//! of `common.lua` (25 functions and 14 tables and values) were built again on each one: 7 µs
+//! of Redis CPU per call before the script did any work. In a library they are built once, when
+//! it is loaded; each call only resets the few values `common.lua` keeps for the length of one
+//! call (`begin_call`).
 //!
 //! The library is named after a hash of its text (`bgnode_<hash>`), and so are its functions,
 //! so nodes of two builds with different scripts can share a Redis during a rolling upgrade,
