@@ -6,7 +6,8 @@
 //! first line of a later window says how many were held back. The libraries' call sites
 //! (gossip, the cluster link) get one line per 30 s window, since their lines repeat per
 //! datagram or per dial; bgnode's own get ten per 10 s. INFO and below are never held back:
-//! `RUST_LOG=debug` shows everything.
+//! `RUST_LOG=debug` shows everything. One library warning known to be harmless (see
+//! [`harmless`]) is not written at all.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -103,6 +104,29 @@ impl<K: std::hash::Hash + Eq> Counter<K> {
     }
 }
 
+/// Whether a library's warning is known to be harmless, so it is not written at all.
+///
+/// ractor_cluster's node session warns of "an unknown child actor exit event" when a peer's
+/// actor ends while the session is open: the session forgets the actor on the peer's own
+/// notice of its end, then hears of the same end from supervision. Every graceful leave of a
+/// peer can show it, depending on which of the two arrives first; it means nothing.
+fn harmless(target: &str, message: &str) -> bool {
+    target == "ractor_cluster::node::node_session"
+        && message.contains("received an unknown child actor exit event")
+}
+
+/// The `message` field of an event, as written.
+#[derive(Default)]
+struct Message(String);
+
+impl tracing::field::Visit for Message {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        if field.name() == "message" {
+            self.0 = format!("{value:?}");
+        }
+    }
+}
+
 /// The layer: decides, before any other layer sees it, whether a WARN or ERROR line is written.
 #[derive(Debug, Default)]
 pub(crate) struct Throttle {
@@ -114,6 +138,13 @@ impl<S: Subscriber> Layer<S> for Throttle {
         let meta = event.metadata();
         if *meta.level() > Level::WARN || meta.target() == TARGET {
             return true;
+        }
+        if meta.target().starts_with("ractor_cluster::") {
+            let mut message = Message::default();
+            event.record(&mut message);
+            if harmless(meta.target(), &message.0) {
+                return false;
+            }
         }
         let limit = limit_for(meta.target());
         let verdict = self
@@ -153,6 +184,17 @@ impl<S: Subscriber> Layer<S> for Throttle {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_the_known_harmless_line_is_dropped() {
+        let line = r#"NodeSession Some(NameMessage { name: "n2@127.0.0.1" }) received an unknown child actor exit event from 0.40 - 'Some("remote")'"#;
+        assert!(harmless("ractor_cluster::node::node_session", line));
+        assert!(!harmless("ractor_cluster::node::client", line));
+        assert!(!harmless(
+            "ractor_cluster::node::node_session",
+            "Received duplicate Ready signal"
+        ));
+    }
 
     const LIMIT: Limit = Limit {
         burst: 2,

@@ -361,7 +361,7 @@ fn describe(e: &anyhow::Error) -> String {
 
 /// Logs to stderr: `RUST_LOG` when it is set (and not empty), else `default` for bgnode with
 /// the cluster libraries quiet (their per-session chatter shows with `RUST_LOG=info`).
-/// Repeated warnings are limited ([`logs::Throttle`]).
+/// Repeated warnings are limited, and a known harmless one dropped ([`logs::Throttle`]).
 /// ractor_cluster's node server logs the end of every session, a normal one included, as a
 /// warning with a dump of the peer's name struct; the membership logs each end itself, in words
 /// and at the level it deserves, so that module is limited to errors unless `RUST_LOG` asks.
