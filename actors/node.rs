@@ -565,12 +565,17 @@ async fn connect(settings: &Settings) -> Result<Store, NodeError> {
         let attempt = async {
             let store = Store::connect(settings).await?;
             store.ping().await?;
+            store.load_library().await?;
             Ok::<Store, StoreError>(store)
         };
         match attempt.await {
             Ok(store) => return Ok(store),
-            // A certificate that is not trusted or not shown stays so: waiting cannot help.
-            Err(e) if Instant::now() < deadline && !matches!(e, StoreError::Tls(_)) => {
+            // A certificate that is not trusted or not shown stays so, and so does a Redis that
+            // refuses the scripts: waiting cannot help.
+            Err(e)
+                if Instant::now() < deadline
+                    && !matches!(e, StoreError::Tls(_) | StoreError::Library(_)) =>
+            {
                 tracing::warn!("waiting for redis at {url}: {e}");
                 tokio::time::sleep(backoff.next_delay()).await;
             }

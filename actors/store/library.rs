@@ -101,8 +101,9 @@ pub(super) fn missing_library(error: &RedisError) -> bool {
 }
 
 /// Loads this build's library into Redis (replacing a copy of the same text, which changes
-/// nothing). A refusal (for one, from a Redis older than 7.0, which has no functions) says what
-/// is needed; a lost connection stays a Redis error.
+/// nothing). A refusal (from a Redis older than 7.0, which has no functions, or for a user not
+/// allowed `FUNCTION LOAD`) carries Redis's answer and says what is needed; a lost connection
+/// stays a Redis error.
 pub(super) async fn load(con: &mut Con) -> StoreResult<()> {
     let loaded = redis::cmd("FUNCTION")
         .arg("LOAD")
@@ -113,8 +114,9 @@ pub(super) async fn load(con: &mut Con) -> StoreResult<()> {
     match loaded {
         Ok(_) => Ok(()),
         Err(e) if e.clone().into_server_errors().is_some() => {
-            Err(super::StoreError::Corrupt(format!(
-                "Redis refused the bgnode function library `{}` (Redis 7.0 or newer is needed): {e}",
+            Err(super::StoreError::Library(format!(
+                "Redis refused the bgnode function library `{}`: {e} (bgnode needs Redis 7.0 \
+                 or newer, and a Redis user allowed to run FUNCTION LOAD)",
                 LIBRARY.name
             )))
         }

@@ -72,6 +72,10 @@ pub enum StoreError {
     /// A `[redis]` TLS setting cannot be used (a CA or client certificate file).
     #[error("redis TLS: {0}")]
     Tls(String),
+    /// Redis refused to load the scripts' function library (older than 7.0, or a user not
+    /// allowed `FUNCTION LOAD`): waiting does not help.
+    #[error("{0}")]
+    Library(String),
 }
 
 /// Result of store operations.
@@ -382,6 +386,13 @@ impl Store {
             .arg(message)
             .query_async(&mut con)
             .await?)
+    }
+
+    /// Loads the scripts' function library now (a node does at start, so that a Redis that
+    /// refuses it stops the node at once instead of failing its first task).
+    pub(crate) async fn load_library(&self) -> StoreResult<()> {
+        let mut con = self.con.clone();
+        library::load(&mut con).await
     }
 
     /// Runs a pipeline of function calls, loading the library first if Redis has not got it.

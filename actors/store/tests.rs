@@ -240,7 +240,8 @@ async fn a_redis_that_refuses_the_library_says_so_and_stores_nothing() {
         .to_string();
     assert!(
         error.contains("Redis refused the bgnode function library")
-            && error.contains("Redis 7.0 or newer"),
+            && error.contains("no permissions to run the 'function|load' command")
+            && error.contains("Redis 7.0 or newer, and a Redis user allowed to run FUNCTION LOAD"),
         "{error}"
     );
     let stored: bool = redis::cmd("EXISTS")
