@@ -1194,21 +1194,7 @@ async fn the_workers_folder_is_watched_and_changes_apply_under_load() {
 async fn a_node_whose_redis_refuses_the_scripts_stops_at_once_and_says_why() {
     let redis = Redis::start();
     let mut con = redis.con().await;
-    // A user who may do everything but load functions: what a Redis older than 7.0 (which has
-    // none) answers too.
-    redis::cmd("ACL")
-        .arg("SETUSER")
-        .arg("caller")
-        .arg("on")
-        .arg(">s3cret")
-        .arg("~*")
-        .arg("&*")
-        .arg("+@all")
-        .arg("-function")
-        .query_async::<()>(&mut con)
-        .await
-        .unwrap();
-    let url = format!("redis://caller:s3cret@127.0.0.1:{}", redis.port);
+    let url = redis.url_of_user_without_functions().await;
     let workers = test_workers();
     let mut node = NodeProc::start_wrapped(&[], &url, "n1", workers.path(), &[]);
     // At once: not waited out for 30 s as an unreachable Redis is.

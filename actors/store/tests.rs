@@ -216,22 +216,8 @@ async fn the_library_is_loaded_again_after_redis_forgets_it() {
 async fn a_redis_that_refuses_the_library_says_so_and_stores_nothing() {
     let redis = Redis::start();
     let mut con = redis.con().await;
-    // A user who may call functions but not load them, as a Redis without functions (older
-    // than 7.0) refuses `FUNCTION LOAD`.
-    redis::cmd("ACL")
-        .arg("SETUSER")
-        .arg("caller")
-        .arg("on")
-        .arg(">secret")
-        .arg("~*")
-        .arg("&*")
-        .arg("+@all")
-        .arg("-function")
-        .query_async::<()>(&mut con)
-        .await
-        .unwrap();
     let mut s = settings(&redis);
-    s.redis.url = format!("redis://caller:secret@127.0.0.1:{}", redis.port);
+    s.redis.url = redis.url_of_user_without_functions().await;
     let store = Store::connect(&s).await.unwrap();
     let error = store
         .enqueue_many(&[TaskSpec::new("w", json!(1)).id("t")], false)

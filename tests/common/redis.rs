@@ -336,6 +336,26 @@ impl Redis {
             .expect("connect to test redis")
     }
 
+    /// The URL of a user made now (`caller`, password `s3cret`) who may run every command but
+    /// `FUNCTION`: a server that refuses to load the scripts' library, as one older than 7.0
+    /// (which has no functions) does.
+    pub async fn url_of_user_without_functions(&self) -> String {
+        let mut con = self.con().await;
+        redis::cmd("ACL")
+            .arg("SETUSER")
+            .arg("caller")
+            .arg("on")
+            .arg(">s3cret")
+            .arg("~*")
+            .arg("&*")
+            .arg("+@all")
+            .arg("-function")
+            .query_async::<()>(&mut con)
+            .await
+            .expect("ACL SETUSER");
+        format!("redis://caller:s3cret@127.0.0.1:{}", self.port)
+    }
+
     /// Publishes `msg` on `channel`; returns the number of receivers.
     pub async fn publish(&self, channel: &str, msg: impl redis::ToRedisArgs) -> i64 {
         let mut con = self.con().await;
