@@ -290,8 +290,10 @@ impl Client {
         while let Ok(Some(msg)) = tokio::time::timeout_at(deadline, events.next()).await {
             // Any event of this task may be its last (a final `error` looks like a retried
             // one): the record says.
-            let event: Value = serde_json::from_slice(msg.get_payload_bytes()).unwrap_or_default();
-            if event.get("id").and_then(Value::as_str) == Some(id)
+            let events = crate::events_in::<Value>(msg.get_payload_bytes()).unwrap_or_default();
+            if events
+                .iter()
+                .any(|event| event.get("id").and_then(Value::as_str) == Some(id))
                 && let Some(end) = self.ending(id).await?
             {
                 return end;

@@ -91,6 +91,7 @@ pub use decide::cron::{Cron, Missed, Recurrence};
 pub use decide::restart::RestartPolicy;
 pub use decide::runnable::Unrunnable;
 pub use engine::dispatcher::LaneStats;
+pub use model::events::events_in;
 pub use model::names::NameError;
 pub use model::task::{
     Outcome, Retry, SpecError, Target, TaskSpec, TaskState, TaskStatus, new_task_id,

@@ -247,26 +247,28 @@ async fn subscribe(
         let mut stream = pubsub.into_on_message();
         while let Some(msg) = stream.next().await {
             let at = Instant::now();
-            let Ok(ev) = serde_json::from_slice::<EventMsg>(msg.get_payload_bytes()) else {
+            let Ok(events) = background::events_in::<EventMsg>(msg.get_payload_bytes()) else {
                 continue;
             };
-            let error = match ev.event.as_str() {
-                "done" => None,
-                "error" => Some(ev.error.unwrap_or_default()),
-                _ => continue,
-            };
-            let Some(id) = ev.id else { continue };
-            let node = ev.node;
-            if tx
-                .send(Finished {
-                    id,
-                    error,
-                    node,
-                    at,
-                })
-                .is_err()
-            {
-                break;
+            for ev in events {
+                let error = match ev.event.as_str() {
+                    "done" => None,
+                    "error" => Some(ev.error.unwrap_or_default()),
+                    _ => continue,
+                };
+                let Some(id) = ev.id else { continue };
+                let node = ev.node;
+                if tx
+                    .send(Finished {
+                        id,
+                        error,
+                        node,
+                        at,
+                    })
+                    .is_err()
+                {
+                    return;
+                }
             }
         }
     });

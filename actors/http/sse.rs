@@ -1,5 +1,6 @@
 //! `GET /api/v1/events[?worker=&id=]`: the events channel as Server-Sent Events, one `data:`
-//! line per event (the event's JSON as published), optionally only those of one worker or one
+//! line per event (the event's JSON as published; a message carrying several events is sent as
+//! one `data:` line each, in order), optionally only those of one worker or one
 //! task. Each stream holds a subscription of its own; at most [`super::MAX_STREAMS`] are open
 //! on a node at once (503 beyond), a comment every 15 s keeps idle connections open, and every
 //! stream ends when the server stops.
@@ -14,18 +15,35 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
 use serde_json::Value;
+use serde_json::value::RawValue;
 
 use super::api::params;
 use super::{ApiError, Shared};
 use crate::model::names::validate_worker_name;
 use crate::model::task::validate_stored_id;
 
-/// Whether event `payload` passes the stream's filters.
-fn wanted(payload: &[u8], worker: Option<&str>, id: Option<&str>) -> bool {
+/// The events of message `payload` that pass the stream's filters, each as it was published.
+/// Without filters a message that is not JSON is passed on as it is.
+fn wanted(payload: &[u8], worker: Option<&str>, id: Option<&str>) -> Vec<String> {
+    let Ok(events) = crate::events_in::<Box<RawValue>>(payload) else {
+        if worker.is_none() && id.is_none() {
+            return vec![String::from_utf8_lossy(payload).into_owned()];
+        }
+        return Vec::new();
+    };
+    events
+        .into_iter()
+        .filter(|raw| passes(raw, worker, id))
+        .map(|raw| raw.get().to_owned())
+        .collect()
+}
+
+/// Whether one event passes the stream's filters.
+fn passes(raw: &RawValue, worker: Option<&str>, id: Option<&str>) -> bool {
     if worker.is_none() && id.is_none() {
         return true;
     }
-    let Ok(event) = serde_json::from_slice::<Value>(payload) else {
+    let Ok(event) = serde_json::from_str::<Value>(raw.get()) else {
         return false;
     };
     worker.is_none_or(|w| event.get("worker").and_then(Value::as_str) == Some(w))
@@ -56,15 +74,15 @@ pub(super) async fn events(
     let stop = s.stop.clone();
     let stream = pubsub
         .into_on_message()
-        .filter(move |msg| {
-            let keep = wanted(msg.get_payload_bytes(), worker.as_deref(), id.as_deref());
-            async move { keep }
-        })
-        .map(move |msg| {
+        .flat_map(move |msg| {
             // The permit lives as long as the stream.
             let _held = &permit;
-            let text = String::from_utf8_lossy(msg.get_payload_bytes()).into_owned();
-            Ok::<Event, Infallible>(Event::default().data(text))
+            let events = wanted(msg.get_payload_bytes(), worker.as_deref(), id.as_deref());
+            futures::stream::iter(
+                events
+                    .into_iter()
+                    .map(|text| Ok::<Event, Infallible>(Event::default().data(text))),
+            )
         })
         .take_until(async move { stop.cancelled().await });
     Ok(Sse::new(stream)
@@ -79,10 +97,35 @@ mod tests {
     #[test]
     fn filters_keep_the_events_asked_for() {
         let e = br#"{"event":"done","id":"t1","worker":"w"}"#;
-        assert!(wanted(e, None, None));
-        assert!(wanted(e, Some("w"), Some("t1")));
-        assert!(!wanted(e, Some("v"), None));
-        assert!(!wanted(e, None, Some("t2")));
-        assert!(!wanted(b"not json", Some("w"), None));
+        assert_eq!(wanted(e, None, None), [std::str::from_utf8(e).unwrap()]);
+        assert_eq!(wanted(e, Some("w"), Some("t1")).len(), 1);
+        assert!(wanted(e, Some("v"), None).is_empty());
+        assert!(wanted(e, None, Some("t2")).is_empty());
+        assert!(wanted(b"not json", Some("w"), None).is_empty());
+        assert_eq!(wanted(b"not json", None, None), ["not json"]);
+    }
+
+    #[test]
+    fn a_message_of_several_events_is_sent_as_one_line_each() {
+        let batch = br#"[{"event":"started","id":"t1","worker":"w"},{"event":"done","id":"t2","worker":"v"},{"event":"done","id":"t1","worker":"w"}]"#;
+        assert_eq!(
+            wanted(batch, None, None),
+            [
+                r#"{"event":"started","id":"t1","worker":"w"}"#,
+                r#"{"event":"done","id":"t2","worker":"v"}"#,
+                r#"{"event":"done","id":"t1","worker":"w"}"#,
+            ]
+        );
+        assert_eq!(
+            wanted(batch, None, Some("t1")),
+            [
+                r#"{"event":"started","id":"t1","worker":"w"}"#,
+                r#"{"event":"done","id":"t1","worker":"w"}"#,
+            ]
+        );
+        assert_eq!(
+            wanted(batch, Some("v"), None),
+            [r#"{"event":"done","id":"t2","worker":"v"}"#]
+        );
     }
 }

@@ -1,16 +1,40 @@
 //! Event messages published on the events channel (`background:events` by default).
 //!
-//! One JSON object per event with at least `event`, `ts` (Unix ms) and, for task events, `id`,
-//! `worker`, `node` and `attempt`. PROTOCOL.md lists every kind with its fields. Events of
+//! Each event is one JSON object with at least `event`, `ts` (Unix ms) and, for task events,
+//! `id`, `worker`, `node` and `attempt`. A message holds one event, or several as a JSON array
+//! in the order they happened (a script call publishes its events together, see `common.lua`):
+//! [`events_in`] reads either. PROTOCOL.md lists every kind with its fields. Events of
 //! transitions made inside Lua scripts (`available`, `cancelled` and `expired` of waiting tasks)
 //! are built there with the same fields.
 
 use serde::Serialize;
+use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
 use crate::decide::policy::Settle;
 use crate::model::envelope::Rejection;
 use crate::model::task::Task;
+
+/// The events of one message of the events channel, in order: the message is one event (a
+/// JSON object) or several (a JSON array of them). `T` is what each event is read as, a
+/// `serde_json::Value` or a struct of the fields the caller needs.
+///
+/// ```
+/// let events: Vec<serde_json::Value> =
+///     background::events_in(br#"[{"event":"started","id":"a"},{"event":"done","id":"a"}]"#)
+///         .unwrap();
+/// assert_eq!(events.len(), 2);
+/// let one: Vec<serde_json::Value> = background::events_in(br#"{"event":"done"}"#).unwrap();
+/// assert_eq!(one[0]["event"], "done");
+/// ```
+pub fn events_in<T: DeserializeOwned>(payload: &[u8]) -> Result<Vec<T>, serde_json::Error> {
+    let first = payload.iter().find(|b| !b.is_ascii_whitespace());
+    if first == Some(&b'[') {
+        serde_json::from_slice(payload)
+    } else {
+        serde_json::from_slice(payload).map(|event| vec![event])
+    }
+}
 
 /// A task event, serialized straight from borrowed fields: every attempt of every task builds
 /// two or three, so no map of owned values is built for them. The fields are in alphabetical

@@ -75,7 +75,9 @@ static LIBRARY: LazyLock<Library> = LazyLock::new(|| {
     let name = format!("bgnode_{hash}");
     for (script, text) in SCRIPTS {
         body.push_str(&format!(
-            "\nredis.register_function('{name}_{script}', function(KEYS, ARGV)\nbegin_call()\n{text}\nend)\n"
+            "\nredis.register_function('{name}_{script}', function(KEYS, ARGV)\nbegin_call()\n\
+             local ok, out = pcall(function()\n{text}\nend)\nflush_events()\n\
+             if not ok then\nerror(out, 0)\nend\nreturn out\nend)\n"
         ));
     }
     Library {

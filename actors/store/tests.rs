@@ -142,11 +142,136 @@ async fn at_event_level_final_a_task_publishes_only_its_end() {
                 .await
                 .unwrap_or_else(|_| panic!("{level:?}: no done event; seen {seen:?}"))
                 .unwrap();
-            let event: Value = serde_json::from_str(&msg.get_payload::<String>().unwrap()).unwrap();
-            seen.push(event["event"].as_str().unwrap().to_owned());
+            for event in crate::events_in::<Value>(msg.get_payload_bytes()).unwrap() {
+                seen.push(event["event"].as_str().unwrap().to_owned());
+            }
         }
         assert_eq!(seen, want, "{level:?}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_call_publishes_its_events_together_in_order() {
+    use futures::StreamExt;
+    let redis = Redis::start();
+    let store = Store::connect(&settings(&redis)).await.unwrap();
+    let client = redis::Client::open(redis.url.as_str()).unwrap();
+    let mut pubsub = client.get_async_pubsub().await.unwrap();
+    pubsub.subscribe("background:events").await.unwrap();
+    let mut messages = pubsub.into_on_message();
+    let mut next = async || -> Value {
+        let msg = tokio::time::timeout(Duration::from_secs(5), messages.next())
+            .await
+            .expect("a message on the events channel")
+            .unwrap();
+        serde_json::from_slice(msg.get_payload_bytes()).unwrap()
+    };
+    let ids = |message: &Value| -> Vec<(String, String)> {
+        message
+            .as_array()
+            .unwrap_or_else(|| panic!("an array of events: {message}"))
+            .iter()
+            .map(|e| {
+                (
+                    e["event"].as_str().unwrap().into(),
+                    e["id"].as_str().unwrap().into(),
+                )
+            })
+            .collect()
+    };
+
+    // One task: its event alone, an object as before.
+    store
+        .enqueue_many(&[TaskSpec::new("w", json!(0)).id("solo")], false)
+        .await
+        .unwrap();
+    let solo = next().await;
+    assert_eq!(solo["event"], "available", "{solo}");
+    assert_eq!(solo["id"], "solo");
+
+    // Three tasks in one call: one message, in the order they were stored.
+    let specs: Vec<TaskSpec> = ["a", "b", "c"]
+        .iter()
+        .map(|id| TaskSpec::new("w", json!(1)).id(*id))
+        .collect();
+    store.enqueue_many(&specs, false).await.unwrap();
+    let available = |id: &str| ("available".to_string(), id.to_string());
+    assert_eq!(
+        ids(&next().await),
+        [available("a"), available("b"), available("c")]
+    );
+
+    // A batch of the saver's writes: each start and end, as the node wrote them, in one message.
+    let claimed = store.claim("w", &me("n1"), 2).await.unwrap();
+    let mut ops = Vec::new();
+    for task in &claimed {
+        ops.push(WriteOp::Start {
+            id: task.id.clone(),
+            epoch: task.epoch,
+            attempt: task.attempt,
+            at: now_ms(),
+            event: json!({"event": "started", "id": task.id}).to_string(),
+        });
+    }
+    for task in &claimed {
+        let mut finish = finish_op(&task.id, "n1", task.epoch, TaskState::Done, 0);
+        if let WriteOp::Finish { event, .. } = &mut finish {
+            *event = json!({"event": "done", "id": task.id}).to_string();
+        }
+        ops.push(finish);
+    }
+    assert!(
+        store
+            .write(&ops)
+            .await
+            .unwrap()
+            .iter()
+            .all(|r| *r == WriteResult::Applied)
+    );
+    let (first, second) = (claimed[0].id.clone(), claimed[1].id.clone());
+    assert_eq!(
+        ids(&next().await),
+        [
+            ("started".into(), first.clone()),
+            ("started".into(), second.clone()),
+            ("done".into(), first),
+            ("done".into(), second),
+        ]
+    );
+
+    // The store sends at most SCRIPT_CHUNK tasks to a call; a call of more events (a sweep)
+    // splits them, at most 100 to a message, none lost or reordered.
+    let mut call = super::library::Function::new("enqueue").bare();
+    call.arg("bg")
+        .arg("background")
+        .arg("background:events")
+        .arg(1)
+        .arg("reject");
+    for i in 0..250 {
+        call.arg(format!("m{i:03}"))
+            .arg("w")
+            .arg("0")
+            .arg(0)
+            .arg("")
+            .arg("")
+            .arg("")
+            .arg("")
+            .arg(2)
+            .arg("worker")
+            .arg("w");
+    }
+    let codes: Vec<i64> = call.query_async(&mut redis.con().await).await.unwrap();
+    assert_eq!(codes, [1; 250]);
+    let mut seen = Vec::new();
+    let mut sizes = Vec::new();
+    while seen.len() < 250 {
+        let message = ids(&next().await);
+        sizes.push(message.len());
+        seen.extend(message.into_iter().map(|(_, id)| id));
+    }
+    assert_eq!(sizes, [100, 100, 50]);
+    let want: Vec<String> = (0..250).map(|i| format!("m{i:03}")).collect();
+    assert_eq!(seen, want);
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -389,8 +389,11 @@ impl Redis {
             let mut stream = pubsub.into_on_message();
             while let Some(msg) = stream.next().await {
                 let text: String = msg.get_payload().unwrap_or_default();
-                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) {
-                    sink.lock().unwrap().push(v);
+                // A message is one event, or several as an array (see PROTOCOL.md).
+                match serde_json::from_str::<serde_json::Value>(&text) {
+                    Ok(serde_json::Value::Array(events)) => sink.lock().unwrap().extend(events),
+                    Ok(v) => sink.lock().unwrap().push(v),
+                    Err(_) => {}
                 }
             }
         });

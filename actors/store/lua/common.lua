@@ -29,6 +29,53 @@ local function publish_json(channel, tbl)
   end
 end
 
+-- The events of one call of the library go out together when it ends (flush_events), as one
+-- message: the event itself when there is one, else a JSON array of them in order, at most
+-- EVENTS_PER_MESSAGE to a message. A PUBLISH from a script costs about as much as the writes
+-- of a whole transition, and a batch of the saver's writes carries two or three events per
+-- task. Only a call of the library collects them (begin_call); a script run by EVAL with this
+-- file in front (the Python client) publishes each event at once.
+local EVENTS_PER_MESSAGE = 100
+local EVENT_BUF = nil
+local EVENT_CHANNEL = ''
+
+local function flush_events()
+  if EVENT_BUF == nil or #EVENT_BUF == 0 then
+    return
+  end
+  if #EVENT_BUF == 1 then
+    redis.call('PUBLISH', EVENT_CHANNEL, EVENT_BUF[1])
+  else
+    redis.call('PUBLISH', EVENT_CHANNEL, '[' .. table.concat(EVENT_BUF, ',') .. ']')
+  end
+  EVENT_BUF = {}
+end
+
+-- Publish event `payload` (a JSON object) on channel `events` ('' = nowhere).
+local function emit(events, payload)
+  if events == '' then
+    return
+  end
+  if EVENT_BUF == nil then
+    redis.call('PUBLISH', events, payload)
+    return
+  end
+  if events ~= EVENT_CHANNEL then
+    flush_events()
+    EVENT_CHANNEL = events
+  end
+  EVENT_BUF[#EVENT_BUF + 1] = payload
+  if #EVENT_BUF >= EVENTS_PER_MESSAGE then
+    flush_events()
+  end
+end
+
+local function publish_event(events, tbl)
+  if events ~= '' then
+    emit(events, cjson.encode(tbl))
+  end
+end
+
 -- Set aside an entry that cannot be a task (its key holds something else than a hash): its id
 -- goes to `{prefix}:bad`, a `bad` event and a line in the Redis log name it and say where it
 -- was found, and the script carries on with the other entries.
@@ -37,7 +84,7 @@ local function quarantine(prefix, id, found_in, why, events, now)
   redis.call('SADD', prefix .. ':bad', id)
   redis.log(redis.LOG_WARNING, 'bgnode: set aside entry `' .. id .. '` of ' .. found_in .. ': '
     .. reason)
-  publish_json(events, {event = 'bad', id = id, found_in = found_in, reason = reason,
+  publish_event(events, {event = 'bad', id = id, found_in = found_in, reason = reason,
     ts = tonumber(now)})
 end
 
@@ -234,7 +281,7 @@ local function admit(prefix, id, f, channel, events, now)
   end
   make_pending(prefix, id, f.worker, f.priority, f.created, channel, f.target)
   if tell_available(prefix) then
-    publish_json(events, {event = 'available', id = id, worker = f.worker, ts = tonumber(now)})
+    publish_event(events, {event = 'available', id = id, worker = f.worker, ts = tonumber(now)})
   end
   return 'queued'
 end
@@ -261,7 +308,7 @@ local function free_slot(prefix, key, id, channel, events, now)
       redis.call('HSET', tk, 'state', 'queued', 'node', '')
       make_pending(prefix, next_id, g[2], g[3], g[4], channel)
       if tell_available(prefix) then
-        publish_json(events, {event = 'available', id = next_id, worker = g[2],
+        publish_event(events, {event = 'available', id = next_id, worker = g[2],
           ts = tonumber(now)})
       end
     else
@@ -341,7 +388,7 @@ local function spawn_occurrence(prefix, parent, member, now, channel, events)
   end
   make_pending(prefix, oid, p[1], p[3], now, channel, 'node:' .. member)
   if tell_available(prefix) then
-    publish_json(events, {event = 'available', id = oid, worker = p[1], ts = tonumber(now)})
+    publish_event(events, {event = 'available', id = oid, worker = p[1], ts = tonumber(now)})
   end
 end
 
@@ -386,7 +433,7 @@ local function broadcast_check(prefix, parent, now, ttl, channel, events)
   redis.call('HINCRBY', prefix .. ':stats', 'done', 1)
   local event = cjson.encode({event = 'done', id = parent, worker = p[2], result = results,
     ts = tonumber(now)})
-  redis.call('PUBLISH', events, event)
+  emit(events, event)
   if p[3] == '1' then
     answer(prefix, parent, event, ttl)
   end
@@ -398,7 +445,7 @@ end
 -- `{prefix}:finished`.
 local function announce_end(prefix, id, event, reply, parent, keep, ttl, now, channel, events)
   note_end(prefix, id, now)
-  redis.call('PUBLISH', events, event)
+  emit(events, event)
   if reply == '1' then
     answer(prefix, id, event, keep)
   end
@@ -445,4 +492,6 @@ local function begin_call()
   FINISHED_TRIMMED = false
   ARCHIVING = nil
   STAGED = nil
+  EVENT_BUF = {}
+  EVENT_CHANNEL = ''
 end

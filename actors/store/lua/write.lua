@@ -28,7 +28,7 @@ local function start(id, epoch, attempt, at, event)
     redis.call('ZREM', prefix .. ':deadlines', id)
   end
   if event ~= '' then
-    redis.call('PUBLISH', events, event)
+    emit(events, event)
   end
   return 1
 end
@@ -54,10 +54,10 @@ local function finish(id, node, epoch, state, value, attempt, started, now, retr
   end
   redis.call('SREM', owned, id)
   if started_event ~= '' then
-    redis.call('PUBLISH', events, started_event)
+    emit(events, started_event)
   end
   if error_event ~= '' then
-    redis.call('PUBLISH', events, error_event)
+    emit(events, error_event)
   end
   if state == 'retrying' then
     -- The owner gives the task up until it is due again: a new epoch fences the old attempt.
@@ -70,7 +70,7 @@ local function finish(id, node, epoch, state, value, attempt, started, now, retr
     end
     redis.call('ZADD', prefix .. ':scheduled', retry_at, id)
     count('retried')
-    redis.call('PUBLISH', events, event)
+    emit(events, event)
     publish_json(channel, {op = 'schedule', due = tonumber(retry_at)})
     return 1
   end
@@ -133,7 +133,7 @@ while i <= #ARGV do
       ARGV[i + 13])
     i = i + 14
   else
-    ok, code = pcall(redis.call, 'PUBLISH', events, ARGV[i + 1])
+    ok, code = pcall(emit, events, ARGV[i + 1])
     code = 1
     i = i + 2
   end
