@@ -21,7 +21,10 @@ tasks=${3:-20000}
 command -v node >/dev/null || { echo "node is not installed" >&2; exit 2; }
 
 cargo build --release --bench throughput --bin bgnode >&2
-bench=$(cargo bench --bench throughput --no-run 2>&1 | grep -oE 'target/release/deps/throughput-[0-9a-f]+' | tail -1)
+# The bench binary cargo built (under CARGO_TARGET_DIR when that is set).
+bench=$(cargo bench --bench throughput --no-run 2>&1 |
+  sed -nE 's/.*\(([^()]*\/release\/deps\/throughput-[0-9a-f]+)\).*/\1/p' | tail -1)
+[ -x "$bench" ] || { echo "cannot find the throughput bench cargo built" >&2; exit 2; }
 
 free_port() {
   python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
