@@ -27,6 +27,17 @@ fn me(node: &str) -> Incarnation {
     Incarnation::new(node, 1)
 }
 
+/// The messages of `channel`, on a subscription of its own made before this returns.
+async fn subscribed(
+    redis: &Redis,
+    channel: &str,
+) -> impl futures::Stream<Item = redis::Msg> + Unpin + use<> {
+    let client = redis::Client::open(redis.url.as_str()).unwrap();
+    let mut pubsub = client.get_async_pubsub().await.unwrap();
+    pubsub.subscribe(channel).await.unwrap();
+    pubsub.into_on_message()
+}
+
 /// Settings pointing at `redis`.
 fn settings(redis: &Redis) -> Settings {
     let mut s = Settings::defaults();
@@ -105,10 +116,7 @@ async fn at_event_level_final_a_task_publishes_only_its_end() {
         let store = Store::connect(&s).await.unwrap();
         assert_eq!(store.set_event_level(level).await.unwrap(), EventLevel::All);
         assert_eq!(store.set_event_level(level).await.unwrap(), level);
-        let client = redis::Client::open(redis.url.as_str()).unwrap();
-        let mut pubsub = client.get_async_pubsub().await.unwrap();
-        pubsub.subscribe("background:events").await.unwrap();
-        let mut events = pubsub.into_on_message();
+        let mut events = subscribed(&redis, "background:events").await;
 
         // A client that knows nothing of the level enqueues: the scripts follow the cluster's.
         let plain = Store::connect(&settings(&redis)).await.unwrap();
@@ -155,10 +163,7 @@ async fn a_call_publishes_its_events_together_in_order() {
     use futures::StreamExt;
     let redis = Redis::start();
     let store = Store::connect(&settings(&redis)).await.unwrap();
-    let client = redis::Client::open(redis.url.as_str()).unwrap();
-    let mut pubsub = client.get_async_pubsub().await.unwrap();
-    pubsub.subscribe("background:events").await.unwrap();
-    let mut messages = pubsub.into_on_message();
+    let mut messages = subscribed(&redis, "background:events").await;
     let mut next = async || -> Value {
         let msg = tokio::time::timeout(Duration::from_secs(5), messages.next())
             .await

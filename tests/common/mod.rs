@@ -176,6 +176,18 @@ impl NodeProc {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
+
+    /// Starts node `id` on `url` and waits for it to stop at start, as a node does when its
+    /// Redis refuses it: within 10 s (not waited out as an unreachable Redis is), failed, with
+    /// no panic. Returns its log.
+    pub async fn refused_at_start(url: &str, id: &str, workers: &Path) -> String {
+        let mut node = NodeProc::start_wrapped(&[], url, id, workers, &[]);
+        let status = node.wait_exit(Duration::from_secs(10)).await;
+        assert!(!status.success(), "node {id} exited with {status}");
+        let log = node.log();
+        assert!(!log.contains("panicked"), "{log}");
+        log
+    }
 }
 
 impl Drop for NodeProc {

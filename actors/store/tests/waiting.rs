@@ -7,7 +7,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use serde_json::{Value, json};
 
-use super::{Redis, backdate, finish_op, hget, me, places, settings, slots};
+use super::{Redis, backdate, finish_op, hget, me, places, settings, slots, subscribed};
 use crate::config::KeyPolicy;
 use crate::decide::cron::Recurrence;
 use crate::model::task::{Target, TaskSpec, TaskState, now_ms};
@@ -18,10 +18,7 @@ async fn an_enqueue_stores_the_whole_task_once_and_announces_it() {
     let redis = Redis::start();
     let store = Store::connect(&settings(&redis)).await.unwrap();
     let mut con = redis.con().await;
-    let client = redis::Client::open(redis.url.as_str()).unwrap();
-    let mut pubsub = client.get_async_pubsub().await.unwrap();
-    pubsub.subscribe("background").await.unwrap();
-    let mut notices = pubsub.into_on_message();
+    let mut notices = subscribed(&redis, "background").await;
 
     let stored = store
         .enqueue_many(
@@ -168,10 +165,7 @@ async fn a_record_holds_no_field_at_its_default_and_reads_back_whole() {
 async fn notices_of(specs: &[TaskSpec], n: usize) -> Vec<Value> {
     let redis = Redis::start();
     let store = Store::connect(&settings(&redis)).await.unwrap();
-    let client = redis::Client::open(redis.url.as_str()).unwrap();
-    let mut pubsub = client.get_async_pubsub().await.unwrap();
-    pubsub.subscribe("background").await.unwrap();
-    let mut stream = pubsub.into_on_message();
+    let mut stream = subscribed(&redis, "background").await;
     store.enqueue_many(specs, true).await.unwrap();
     let mut notices = Vec::new();
     while notices.len() < n {
